@@ -1,0 +1,159 @@
+"""A client for the AvroEcho server: the EchoClient class, and a command line around it.
+
+Try it, with server.py running: `python client.py --echo --query "Hello World"`.
+"""
+
+import argparse
+import http.client
+import sys
+import time
+from typing import Optional
+
+import avro.errors
+import avro.io
+import avro.ipc
+import avro.protocol
+
+from protocol import EchoProtocol
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8130
+DEFAULT_TIMEOUT = 10.0  # seconds, for connecting and for each read
+
+
+class CallFailed(Exception):
+    """The server could not be reached, or did not answer with an Avro response."""
+
+
+class _Requestor(avro.ipc.Requestor):
+    """avro.ipc.Requestor that remembers the server's protocol on the instance.
+
+    avro.ipc keeps it in module-level dicts keyed by transceiver.remote_name, which
+    HTTPTransceiver sets to the *local* socket name. A later connection that happens to get
+    the same local port, to another server, would find the wrong protocol; and the dicts grow
+    by one entry per connection ever made.
+    """
+
+    @property
+    def remote_protocol(self) -> Optional[avro.protocol.Protocol]:
+        return self._remote_protocol
+
+    @remote_protocol.setter
+    def remote_protocol(self, protocol: avro.protocol.Protocol) -> None:
+        self._remote_protocol = protocol
+
+    @property
+    def remote_hash(self) -> Optional[bytes]:
+        return self._remote_hash
+
+    @remote_hash.setter
+    def remote_hash(self, hash: bytes) -> None:
+        self._remote_hash = hash
+
+    def write_handshake_request(self, encoder: avro.io.BinaryEncoder) -> None:
+        if self.remote_hash is None:  # until the server says otherwise, guess it speaks ours
+            self.remote_protocol = self.local_protocol
+        request = {"clientHash": self.local_protocol.md5,
+                   "serverHash": self.remote_hash or self.local_protocol.md5}
+        if self.send_protocol:
+            request["clientProtocol"] = str(self.local_protocol)
+        avro.ipc.HANDSHAKE_REQUESTOR_WRITER.write(request, encoder)
+
+
+class _Transceiver(avro.ipc.HTTPTransceiver):
+    """avro.ipc.HTTPTransceiver with a timeout, and a clear error for a non-Avro answer."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        # Not calling super().__init__: it connects at once, with no timeout.
+        self.req_resource = "/"
+        self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        self.remote_name = (host, port)
+
+    def read_framed_message(self) -> bytes:
+        response = self.conn.getresponse()
+        if response.status != 200 or response.getheader("Content-Type") != "avro/binary":
+            reason = response.read(200).decode("utf-8", "replace").strip()
+            raise CallFailed(f"server answered {response.status} {response.reason}: {reason}")
+        message = avro.ipc.FramedReader(response).read_framed_message()
+        response.read()  # finish the body, so the connection can carry the next call
+        return message
+
+
+class EchoClient:
+    """Calls an AvroEcho server over one keep-alive HTTP connection.
+
+    Raises CallFailed when the server cannot be reached or gives no Avro answer, and
+    avro.errors.AvroRemoteException when the server answers with an Avro error.
+    """
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._transceiver = _Transceiver(host, port, timeout)
+        self._requestor = _Requestor(EchoProtocol, self._transceiver)
+
+    def echo(self, query: str) -> str:
+        return self._call("echo", query)
+
+    def split(self, query: str) -> str:
+        return self._call("split", query)
+
+    def _call(self, message: str, query: str) -> str:
+        try:
+            return self._requestor.request(message, {"query": query})
+        except (OSError, http.client.HTTPException, avro.errors.ConnectionClosedException) as e:
+            self.close()  # the next call starts on a fresh connection
+            host, port = self._transceiver.remote_name
+            raise CallFailed(f"cannot reach the server at {host}:{port}: {e}") from e
+        except CallFailed:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._transceiver.close()
+
+    def __enter__(self) -> "EchoClient":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print the whole usage first
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = _OneLineParser(description="Call an AvroEcho server.")
+    parser.add_argument("-e", "--echo", action="store_true", help="send the echo message")
+    parser.add_argument("-s", "--split", action="store_true", help="send the split message")
+    parser.add_argument("-q", "--query", required=True, help="the string to send")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help="server address (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="server port (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if not (args.echo or args.split):
+        parser.error("choose a message: --echo, --split, or both")
+
+    with EchoClient(args.host, args.port) as client:
+        for wanted, call, label in ((args.echo, client.echo, "Echo"),
+                                    (args.split, client.split, "Split")):
+            if not wanted:
+                continue
+            started = time.perf_counter()
+            try:
+                answer = call(args.query)
+            except CallFailed as e:
+                print(f"{parser.prog}: error: {e}", file=sys.stderr)
+                return 1
+            except avro.errors.AvroRemoteException as e:
+                print(f"{parser.prog}: error: the server answered: {e}", file=sys.stderr)
+                return 1
+            print(f">>> {label}: {answer}")
+            print(f"(took {time.perf_counter() - started:.4f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
