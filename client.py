@@ -124,7 +124,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = _OneLineParser(description="Call an AvroEcho server.")
+    parser = _OneLineParser(prog="client.py", description="Call an AvroEcho server.")
     parser.add_argument("-e", "--echo", action="store_true", help="send the echo message")
     parser.add_argument("-s", "--split", action="store_true", help="send the split message")
     parser.add_argument("-q", "--query", required=True, help="the string to send")

@@ -302,18 +302,31 @@ def serve(listener: socket.socket, app: Callable = application,
 
 
 def stop_gracefully_on(*signums: int) -> None:
-    """On these signals, stop accepting, answer the calls in flight, then return from serve()."""
+    """On these signals, stop accepting, answer the calls in flight, then return from serve().
+
+    A second signal stops at once, with exit status 1.
+    """
     serving = greenlet.getcurrent()
+    # A Python signal handler runs in whichever green thread the signal interrupts, where
+    # raising would kill a call in flight, and it does not wake eventlet's hub. So let Python
+    # write the signal to a socket instead; a green thread reads it, and asks the hub to
+    # interrupt the green thread that serves. eventlet.wsgi then stops accepting, closes idle
+    # connections and waits for the active ones.
+    wakeup, wakeup_writer = socket.socketpair()
+    signal.set_wakeup_fd(wakeup_writer.fileno())
 
-    def stop(signum: int, frame) -> None:
-        # A signal handler runs in whichever green thread the signal interrupts, so raising
-        # here could kill a call in flight. Instead, ask the hub to interrupt the green
-        # thread that serves; eventlet.wsgi then stops accepting and waits for active calls.
-        log.info("stopping: answering the calls in flight")
-        eventlet.hubs.get_hub().schedule_call_global(0, serving.throw, SystemExit)
+    def watch() -> None:
+        with wakeup, wakeup_writer:  # both stay open while this green thread lives
+            wakeup.recv(1)
+            log.info("stopping: answering the calls in flight")
+            eventlet.hubs.get_hub().schedule_call_global(0, serving.throw, SystemExit)
+            wakeup.recv(1)
+            log.warning("stopping now, without waiting for the calls in flight")
+            eventlet.hubs.get_hub().schedule_call_global(0, serving.throw, SystemExit(1))
 
+    eventlet.spawn_n(watch)
     for signum in signums:
-        signal.signal(signum, stop)
+        signal.signal(signum, lambda signum, frame: None)  # the wakeup socket does the work
 
 
 def main(argv: Optional[list] = None) -> int:

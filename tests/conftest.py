@@ -1,0 +1,96 @@
+"""Shared fixtures: the WSGI app in-process, a real server on a free port, and server.py run
+as a program."""
+
+import contextlib
+import io
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import server  # first: it monkey-patches the standard library for eventlet
+
+import eventlet
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Response(NamedTuple):
+    status: int
+    headers: dict
+    body: bytes
+
+
+def call_app(app, body: bytes = b"", method: str = "POST", content_type="avro/binary",
+             chunked: bool = False, content_length=None) -> Response:
+    """Call a WSGI app in-process, as eventlet.wsgi would, with no socket."""
+    environ = {
+        "REQUEST_METHOD": method, "PATH_INFO": "/", "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http",
+    }
+    if content_type is not None:
+        environ["CONTENT_TYPE"] = content_type
+    if not chunked:
+        environ["CONTENT_LENGTH"] = str(len(body) if content_length is None else content_length)
+    started = {}
+
+    def start_response(status, headers):
+        started["status"] = int(status.split()[0])
+        started["headers"] = {name.lower(): value for name, value in headers}
+
+    payload = b"".join(app(environ, start_response))
+    return Response(started["status"], started["headers"], payload)
+
+
+@pytest.fixture
+def app():
+    """A fresh application, so that no test sees another's protocol cache."""
+    return server.make_application(server.EchoResponder())
+
+
+@contextlib.contextmanager
+def serving(app):
+    """The real eventlet.wsgi server in a green thread on a free port: yields (host, port)."""
+    listener = server.listen("127.0.0.1", 0)
+    thread = eventlet.spawn(server.serve, listener, app)
+    try:
+        yield listener.getsockname()[:2]
+    finally:
+        thread.kill()
+
+
+@pytest.fixture
+def live_server():
+    with serving(server.make_application()) as address:
+        yield address
+
+
+class ServerProcess(NamedTuple):
+    process: subprocess.Popen
+    port: int
+    startup_line: str
+
+
+def start_server_process(*args: str) -> ServerProcess:
+    """Run server.py on a free port, in its own session (so SIGINT reaches it)."""
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "server.py"), "--port", "0", *args],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    line = process.stderr.readline()
+    match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+    if not match:
+        process.kill()
+        raise AssertionError(f"no startup line from server.py: {line!r}")
+    return ServerProcess(process, int(match.group(1)), line)
+
+
+@pytest.fixture(scope="module")
+def server_process():
+    """server.py running as a program for the whole module: yields its port."""
+    running = start_server_process()
+    yield running.port
+    running.process.send_signal(signal.SIGTERM)
+    running.process.communicate(timeout=10)

@@ -1,0 +1,133 @@
+"""The command lines: client.py's exact output and error exits, server.py's start-up line
+and clean stop, and protocol.py's JSON."""
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import client
+import server
+from conftest import ROOT, serving, start_server_process
+from protocol import PROTOCOL_JSON
+
+TOOK = re.compile(r"\(took \d+\.\d{4} s\)")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--echo", "--query", "Hello World"], [">>> Echo: Hello World"]),
+    (["-e", "-q", "Hello World"], [">>> Echo: Hello World"]),
+    (["--split", "--query", "Hello World"], [">>> Split: Hello"]),
+    (["-s", "-q", "héllo wörld!"], [">>> Split: héllo "]),
+    (["-e", "-s", "-q", "Hello World"], [">>> Echo: Hello World", ">>> Split: Hello"]),
+])
+def test_client_prints_the_answer_and_the_time(server_process, flags, expected):
+    result = run("client.py", "--port", str(server_process), *flags)
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()
+    assert lines[0::2] == expected
+    assert all(TOOK.fullmatch(line) for line in lines[1::2]), lines
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "client.py: error: the following arguments are required: -q/--query (see --help)"),
+    (["-q", "hi"], "client.py: error: choose a message: --echo, --split, or both (see --help)"),
+    (["-e", "-q", "hi", "--port", "x"],
+     "client.py: error: argument --port: invalid int value: 'x' (see --help)"),
+])
+def test_client_usage_errors_are_one_line(flags, message):
+    result = run("client.py", *flags)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", message + "\n")
+
+
+def test_client_says_in_one_line_when_the_server_is_unreachable():
+    with socket.socket() as sock:  # a port that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run("client.py", "--port", str(port), "-e", "-q", "hi")
+    assert result.returncode == 1
+    assert result.stderr == (f"client.py: error: cannot reach the server at 127.0.0.1:{port}: "
+                             "[Errno 111] Connection refused\n")
+
+
+def test_client_says_in_one_line_when_the_server_answers_with_an_avro_error(capsys):
+    class Failing(server.EchoResponder):
+        def handle_split(self, query):
+            raise RuntimeError("boom")
+
+    with serving(server.make_application(Failing())) as (host, port):
+        status = client.main(["--port", str(port), "-e", "-s", "-q", "Hello World"])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert out.splitlines()[0] == ">>> Echo: Hello World"
+    assert err == "client.py: error: the server answered: Internal error in split\n"
+
+
+def test_server_prints_one_startup_line_with_the_bound_port():
+    running = start_server_process()
+    try:
+        assert running.startup_line.rstrip().endswith(
+            f"server AvroEcho server listening on http://127.0.0.1:{running.port}/")
+        result = run("client.py", "--port", str(running.port), "-e", "-q", "ok")
+        assert result.stdout.startswith(">>> Echo: ok\n")
+    finally:
+        running.process.send_signal(signal.SIGTERM)
+        _, rest = running.process.communicate(timeout=10)
+    assert running.process.returncode == 0
+    assert rest.splitlines() == [line for line in rest.splitlines() if "server" in line]
+    assert [line.split(" server ", 1)[1] for line in rest.splitlines()] == [
+        "stopping: answering the calls in flight", "stopped"]
+
+
+def test_server_refuses_a_port_in_use_in_one_line():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = run("server.py", "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].endswith(
+        f"server cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_server_answers_calls_in_flight_then_exits_zero(signum):
+    from wire import call_body, read_answer
+
+    running = start_server_process()
+    body = call_body("split", "Hello World")
+    with socket.create_connection(("127.0.0.1", running.port)) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+        time.sleep(0.3)  # the call is now in flight: half of its body has arrived
+        running.process.send_signal(signum)
+        time.sleep(0.3)
+        sock.sendall(body[10:])
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    _, stderr = running.process.communicate(timeout=10)
+    head, _, payload = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert read_answer(payload, "split").datum == "Hello"
+    assert running.process.returncode == 0
+    assert "Traceback" not in stderr and stderr.rstrip().endswith("server stopped")
+
+
+def test_protocol_py_prints_the_protocol_json_with_its_docs():
+    result = run("protocol.py")
+    assert result.returncode == 0
+    printed = json.loads(result.stdout)
+    assert printed == json.loads(PROTOCOL_JSON)
+    assert printed["doc"] and all(m["doc"] for m in printed["messages"].values())
