@@ -49,13 +49,17 @@ SOCKET_TIMEOUT = 30.0
 
 log = logging.getLogger("server")
 
-# What a malformed body can make avro.io raise while it decodes: its own errors, bad UTF-8
-# (a ValueError), and an out-of-range union branch (an IndexError).
-DECODING_ERRORS = (avro.errors.AvroException, ValueError, IndexError, struct.error)
+# What a malformed body can make avro.io raise while it decodes: its own errors, and
+# UnicodeDecodeError (a ValueError) for a string that is not UTF-8.
+DECODING_ERRORS = (avro.errors.AvroException, ValueError)
 
 
 class BadRequest(Exception):
     """The body is not an Avro call at all, so there is no Avro way to answer: HTTP 400."""
+
+
+class BodyTooLarge(Exception):
+    """The body is over the limit: HTTP 413."""
 
 
 class FixedResponder(avro.ipc.Responder):
@@ -219,7 +223,7 @@ def make_application(responder: Optional[avro.ipc.Responder] = None,
         try:
             body = _read_body(environ, max_body_bytes)
         except BodyTooLarge:
-            # Whatever is left of the body is not read: close the connection.
+            # The rest of the body is not wanted: ask the client to close the connection.
             return _plain(start_response, "413 Content Too Large",
                           f"Body is larger than {max_body_bytes} bytes", [("Connection", "close")])
         except (OSError, ValueError):  # the client stalled, hung up, or broke the chunking
@@ -238,10 +242,6 @@ def make_application(responder: Optional[avro.ipc.Responder] = None,
         return [payload]
 
     return application
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 def _read_body(environ: dict, limit: int) -> bytes:

@@ -306,3 +306,23 @@ def test_unreadable_bodies_get_400_with_a_short_reason(app, body, reason):
     assert response.status == 400
     assert response.headers["content-type"].startswith("text/plain")
     assert response.body == reason
+
+
+class Breaking(io.BytesIO):
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def read(self, *args):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [TimeoutError("timed out"), ConnectionResetError(),
+                                   ValueError("bad chunk size")])
+def test_body_that_cannot_be_read_gets_400(app, error):
+    environ = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "100", "wsgi.input": Breaking(error)}
+    statuses = []
+    body = app(environ, lambda status, headers: statuses.append((status, dict(headers))))
+    assert statuses == [("400 Bad Request", {"Content-Type": "text/plain; charset=utf-8",
+                                             "Content-Length": "23", "Connection": "close"})]
+    assert b"".join(body) == b"Body could not be read\n"

@@ -1,0 +1,50 @@
+# `make demo` runs the service end to end; `make test` runs the tests. Both set up what they
+# need first: a virtualenv in .venv with the pinned requirements, and for the tests the
+# Node packages of the interop tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8130
+INTEROP := tests/interop
+
+.PHONY: demo test clean
+
+demo: $(VENV)/.runtime
+	@log=$$(mktemp); \
+	$(PY) server.py --port $(PORT) 2>$$log & server=$$!; \
+	trap 'kill $$server 2>/dev/null; wait $$server; sed 1d $$log; rm -f $$log' EXIT; \
+	until grep -q "listening on" $$log; do \
+		kill -0 $$server 2>/dev/null || { cat $$log; exit 1; }; sleep 0.1; \
+	done; \
+	cat $$log; \
+	for message in echo split; do \
+		echo "\$$ python client.py --$$message --query \"Hello World\""; \
+		$(PY) client.py --port $(PORT) --$$message --query "Hello World" || exit 1; \
+	done
+
+test: $(VENV)/.dev $(INTEROP)/node_modules/.installed
+	$(PY) -m pytest
+
+$(VENV)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# The interop tests run the Node Avro implementation avsc. Without Node they skip, saying so.
+$(INTEROP)/node_modules/.installed: $(INTEROP)/package.json $(INTEROP)/package-lock.json
+	@if ! command -v npm >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; \
+	fi
+	@if command -v npm >/dev/null; then \
+		cd $(INTEROP) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else \
+		echo "npm is not installed: the avsc interop tests will be skipped"; \
+	fi
+
+clean:
+	rm -rf $(VENV) $(INTEROP)/node_modules .pytest_cache .hypothesis
