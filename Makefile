@@ -24,6 +24,7 @@ demo: $(VENV)/.runtime
 	done
 
 test: $(VENV)/.dev $(INTEROP)/node_modules/.installed
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 $(VENV)/.runtime: requirements.txt

@@ -10,10 +10,9 @@ import time
 from typing import Optional
 
 import avro.errors
-import avro.io
 import avro.ipc
-import avro.protocol
 
+import avro_fixes
 from protocol import EchoProtocol
 
 DEFAULT_HOST = "127.0.0.1"
@@ -23,41 +22,6 @@ DEFAULT_TIMEOUT = 10.0  # seconds, for connecting and for each read
 
 class CallFailed(Exception):
     """The server could not be reached, or did not answer with an Avro response."""
-
-
-class _Requestor(avro.ipc.Requestor):
-    """avro.ipc.Requestor that remembers the server's protocol on the instance.
-
-    avro.ipc keeps it in module-level dicts keyed by transceiver.remote_name, which
-    HTTPTransceiver sets to the *local* socket name. A later connection that happens to get
-    the same local port, to another server, would find the wrong protocol; and the dicts grow
-    by one entry per connection ever made.
-    """
-
-    @property
-    def remote_protocol(self) -> Optional[avro.protocol.Protocol]:
-        return self._remote_protocol
-
-    @remote_protocol.setter
-    def remote_protocol(self, protocol: avro.protocol.Protocol) -> None:
-        self._remote_protocol = protocol
-
-    @property
-    def remote_hash(self) -> Optional[bytes]:
-        return self._remote_hash
-
-    @remote_hash.setter
-    def remote_hash(self, hash: bytes) -> None:
-        self._remote_hash = hash
-
-    def write_handshake_request(self, encoder: avro.io.BinaryEncoder) -> None:
-        if self.remote_hash is None:  # until the server says otherwise, guess it speaks ours
-            self.remote_protocol = self.local_protocol
-        request = {"clientHash": self.local_protocol.md5,
-                   "serverHash": self.remote_hash or self.local_protocol.md5}
-        if self.send_protocol:
-            request["clientProtocol"] = str(self.local_protocol)
-        avro.ipc.HANDSHAKE_REQUESTOR_WRITER.write(request, encoder)
 
 
 class _Transceiver(avro.ipc.HTTPTransceiver):
@@ -89,7 +53,7 @@ class EchoClient:
     def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         self._transceiver = _Transceiver(host, port, timeout)
-        self._requestor = _Requestor(EchoProtocol, self._transceiver)
+        self._requestor = avro_fixes.FixedRequestor(EchoProtocol, self._transceiver)
 
     def echo(self, query: str) -> str:
         return self._call("echo", query)

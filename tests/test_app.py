@@ -12,6 +12,7 @@ import avro.schema
 import pytest
 from hypothesis import given, strategies as st
 
+import avro_fixes
 import server
 from conftest import call_app
 from protocol import PROTOCOL_JSON, EchoProtocol
@@ -164,7 +165,7 @@ def test_handler_exception_is_a_short_system_error_and_a_logged_traceback(caplog
             raise RuntimeError("secret detail at /srv/app/server.py")
 
     app = server.make_application(Broken())
-    with caplog.at_level(logging.ERROR, logger="server"):
+    with caplog.at_level(logging.ERROR, logger="avro_fixes"):
         assert system_error(app, call_body()) == "Internal error in echo"
     assert "secret detail" in caplog.text and "Traceback" in caplog.text
 
@@ -174,7 +175,7 @@ def test_handler_returning_the_wrong_type_is_a_system_error(caplog):
         def handle_split(self, query):
             return len(query)
 
-    with caplog.at_level(logging.ERROR, logger="server"):
+    with caplog.at_level(logging.ERROR, logger="avro_fixes"):
         assert system_error(server.make_application(Wrong()), call_body("split"),
                             "split") == "Internal error in split"
 
@@ -203,7 +204,7 @@ def test_plain_avro_ipc_responder_still_drops_the_error():
 # --- The protocol cache ---------------------------------------------------------------------
 
 def test_protocol_cache_is_bounded():
-    responder = server.FixedResponder(EchoProtocol, max_cached_protocols=50)
+    responder = avro_fixes.FixedResponder(EchoProtocol, max_cached_protocols=50)
     app = server.make_application(responder)
     for n in range(500):
         client = another_protocol(n)
@@ -214,7 +215,7 @@ def test_protocol_cache_is_bounded():
 
 
 def test_server_protocol_is_known_even_after_the_cache_is_flooded():
-    responder = server.FixedResponder(EchoProtocol, max_cached_protocols=5)
+    responder = avro_fixes.FixedResponder(EchoProtocol, max_cached_protocols=5)
     app = server.make_application(responder)
     for n in range(20):
         call_app(app, call_body(protocol=another_protocol(n), send_protocol=True))
@@ -292,7 +293,8 @@ def test_body_at_the_limit_is_accepted():
 
 @pytest.mark.parametrize("body, reason", [
     (b"", b"Bad Avro request: empty body\n"),
-    (b"\x00\x00", b"Bad Avro request: body ends inside a frame or before the end-of-message frame\n"),
+    (b"\x00\x00", b"Bad Avro request: body ends inside a frame or before the "
+                  b"end-of-message frame\n"),
     (b"\x00\x00\x00\x10abc", b"Bad Avro request: body ends inside a frame or before the "
                              b"end-of-message frame\n"),
     (frame(b"")[:4] + b"garbage", b"Bad Avro request: body is not an Avro handshake request\n"),

@@ -10,9 +10,10 @@ import eventlet
 import pytest
 
 import client
+import avro_fixes
 import server
 from conftest import serving
-from protocol import PROTOCOL_JSON, EchoProtocol
+from protocol import PROTOCOL_JSON
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_two_clients_of_two_servers_keep_their_protocols_apart():
     data["namespace"] = "rpc.sample.shouting"
     other = avro.protocol.parse(json.dumps(data))
 
-    class Shouting(server.FixedResponder):
+    class Shouting(avro_fixes.FixedResponder):
         def invoke(self, message, request):
             return request["query"].upper()
 
