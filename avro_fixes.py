@@ -18,6 +18,8 @@ import avro.protocol
 
 # Client protocols remembered by hash; the least recently used is forgotten first.
 MAX_CACHED_PROTOCOLS = 256
+# System errors quote the client's input (a message name, a protocol); keep them short.
+MAX_ERROR_CHARS = 300
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,8 @@ class FixedResponder(avro.ipc.Responder):
         self.write_error(schema, error, encoder)
 
     def _system_error(self, message: str) -> bytes:
-        return self._encode(self._write_error, avro.ipc.SYSTEM_ERROR_SCHEMA, message)
+        return self._encode(self._write_error, avro.ipc.SYSTEM_ERROR_SCHEMA,
+                            message[:MAX_ERROR_CHARS])
 
     @staticmethod
     def _encode(write: Callable, *args) -> bytes:

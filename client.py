@@ -35,7 +35,8 @@ class _Transceiver(avro.ipc.HTTPTransceiver):
 
     def read_framed_message(self) -> bytes:
         response = self.conn.getresponse()
-        if response.status != 200 or response.getheader("Content-Type") != "avro/binary":
+        content_type = response.getheader("Content-Type", "").split(";")[0]
+        if response.status != 200 or content_type != "avro/binary":
             reason = response.read(200).decode("utf-8", "replace").strip()
             raise CallFailed(f"server answered {response.status} {response.reason}: {reason}")
         message = avro.ipc.FramedReader(response).read_framed_message()

@@ -133,6 +133,16 @@ def test_unknown_message_is_a_system_error(app):
     assert system_error(app, body, "shout") == "Unknown message: shout"
 
 
+def test_system_errors_quoting_the_client_stay_short(app):
+    name = "x" * 10_000
+    shouting = protocol_with(messages={name: SHOUT})
+    error = system_error(app, call_body(name, protocol=shouting, send_protocol=True), name)
+    assert error == f"Unknown message: {name}"[: avro_fixes.MAX_ERROR_CHARS]
+    not_json = call_body(protocol_text="{" * 5000, client_hash=b"\x02" * 16)
+    assert system_error(app, not_json).startswith("Invalid client protocol: Error parsing JSON")
+    assert len(system_error(app, not_json)) == avro_fixes.MAX_ERROR_CHARS
+
+
 def test_truncated_parameters_are_a_system_error(app):
     body = frame(handshake_request() + call_request("echo", {"query": "Hello World"})[:-4])
     assert system_error(app, body) == (

@@ -1,6 +1,7 @@
 """End-to-end tests: EchoClient against the real eventlet.wsgi server on a free port."""
 
 import json
+import socket
 import time
 
 import avro.errors
@@ -117,3 +118,34 @@ def test_client_recovers_after_a_failed_call(live_server):
         with pytest.raises(client.CallFailed):
             echo_client.echo("two")
         assert echo_client.echo("three") == "three"
+
+
+def read_http_response(sock) -> tuple:
+    """Read one HTTP/1.1 response with a Content-Length: (status line, headers, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *header_lines = head.decode().split("\r\n")
+    headers = {name.lower(): value for name, value in
+               (line.split(": ", 1) for line in header_lines)}
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return status, headers, body
+
+
+def test_oversized_body_is_refused_before_it_is_sent(live_server):
+    with socket.create_connection(live_server, timeout=5) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
+                     b"Content-Length: 1000000000\r\n\r\n")  # and not one byte of the body
+        status, headers, body = read_http_response(sock)
+    assert status == "HTTP/1.1 413 Content Too Large"
+    assert body == b"Body is larger than 1048576 bytes\n"
+
+
+def test_get_is_refused_through_a_real_socket(live_server):
+    with socket.create_connection(live_server, timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = read_http_response(sock)
+    assert (status, headers["allow"], body) == (
+        "HTTP/1.1 405 Method Not Allowed", "POST", b"Avro calls must be POSTed\n")
