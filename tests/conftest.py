@@ -52,10 +52,10 @@ def app():
 
 
 @contextlib.contextmanager
-def serving(app):
+def serving(app, **serve_options):
     """The real eventlet.wsgi server in a green thread on a free port: yields (host, port)."""
     listener = server.listen("127.0.0.1", 0)
-    thread = eventlet.spawn(server.serve, listener, app)
+    thread = eventlet.spawn(server.serve, listener, app, **serve_options)
     try:
         yield listener.getsockname()[:2]
     finally:

@@ -125,6 +125,17 @@ def test_server_answers_calls_in_flight_then_exits_zero(signum):
     assert "Traceback" not in stderr and stderr.rstrip().endswith("server stopped")
 
 
+def test_server_stops_promptly_with_an_idle_keep_alive_client():
+    running = start_server_process()
+    with client.EchoClient("127.0.0.1", running.port) as echo_client:
+        assert echo_client.echo("keep this connection open") == "keep this connection open"
+        started = time.monotonic()
+        running.process.send_signal(signal.SIGTERM)
+        running.process.communicate(timeout=10)
+        assert time.monotonic() - started < 3
+    assert running.process.returncode == 0
+
+
 def test_protocol_py_prints_the_protocol_json_with_its_docs():
     result = run("protocol.py")
     assert result.returncode == 0

@@ -149,3 +149,13 @@ def test_get_is_refused_through_a_real_socket(live_server):
         status, headers, body = read_http_response(sock)
     assert (status, headers["allow"], body) == (
         "HTTP/1.1 405 Method Not Allowed", "POST", b"Avro calls must be POSTed\n")
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le"])
+def test_idle_and_slow_connections_are_let_go(sent):
+    with serving(server.make_application(), socket_timeout=0.5) as address, \
+            socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(sent)
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server, with nothing said
+        assert time.monotonic() - started < 5
