@@ -97,11 +97,22 @@ def main(argv: Optional[list] = None) -> int:
                         help="server address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="server port (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help="seconds to wait for the connection and for each answer "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     if not (args.echo or args.split):
         parser.error("choose a message: --echo, --split, or both")
+    if not 1 <= args.port <= 65535:
+        parser.error(f"argument --port: {args.port} is not a port number (1 to 65535)")
+    if not args.timeout > 0:
+        parser.error("argument --timeout: must be more than 0 seconds")
+    try:
+        args.query.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that the terminal could not decode
+        parser.error("argument -q/--query: not valid UTF-8")
 
-    with EchoClient(args.host, args.port) as client:
+    with EchoClient(args.host, args.port, args.timeout) as client:
         for wanted, call, label in ((args.echo, client.echo, "Echo"),
                                     (args.split, client.split, "Split")):
             if not wanted:

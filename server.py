@@ -96,6 +96,9 @@ def make_application(responder: Optional[avro.ipc.Responder] = None,
             call_response = responder.respond(call_request)
         except avro_fixes.BadRequest as e:
             return _plain(start_response, "400 Bad Request", f"Bad Avro request: {e}")
+        except Exception:  # a bug, not bad input: log it here, where eventlet would not
+            log.exception("unexpected error while answering a call")
+            return _plain(start_response, "500 Internal Server Error", "Internal server error")
         out = io.BytesIO()
         avro.ipc.FramedWriter(out).write_framed_message(call_response)
         payload = out.getvalue()
@@ -203,6 +206,8 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--access-log", action="store_true",
                         help="log one line per request")
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"argument --port: {args.port} is not a port number (0 to 65535)")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

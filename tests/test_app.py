@@ -198,6 +198,17 @@ def test_avro_remote_exception_from_a_handler_keeps_its_message():
     assert system_error(server.make_application(Refusing()), call_body()) == "no echo today"
 
 
+def test_a_bug_in_the_responder_is_a_short_500_and_a_logged_traceback(caplog):
+    class Buggy(server.EchoResponder):
+        def respond(self, call_request):
+            raise KeyError("internal detail")
+
+    with caplog.at_level(logging.ERROR, logger="server"):
+        response = call_app(server.make_application(Buggy()), call_body())
+    assert (response.status, response.body) == (500, b"Internal server error\n")
+    assert "internal detail" in caplog.text and "Traceback" in caplog.text
+
+
 def test_plain_avro_ipc_responder_still_drops_the_error():
     """Why FixedResponder exists: if avro fixes this, this test fails and the fix can go."""
 

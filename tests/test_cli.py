@@ -44,6 +44,11 @@ def test_client_prints_the_answer_and_the_time(server_process, flags, expected):
     (["-q", "hi"], "client.py: error: choose a message: --echo, --split, or both (see --help)"),
     (["-e", "-q", "hi", "--port", "x"],
      "client.py: error: argument --port: invalid int value: 'x' (see --help)"),
+    (["-e", "-q", "hi", "--port", "99999"],
+     "client.py: error: argument --port: 99999 is not a port number (1 to 65535) (see --help)"),
+    (["-e", "-q", "hi", "--timeout", "0"],
+     "client.py: error: argument --timeout: must be more than 0 seconds (see --help)"),
+    (["-e", "-q", "\udcff"], "client.py: error: argument -q/--query: not valid UTF-8 (see --help)"),
 ])
 def test_client_usage_errors_are_one_line(flags, message):
     result = run("client.py", *flags)
@@ -87,6 +92,13 @@ def test_server_prints_one_startup_line_with_the_bound_port():
     assert rest.splitlines() == [line for line in rest.splitlines() if "server" in line]
     assert [line.split(" server ", 1)[1] for line in rest.splitlines()] == [
         "stopping: answering the calls in flight", "stopped"]
+
+
+def test_server_refuses_a_port_out_of_range():
+    result = run("server.py", "--port", "99999")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "server.py: error: argument --port: 99999 is not a port number (0 to 65535)")
 
 
 def test_server_refuses_a_port_in_use_in_one_line():
