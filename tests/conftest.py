@@ -45,6 +45,20 @@ def call_app(app, body: bytes = b"", method: str = "POST", content_type="avro/bi
     return Response(started["status"], started["headers"], payload)
 
 
+def read_http_response(sock) -> tuple:
+    """Read one HTTP/1.1 response with a Content-Length: (status line, headers, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *header_lines = head.decode().split("\r\n")
+    headers = {name.lower(): value for name, value in
+               (line.split(": ", 1) for line in header_lines)}
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return status, headers, body
+
+
 @pytest.fixture
 def app():
     """A fresh application, so that no test sees another's protocol cache."""

@@ -13,8 +13,9 @@ import pytest
 
 import client
 import server
-from conftest import ROOT, serving, start_server_process
+from conftest import ROOT, read_http_response, serving, start_server_process
 from protocol import PROTOCOL_JSON
+from wire import call_body, read_answer
 
 TOOK = re.compile(r"\(took \d+\.\d{4} s\)")
 
@@ -115,23 +116,22 @@ def test_server_refuses_a_port_in_use_in_one_line():
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_server_answers_calls_in_flight_then_exits_zero(signum):
-    from wire import call_body, read_answer
-
     running = start_server_process()
     body = call_body("split", "Hello World")
-    with socket.create_connection(("127.0.0.1", running.port)) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
-        time.sleep(0.3)  # the call is now in flight: half of its body has arrived
+    request = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(request)  # a first call, so that the connection is surely accepted
+        assert read_answer(read_http_response(sock)[2], "split").datum == "Hello"
+        sock.sendall(request[:-10])
+        time.sleep(0.3)  # a second call is now in flight: all but its last bytes are sent
         running.process.send_signal(signum)
         time.sleep(0.3)
-        sock.sendall(body[10:])
-        response = b""
-        while chunk := sock.recv(65536):
-            response += chunk
+        sock.sendall(request[-10:])
+        status, headers, payload = read_http_response(sock)
+        assert sock.recv(1) == b""  # then the server closes the connection
     _, stderr = running.process.communicate(timeout=10)
-    head, _, payload = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert status == "HTTP/1.1 200 OK"
     assert read_answer(payload, "split").datum == "Hello"
     assert running.process.returncode == 0
     assert "Traceback" not in stderr and stderr.rstrip().endswith("server stopped")

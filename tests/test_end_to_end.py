@@ -13,7 +13,7 @@ import pytest
 import client
 import avro_fixes
 import server
-from conftest import serving
+from conftest import read_http_response, serving
 from protocol import PROTOCOL_JSON
 
 
@@ -118,20 +118,6 @@ def test_client_recovers_after_a_failed_call(live_server):
         with pytest.raises(client.CallFailed):
             echo_client.echo("two")
         assert echo_client.echo("three") == "three"
-
-
-def read_http_response(sock) -> tuple:
-    """Read one HTTP/1.1 response with a Content-Length: (status line, headers, body)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    status, *header_lines = head.decode().split("\r\n")
-    headers = {name.lower(): value for name, value in
-               (line.split(": ", 1) for line in header_lines)}
-    while len(body) < int(headers["content-length"]):
-        body += sock.recv(65536)
-    return status, headers, body
 
 
 def test_oversized_body_is_refused_before_it_is_sent(live_server):
