@@ -16,7 +16,8 @@ import avro_fixes
 import server
 from conftest import call_app
 from protocol import PROTOCOL_JSON, EchoProtocol
-from wire import call_body, call_request, encode, frame, handshake_request, read_answer
+from wire import (call_body, call_head, call_request, encode, frame, handshake_request,
+                  read_answer)
 
 
 def protocol_with(**changes) -> avro.protocol.Protocol:
@@ -151,7 +152,7 @@ def test_truncated_parameters_are_a_system_error(app):
 
 def test_invalid_utf8_in_parameters_is_a_system_error(app):
     params = encode(avro.schema.parse('"bytes"'), b"\xff\xfe")  # same wire form as a string
-    body = frame(handshake_request() + call_request("", {}) [:-1] + b"\x08echo" + params)
+    body = frame(handshake_request() + call_head("echo") + params)
     assert system_error(app, body).startswith("Invalid parameters for echo: 'utf-8' codec")
 
 

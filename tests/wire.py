@@ -37,11 +37,18 @@ def handshake_request(protocol=EchoProtocol, server_hash: Optional[bytes] = None
     return encode(avro.ipc.HANDSHAKE_REQUEST_SCHEMA, request)
 
 
+STRING = avro.schema.parse('"string"')
+
+
+def call_head(message: str) -> bytes:
+    """The start of a call request: empty metadata, then the message name."""
+    return encode(avro.ipc.META_SCHEMA, {}) + encode(STRING, message)
+
+
 def call_request(message: str, params: dict, protocol=EchoProtocol) -> bytes:
-    head = encode(avro.ipc.META_SCHEMA, {}) + encode(avro.schema.parse('"string"'), message)
-    if message == "":
-        return head
-    return head + encode(protocol.messages[message].request, params)
+    if message == "":  # a ping has no parameters
+        return call_head("")
+    return call_head(message) + encode(protocol.messages[message].request, params)
 
 
 def call_body(message: str = "echo", query: str = "Hello World", **handshake) -> bytes:
