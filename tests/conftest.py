@@ -93,23 +93,30 @@ class ServerProcess(NamedTuple):
     startup_line: str
 
 
-def start_server_process(*args: str) -> ServerProcess:
-    """Run server.py on a free port, in its own session (so SIGINT reaches it)."""
+@contextlib.contextmanager
+def server_program(*args: str):
+    """Run server.py on a free port, in its own session (so SIGINT reaches it).
+
+    Yields a ServerProcess; the test may stop it. Whatever is still running at the end is
+    killed, so a failing test leaves no server behind.
+    """
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "server.py"), "--port", "0", *args],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    line = process.stderr.readline()
-    match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
-    if not match:
-        process.kill()
-        raise AssertionError(f"no startup line from server.py: {line!r}")
-    return ServerProcess(process, int(match.group(1)), line)
+    try:
+        line = process.stderr.readline()
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+        assert match, f"no startup line from server.py: {line!r}"
+        yield ServerProcess(process, int(match.group(1)), line)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 @pytest.fixture(scope="module")
 def server_process():
     """server.py running as a program for the whole module: yields its port."""
-    running = start_server_process()
-    yield running.port
-    running.process.send_signal(signal.SIGTERM)
-    running.process.communicate(timeout=10)
+    with server_program() as running:
+        yield running.port
+        running.process.send_signal(signal.SIGTERM)

@@ -13,7 +13,7 @@ import pytest
 
 import client
 import server
-from conftest import ROOT, read_http_response, serving, start_server_process
+from conftest import ROOT, read_http_response, server_program, serving
 from protocol import PROTOCOL_JSON
 from wire import call_body, read_answer
 
@@ -80,13 +80,11 @@ def test_client_says_in_one_line_when_the_server_answers_with_an_avro_error(caps
 
 
 def test_server_prints_one_startup_line_with_the_bound_port():
-    running = start_server_process()
-    try:
+    with server_program() as running:
         assert running.startup_line.rstrip().endswith(
             f"server AvroEcho server listening on http://127.0.0.1:{running.port}/")
         result = run("client.py", "--port", str(running.port), "-e", "-q", "ok")
         assert result.stdout.startswith(">>> Echo: ok\n")
-    finally:
         running.process.send_signal(signal.SIGTERM)
         _, rest = running.process.communicate(timeout=10)
     assert running.process.returncode == 0
@@ -116,11 +114,11 @@ def test_server_refuses_a_port_in_use_in_one_line():
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_server_answers_calls_in_flight_then_exits_zero(signum):
-    running = start_server_process()
     body = call_body("split", "Hello World")
     request = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
                b"Content-Length: %d\r\n\r\n" % len(body) + body)
-    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+    with server_program() as running, \
+            socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
         sock.sendall(request)  # a first call, so that the connection is surely accepted
         assert read_answer(read_http_response(sock)[2], "split").datum == "Hello"
         sock.sendall(request[:-10])
@@ -130,7 +128,7 @@ def test_server_answers_calls_in_flight_then_exits_zero(signum):
         sock.sendall(request[-10:])
         status, headers, payload = read_http_response(sock)
         assert sock.recv(1) == b""  # then the server closes the connection
-    _, stderr = running.process.communicate(timeout=10)
+        _, stderr = running.process.communicate(timeout=10)
     assert status == "HTTP/1.1 200 OK"
     assert read_answer(payload, "split").datum == "Hello"
     assert running.process.returncode == 0
@@ -138,8 +136,8 @@ def test_server_answers_calls_in_flight_then_exits_zero(signum):
 
 
 def test_server_stops_promptly_with_an_idle_keep_alive_client():
-    running = start_server_process()
-    with client.EchoClient("127.0.0.1", running.port) as echo_client:
+    with server_program() as running, \
+            client.EchoClient("127.0.0.1", running.port) as echo_client:
         assert echo_client.echo("keep this connection open") == "keep this connection open"
         started = time.monotonic()
         running.process.send_signal(signal.SIGTERM)
