@@ -9,7 +9,7 @@ tests/test_app.py and tests/test_end_to_end.py would fail without them.
 import hashlib
 import io
 import logging
-from typing import Callable, Optional
+from typing import Optional
 
 import avro.errors
 import avro.io
@@ -109,7 +109,9 @@ class FixedResponder(avro.ipc.Responder):
         if response["match"] != "BOTH":
             response["serverProtocol"] = str(self.local_protocol)
             response["serverHash"] = self.local_hash
-        return self._encode(avro.ipc.HANDSHAKE_RESPONDER_WRITER.write, response)
+        buffer = io.BytesIO()
+        avro.ipc.HANDSHAKE_RESPONDER_WRITER.write(response, avro.io.BinaryEncoder(buffer))
+        return buffer.getvalue()
 
     def _call_response(self, client_protocol: avro.protocol.Protocol,
                        decoder: avro.io.BinaryDecoder) -> bytes:
@@ -131,32 +133,26 @@ class FixedResponder(avro.ipc.Responder):
 
         try:
             response = self.invoke(local_message, request)
-            return self._encode(self._write_ok, local_message.response, response)
+            return self._call_result(local_message.response, response, is_error=False)
         except avro.errors.AvroRemoteException as e:
-            return self._encode(self._write_error, local_message.errors, e)
+            return self._call_result(local_message.errors, e, is_error=True)
         except Exception:
             log.exception("handler for %r failed", name)
             return self._system_error(f"Internal error in {name}")
 
-    def _write_ok(self, schema, datum, encoder) -> None:
+    def _call_result(self, schema, datum, is_error: bool) -> bytes:
+        """A call response: empty metadata, the error flag, then the answer or the error."""
+        buffer = io.BytesIO()
+        encoder = avro.io.BinaryEncoder(buffer)
         avro.ipc.META_WRITER.write({}, encoder)
-        encoder.write_boolean(False)
-        self.write_response(schema, datum, encoder)
-
-    def _write_error(self, schema, error, encoder) -> None:
-        avro.ipc.META_WRITER.write({}, encoder)
-        encoder.write_boolean(True)
-        self.write_error(schema, error, encoder)
+        encoder.write_boolean(is_error)
+        write = self.write_error if is_error else self.write_response
+        write(schema, datum, encoder)
+        return buffer.getvalue()
 
     def _system_error(self, message: str) -> bytes:
-        return self._encode(self._write_error, avro.ipc.SYSTEM_ERROR_SCHEMA,
-                            message[:MAX_ERROR_CHARS])
-
-    @staticmethod
-    def _encode(write: Callable, *args) -> bytes:
-        buffer = io.BytesIO()
-        write(*args, avro.io.BinaryEncoder(buffer))
-        return buffer.getvalue()
+        return self._call_result(avro.ipc.SYSTEM_ERROR_SCHEMA, message[:MAX_ERROR_CHARS],
+                                 is_error=True)
 
 
 class FixedRequestor(avro.ipc.Requestor):
