@@ -5,6 +5,7 @@ import contextlib
 import io
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,11 +31,14 @@ class Response(NamedTuple):
 
 
 def call_app(app, body: bytes = b"", method: str = "POST", content_type="avro/binary",
-             chunked: bool = False, content_length=None) -> Response:
-    """Call a WSGI app in-process, as eventlet.wsgi would, with no socket."""
+             chunked: bool = False, content_length=None, stream=None) -> Response:
+    """Call a WSGI app in-process, as eventlet.wsgi would, with no socket.
+
+    `stream`, if given, is the request body's file instead of one holding `body`.
+    """
     environ = {
         "REQUEST_METHOD": method, "PATH_INFO": "/", "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http",
+        "wsgi.input": stream or io.BytesIO(body), "wsgi.url_scheme": "http",
     }
     if content_type is not None:
         environ["CONTENT_TYPE"] = content_type
@@ -48,6 +52,13 @@ def call_app(app, body: bytes = b"", method: str = "POST", content_type="avro/bi
 
     payload = b"".join(app(environ, start_response))
     return Response(started["status"], started["headers"], payload)
+
+
+def free_port() -> int:
+    """A local port that nothing listens on (for now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def read_http_response(sock) -> tuple:

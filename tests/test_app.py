@@ -282,21 +282,23 @@ def test_chunked_body_is_accepted(app):
     assert read_answer(response.body).datum == "Hello World"
 
 
-class Unreadable(io.BytesIO):
+class Breaking(io.BytesIO):
+    """A request body whose every read raises `error`."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
     def read(self, *args):
-        raise AssertionError("the body was read")
+        raise self.error
 
 
 def test_declared_oversized_body_is_refused_before_reading(app):
-    environ_body = call_body()
-    response = call_app(app, environ_body, content_length=server.MAX_BODY_BYTES + 1)
+    response = call_app(app, call_body(), content_length=server.MAX_BODY_BYTES + 1)
     assert response.status == 413
-    app_that_must_not_read = server.make_application(max_body_bytes=10)
-    environ = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "11", "wsgi.input": Unreadable()}
-    statuses = []
-    body = app_that_must_not_read(environ, lambda status, headers: statuses.append(status))
-    assert statuses == ["413 Content Too Large"]
-    assert b"".join(body) == b"Body is larger than 10 bytes\n"
+    response = call_app(server.make_application(max_body_bytes=10), content_length=11,
+                        stream=Breaking(AssertionError("the body was read")))
+    assert (response.status, response.body) == (413, b"Body is larger than 10 bytes\n")
 
 
 def test_chunked_oversized_body_is_cut_off_at_the_limit():
@@ -332,21 +334,11 @@ def test_unreadable_bodies_get_400_with_a_short_reason(app, body, reason):
     assert response.body == reason
 
 
-class Breaking(io.BytesIO):
-    def __init__(self, error):
-        super().__init__()
-        self.error = error
-
-    def read(self, *args):
-        raise self.error
-
-
 @pytest.mark.parametrize("error", [TimeoutError("timed out"), ConnectionResetError(),
                                    ValueError("bad chunk size")])
 def test_body_that_cannot_be_read_gets_400(app, error):
-    environ = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "100", "wsgi.input": Breaking(error)}
-    statuses = []
-    body = app(environ, lambda status, headers: statuses.append((status, dict(headers))))
-    assert statuses == [("400 Bad Request", {"Content-Type": "text/plain; charset=utf-8",
-                                             "Content-Length": "23", "Connection": "close"})]
-    assert b"".join(body) == b"Body could not be read\n"
+    response = call_app(app, content_length=100, stream=Breaking(error))
+    assert (response.status, response.headers) == (400, {
+        "content-type": "text/plain; charset=utf-8", "content-length": "23",
+        "connection": "close"})
+    assert response.body == b"Body could not be read\n"

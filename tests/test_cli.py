@@ -13,7 +13,7 @@ import pytest
 
 import client
 import server
-from conftest import ROOT, read_http_response, server_program, serving
+from conftest import ROOT, free_port, read_http_response, server_program, serving
 from protocol import PROTOCOL_JSON
 from wire import call_body, read_answer
 
@@ -57,9 +57,7 @@ def test_client_usage_errors_are_one_line(flags, message):
 
 
 def test_client_says_in_one_line_when_the_server_is_unreachable():
-    with socket.socket() as sock:  # a port that nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     result = run("client.py", "--port", str(port), "-e", "-q", "hi")
     assert result.returncode == 1
     assert result.stderr == (f"client.py: error: cannot reach the server at 127.0.0.1:{port}: "

@@ -13,7 +13,7 @@ import pytest
 import client
 import avro_fixes
 import server
-from conftest import read_http_response, serving
+from conftest import free_port, read_http_response, serving
 from protocol import PROTOCOL_JSON
 
 
@@ -83,9 +83,7 @@ def test_two_clients_of_two_servers_keep_their_protocols_apart():
 
 
 def test_unreachable_server_is_a_call_failed():
-    listener = server.listen("127.0.0.1", 0)
-    port = listener.getsockname()[1]
-    listener.close()
+    port = free_port()
     with client.EchoClient("127.0.0.1", port) as echo_client:
         with pytest.raises(client.CallFailed, match=f"cannot reach the server at 127.0.0.1:{port}"):
             echo_client.echo("hi")

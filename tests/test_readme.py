@@ -2,13 +2,12 @@
 
 import re
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 README = (ROOT / "README.md").read_text()
 EXCERPTS = re.findall(r"<!-- excerpt: (\S+) -->\n```\w*\n(.*?)```", README, re.DOTALL)
@@ -35,9 +34,7 @@ def test_make_demo_prints_what_the_readme_shows():
         pytest.skip("make is not installed")
     shown = re.search(r"```console\n\$ make demo\n(.*?)```", README, re.DOTALL).group(1)
     shown = shown.split("touch .venv/.runtime\n", 1)[1]  # the set-up lines of a first run
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     # -o: the virtualenv is taken as made; the demo runs with this interpreter instead.
     result = subprocess.run(["make", "-s", "-o", ".venv/.runtime", "demo", f"PORT={port}",
                              f"PY={sys.executable}"], cwd=ROOT, capture_output=True,
