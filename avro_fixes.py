@@ -1,20 +1,25 @@
 """Fixes for the flaws of avro.ipc (avro 1.12.2) that this example runs into, in one place.
 
-Server side, FixedResponder: a lost system error, leaked handler errors, no ping, and an
-unbounded protocol cache that a client can poison. Client side, FixedRequestor: the server's
-protocol is cached under the local socket name. Each class says what it fixes and why;
-tests/test_app.py and tests/test_end_to_end.py would fail without them.
+Two kinds of flaw. Bugs: on the server, a lost system error, leaked handler errors, no ping,
+and an unbounded protocol cache that a client can poison; on the client, the server's
+protocol cached under the local socket name. Waste: on both sides avro.ipc rebuilds, re-checks
+and re-encodes the same things on every call, which costs more than eventlet's whole HTTP
+round trip. Each class and function says what it fixes or saves, and why; the tests in
+tests/test_app.py, tests/test_end_to_end.py and tests/test_fast_path.py would fail without
+them.
 """
 
 import hashlib
 import io
 import logging
-from typing import Optional
+import struct
+from typing import Callable, Optional
 
 import avro.errors
 import avro.io
 import avro.ipc
 import avro.protocol
+import avro.schema
 
 # Client protocols remembered by hash; the least recently used is forgotten first.
 MAX_CACHED_PROTOCOLS = 256
@@ -27,14 +32,125 @@ log = logging.getLogger(__name__)
 # UnicodeDecodeError (a ValueError) for a string that is not UTF-8.
 DECODING_ERRORS = (avro.errors.AvroException, ValueError)
 
+# On the wire, a handshake request whose clientProtocol and meta are both null is exactly
+# clientHash (16 bytes), 0x00 (the union's null branch), serverHash (16 bytes), 0x00.
+# Every call after the first one looks like this, on both sides.
+_HASH = 16
+_SHORT_HANDSHAKE = 2 * _HASH + 2
+# An empty metadata map: how every call request and call response of this example starts.
+_EMPTY_META = b"\x00"
+_FALSE, _TRUE = b"\x00", b"\x01"
+_FRAME_LENGTH = struct.Struct(">I")
+_END_OF_MESSAGE = _FRAME_LENGTH.pack(0)
+
 
 class BadRequest(Exception):
     """The body is not an Avro call at all, so there is no Avro way to answer: HTTP 400."""
 
 
+class BadFraming(ValueError):
+    """The body is not a sequence of Avro frames ending with an empty one."""
+
+
+def frame(message: bytes) -> bytes:
+    """The message in Avro frames, the bytes avro.ipc.FramedWriter would write.
+
+    Saves: FramedWriter writes each frame and each length into a file object, and the
+    transceivers then copy that file's contents out. A message that fits in one frame (every
+    message of this protocol below 8 KiB) is framed here with a single join.
+    """
+    if len(message) > avro.ipc.BUFFER_SIZE:
+        out = io.BytesIO()
+        avro.ipc.FramedWriter(out).write_framed_message(message)
+        return out.getvalue()
+    if not message:
+        return _END_OF_MESSAGE
+    return b"".join((_FRAME_LENGTH.pack(len(message)), message, _END_OF_MESSAGE))
+
+
+def unframe(body: bytes) -> bytes:
+    """The message inside an Avro-framed body, as avro.ipc.FramedReader reads it.
+
+    Saves: FramedReader reads from a file object, through a BytesIO per frame. Here the frames
+    are sliced out of the body, and a one-frame body costs one slice. Like FramedReader, it
+    ignores anything after the end-of-message frame. Raises BadFraming.
+    """
+    if not body:
+        raise BadFraming("empty body")
+    frames = []
+    position = 0
+    while True:
+        if position + 4 > len(body):
+            raise BadFraming("body ends inside a frame or before the end-of-message frame")
+        (length,) = _FRAME_LENGTH.unpack_from(body, position)
+        position += 4
+        if length == 0:
+            return frames[0] if len(frames) == 1 else b"".join(frames)
+        if position + length > len(body):
+            raise BadFraming("body ends inside a frame or before the end-of-message frame")
+        frames.append(body[position:position + length])
+        position += length
+
+
+def _encode(write: Callable, datum: object) -> bytes:
+    buffer = io.BytesIO()
+    write(datum, avro.io.BinaryEncoder(buffer))
+    return buffer.getvalue()
+
+
+# Primitive types for which avro.io.DatumWriter.write_data makes the same isinstance() check
+# as validate(). (Not int and long: validate() also checks their range, write_data does not.)
+_SELF_CHECKING_TYPES = frozenset({"null", "boolean", "string", "bytes", "float", "double"})
+
+
+def _self_checking(schema: avro.schema.Schema) -> bool:
+    return (schema.type in _SELF_CHECKING_TYPES
+            and getattr(schema, "logical_type", None) is None)
+
+
+def _writer_for(schema: avro.schema.Schema) -> Callable[[object, avro.io.BinaryEncoder], None]:
+    """A function that writes a datum of `schema`, like avro.io.DatumWriter(schema).write.
+
+    Saves: DatumWriter.write walks the datum once to validate it, then again to write it. For
+    the types above, validate() repeats a check that write_data makes anyway (raising the
+    same AvroTypeException), so the first walk is skipped; that halves the cost of writing a
+    string. A record made of such fields (the parameters of echo and split) needs one more
+    check first, the one validate() makes on the record itself: a dict, with no unknown keys.
+    Every other schema keeps avro's validation.
+    """
+    writer = avro.io.DatumWriter(schema)
+    if _self_checking(schema):
+        return lambda datum, encoder: writer.write_data(schema, datum, encoder)
+    if (isinstance(schema, avro.schema.RecordSchema)
+            and all(_self_checking(field.type) for field in schema.fields)):
+        names = frozenset(field.name for field in schema.fields)
+
+        def write_record(datum: object, encoder: avro.io.BinaryEncoder) -> None:
+            if isinstance(datum, dict) and names.issuperset(datum):
+                writer.write_data(schema, datum, encoder)
+            else:
+                writer.write(datum, encoder)  # fails in validate(), with avro's own message
+        return write_record
+    return writer.write
+
+
+def _read_empty_or_meta(decoder: avro.io.BinaryDecoder) -> None:
+    """Skip a metadata map, taking the one-byte empty map without avro's generic reader.
+
+    Saves: META_READER.read costs about as much as reading the parameters, for a map that is
+    empty in every call this example sees. A non-empty map goes through avro as before.
+    """
+    reader = decoder.reader
+    start = reader.tell()
+    if reader.read(1) != _EMPTY_META:
+        reader.seek(start)
+        avro.ipc.META_READER.read(decoder)
+
+
 class FixedResponder(avro.ipc.Responder):
     """avro.ipc.Responder with the flaws of avro 1.12.2's server side fixed, in one place.
 
+    Bugs fixed:
     - respond() writes a system error raised after the handshake into a buffer that it then
       throws away, so the client gets a bare handshake and a decoding error. Here the
       handshake and the call response are built separately and always sent together.
@@ -44,12 +160,36 @@ class FixedResponder(avro.ipc.Responder):
     - The client-protocol cache is an unbounded dict, keyed by whatever hash the client
       sends, so a client can grow it without limit or plant a wrong protocol under another
       client's hash. Here it is bounded, and a protocol is cached only under its own MD5.
+
+    Waste cut (tests/test_fast_path.py checks that the bytes are those of avro.ipc):
+    - The handshake response is one of three byte strings that never change; they are
+      encoded once, in __init__, instead of on every call.
+    - A handshake request without a protocol is read by its fixed layout (_SHORT_HANDSHAKE)
+      instead of by avro's generic reader.
+    - Readers for each client message and writers for each of our messages are made once and
+      kept (with the client protocol they belong to), instead of once per call.
+    - A string response is written without avro's redundant validation pass (_writer_for).
     """
 
     def __init__(self, local_protocol: avro.protocol.Protocol,
                  max_cached_protocols: int = MAX_CACHED_PROTOCOLS) -> None:
         self.max_cached_protocols = max_cached_protocols
+        # For each hash in the protocol cache (and always our own): the request readers of
+        # the protocol cached under it, by message name. Kept and forgotten with the protocol.
+        self._request_readers = {}
         super().__init__(local_protocol)
+        self._handshake_responses = {
+            match: self._encode_handshake_response(match) for match in ("BOTH", "CLIENT", "NONE")}
+        self._response_writers = {
+            name: (_writer_for(message.response), _writer_for(message.errors))
+            for name, message in local_protocol.messages.items()}
+
+    def _encode_handshake_response(self, match: str) -> bytes:
+        response = {"match": match}
+        if match != "BOTH":
+            response["serverProtocol"] = str(self.local_protocol)
+            response["serverHash"] = self.local_hash
+        return _encode(avro.ipc.HANDSHAKE_RESPONDER_WRITER.write, response)
 
     # A dict keeps insertion order, so re-inserting on every hit makes it an LRU cache.
     def get_protocol_cache(self, hash: bytes) -> Optional[avro.protocol.Protocol]:
@@ -63,8 +203,12 @@ class FixedResponder(avro.ipc.Responder):
     def set_protocol_cache(self, hash: bytes, protocol: avro.protocol.Protocol) -> None:
         self.protocol_cache.pop(hash, None)
         self.protocol_cache[hash] = protocol
+        self._request_readers[hash] = {}
         while len(self.protocol_cache) > self.max_cached_protocols:
-            del self.protocol_cache[next(iter(self.protocol_cache))]
+            forgotten = next(iter(self.protocol_cache))
+            del self.protocol_cache[forgotten]
+            if forgotten != self.local_hash:  # get_protocol_cache always knows our own
+                del self._request_readers[forgotten]
 
     def respond(self, call_request: bytes) -> bytes:
         """Answer one call: the handshake response, then the call response (if any).
@@ -72,10 +216,18 @@ class FixedResponder(avro.ipc.Responder):
         Raises BadRequest when the body does not even start with a handshake request.
         """
         decoder = avro.io.BinaryDecoder(io.BytesIO(call_request))
-        try:
-            handshake = avro.ipc.HANDSHAKE_RESPONDER_READER.read(decoder)
-        except DECODING_ERRORS as e:
-            raise BadRequest("body is not an Avro handshake request") from e
+        if (len(call_request) >= _SHORT_HANDSHAKE and call_request[_HASH] == 0
+                and call_request[_SHORT_HANDSHAKE - 1] == 0):
+            client_hash = call_request[:_HASH]
+            handshake = {"clientHash": client_hash, "clientProtocol": None,
+                         "serverHash": call_request[_HASH + 1:_SHORT_HANDSHAKE - 1]}
+            decoder.reader.seek(_SHORT_HANDSHAKE)
+        else:
+            try:
+                handshake = avro.ipc.HANDSHAKE_RESPONDER_READER.read(decoder)
+            except DECODING_ERRORS as e:
+                raise BadRequest("body is not an Avro handshake request") from e
+            client_hash = handshake["clientHash"]
         try:
             client_protocol = self._client_protocol(handshake)
         except Exception as e:  # parsing untrusted JSON can fail in many ways
@@ -87,7 +239,7 @@ class FixedResponder(avro.ipc.Responder):
             # NONE: the client must resend with its protocol; no call response follows.
             return self._handshake_response(handshake, client_known=False)
         return (self._handshake_response(handshake, client_known=True)
-                + self._call_response(client_protocol, decoder))
+                + self._call_response(client_hash, client_protocol, decoder))
 
     def _client_protocol(self, handshake: dict) -> Optional[avro.protocol.Protocol]:
         client_hash = handshake["clientHash"]
@@ -101,68 +253,91 @@ class FixedResponder(avro.ipc.Responder):
 
     def _handshake_response(self, handshake: dict, client_known: bool) -> bytes:
         if not client_known:
-            response = {"match": "NONE"}
-        elif handshake["serverHash"] == self.local_hash:
-            response = {"match": "BOTH"}
-        else:
-            response = {"match": "CLIENT"}
-        if response["match"] != "BOTH":
-            response["serverProtocol"] = str(self.local_protocol)
-            response["serverHash"] = self.local_hash
-        buffer = io.BytesIO()
-        avro.ipc.HANDSHAKE_RESPONDER_WRITER.write(response, avro.io.BinaryEncoder(buffer))
-        return buffer.getvalue()
+            return self._handshake_responses["NONE"]
+        if handshake["serverHash"] == self.local_hash:
+            return self._handshake_responses["BOTH"]
+        return self._handshake_responses["CLIENT"]
 
-    def _call_response(self, client_protocol: avro.protocol.Protocol,
+    def _request_reader(self, client_hash: bytes, client_protocol: avro.protocol.Protocol,
+                        name: str) -> avro.io.DatumReader:
+        """The reader of `name`'s parameters: the client's schema resolved against ours."""
+        readers = self._request_readers.get(client_hash)
+        if readers is None:  # a protocol that was not cached: its readers are not kept either
+            readers = {}
+        reader = readers.get(name)
+        if reader is None:
+            remote = client_protocol.messages[name].request
+            reader = readers[name] = avro.io.DatumReader(
+                remote, self.local_protocol.messages[name].request)
+        return reader
+
+    def _call_response(self, client_hash: bytes, client_protocol: avro.protocol.Protocol,
                        decoder: avro.io.BinaryDecoder) -> bytes:
         try:
-            avro.ipc.META_READER.read(decoder)
+            _read_empty_or_meta(decoder)
             name = decoder.read_utf8()
         except DECODING_ERRORS as e:
             return self._system_error(f"Invalid call request: {e}")
         if name == "":
             return b""  # a ping: the handshake alone is the answer
-        remote_message = client_protocol.messages.get(name)
         local_message = self.local_protocol.messages.get(name)
-        if remote_message is None or local_message is None:
+        if name not in client_protocol.messages or local_message is None:
             return self._system_error(f"Unknown message: {name}")
         try:
-            request = self.read_request(remote_message.request, local_message.request, decoder)
+            request = self._request_reader(client_hash, client_protocol, name).read(decoder)
         except DECODING_ERRORS as e:
             return self._system_error(f"Invalid parameters for {name}: {e}")
 
+        response_writer, error_writer = self._response_writers[name]
         try:
             response = self.invoke(local_message, request)
-            return self._call_result(local_message.response, response, is_error=False)
+            return self._call_result(response_writer, response, is_error=False)
         except avro.errors.AvroRemoteException as e:
-            return self._call_result(local_message.errors, e, is_error=True)
+            return self._call_result(error_writer, str(e), is_error=True)
         except Exception:
             log.exception("handler for %r failed", name)
             return self._system_error(f"Internal error in {name}")
 
-    def _call_result(self, schema, datum, is_error: bool) -> bytes:
+    def _call_result(self, write: Callable, datum, is_error: bool) -> bytes:
         """A call response: empty metadata, the error flag, then the answer or the error."""
         buffer = io.BytesIO()
-        encoder = avro.io.BinaryEncoder(buffer)
-        avro.ipc.META_WRITER.write({}, encoder)
-        encoder.write_boolean(is_error)
-        write = self.write_error if is_error else self.write_response
-        write(schema, datum, encoder)
+        buffer.write(_EMPTY_META + (_TRUE if is_error else _FALSE))
+        write(datum, avro.io.BinaryEncoder(buffer))
         return buffer.getvalue()
 
     def _system_error(self, message: str) -> bytes:
-        return self._call_result(avro.ipc.SYSTEM_ERROR_SCHEMA, message[:MAX_ERROR_CHARS],
-                                 is_error=True)
+        return self._call_result(_SYSTEM_ERROR_WRITER, message[:MAX_ERROR_CHARS], is_error=True)
+
+
+_SYSTEM_ERROR_WRITER = _writer_for(avro.ipc.SYSTEM_ERROR_SCHEMA)
 
 
 class FixedRequestor(avro.ipc.Requestor):
-    """avro.ipc.Requestor that remembers the server's protocol on the instance.
+    """avro.ipc.Requestor with the flaws of avro 1.12.2's client side fixed, in one place.
 
-    avro.ipc keeps it in module-level dicts keyed by transceiver.remote_name, which
-    HTTPTransceiver sets to the *local* socket name. A later connection that happens to get
-    the same local port, to another server, would find the wrong protocol; and the dicts grow
-    by one entry per connection ever made.
+    Bug fixed: avro.ipc keeps the server's protocol in module-level dicts keyed by
+    transceiver.remote_name, which HTTPTransceiver sets to the *local* socket name. A later
+    connection that happens to get the same local port, to another server, would find the
+    wrong protocol; and the dicts grow by one entry per connection ever made. Here they are
+    kept on the instance.
+
+    Waste cut (tests/test_fast_path.py checks that the bytes are those of avro.ipc):
+    - After the first call the handshake request never changes; it is encoded once per
+      (server hash, whether to send our protocol) instead of on every call.
+    - The start of each call request (empty metadata, message name) is encoded once.
+    - Parameters are written by a writer made once per message (_writer_for).
+    - A BOTH handshake response (four zero bytes) is recognised without avro's generic
+      reader, and the empty response metadata is skipped likewise.
+    - Response readers are made once per server protocol, instead of once per call.
     """
+
+    def __init__(self, local_protocol: avro.protocol.Protocol, transceiver) -> None:
+        super().__init__(local_protocol, transceiver)
+        self._handshake_requests = {}
+        self._call_heads = {}
+        self._request_writers = {}
+        self._response_readers = {}
+        self._both = _encode(avro.ipc.HANDSHAKE_RESPONDER_WRITER.write, {"match": "BOTH"})
 
     @property
     def remote_protocol(self) -> Optional[avro.protocol.Protocol]:
@@ -170,6 +345,8 @@ class FixedRequestor(avro.ipc.Requestor):
 
     @remote_protocol.setter
     def remote_protocol(self, protocol: avro.protocol.Protocol) -> None:
+        if protocol is not self._remote_protocol:
+            self._response_readers = {}  # they resolve the old server protocol's schemas
         self._remote_protocol = protocol
 
     @property
@@ -183,8 +360,53 @@ class FixedRequestor(avro.ipc.Requestor):
     def write_handshake_request(self, encoder: avro.io.BinaryEncoder) -> None:
         if self.remote_hash is None:  # until the server says otherwise, guess it speaks ours
             self.remote_protocol = self.local_protocol
-        request = {"clientHash": self.local_protocol.md5,
-                   "serverHash": self.remote_hash or self.local_protocol.md5}
-        if self.send_protocol:
-            request["clientProtocol"] = str(self.local_protocol)
-        avro.ipc.HANDSHAKE_REQUESTOR_WRITER.write(request, encoder)
+        server_hash = self.remote_hash or self.local_protocol.md5
+        key = (server_hash, bool(self.send_protocol))
+        request = self._handshake_requests.get(key)
+        if request is None:
+            datum = {"clientHash": self.local_protocol.md5, "serverHash": server_hash}
+            if self.send_protocol:
+                datum["clientProtocol"] = str(self.local_protocol)
+            request = _encode(avro.ipc.HANDSHAKE_REQUESTOR_WRITER.write, datum)
+            self._handshake_requests[key] = request
+        encoder.write(request)
+
+    def write_call_request(self, message_name: str, request_datum: object,
+                           encoder: avro.io.BinaryEncoder) -> None:
+        head = self._call_heads.get(message_name)
+        if head is None:
+            message = self.local_protocol.messages.get(message_name)
+            if message is None:
+                raise avro.errors.AvroException(f"Unknown message: {message_name}")
+            buffer = io.BytesIO(_EMPTY_META)
+            buffer.seek(0, io.SEEK_END)
+            avro.io.BinaryEncoder(buffer).write_utf8(message.name)
+            head = self._call_heads[message_name] = buffer.getvalue()
+            self._request_writers[message_name] = _writer_for(message.request)
+        encoder.write(head)
+        self._request_writers[message_name](request_datum, encoder)
+
+    def read_handshake_response(self, decoder: avro.io.BinaryDecoder) -> bool:
+        reader = decoder.reader
+        start = reader.tell()
+        if reader.read(len(self._both)) == self._both:
+            self.send_protocol = False
+            return True
+        reader.seek(start)
+        return super().read_handshake_response(decoder)
+
+    def read_call_response(self, message_name: str, decoder: avro.io.BinaryDecoder) -> object:
+        readers = self._response_readers.get(message_name)
+        if readers is None:
+            remote = self.remote_protocol.messages.get(message_name)
+            if remote is None:
+                raise avro.errors.AvroException(f"Unknown remote message: {message_name}")
+            local = self.local_protocol.messages[message_name]
+            readers = self._response_readers[message_name] = (
+                avro.io.DatumReader(remote.response, local.response),
+                avro.io.DatumReader(remote.errors, local.errors))
+        _read_empty_or_meta(decoder)
+        response_reader, error_reader = readers
+        if decoder.read_boolean():
+            raise avro.errors.AvroRemoteException(error_reader.read(decoder))
+        return response_reader.read(decoder)

@@ -25,7 +25,8 @@ class CallFailed(Exception):
 
 
 class _Transceiver(avro.ipc.HTTPTransceiver):
-    """avro.ipc.HTTPTransceiver with a timeout, and a clear error for a non-Avro answer."""
+    """avro.ipc.HTTPTransceiver with a timeout, a clear error for a non-Avro answer, and
+    framing without copies (avro_fixes.frame and unframe)."""
 
     def __init__(self, host: str, port: int, timeout: float) -> None:
         # Not calling super().__init__: it connects at once, with no timeout.
@@ -33,15 +34,23 @@ class _Transceiver(avro.ipc.HTTPTransceiver):
         self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
         self.remote_name = (host, port)
 
+    def write_framed_message(self, message: bytes) -> None:
+        self.conn.request("POST", self.req_resource, avro_fixes.frame(message),
+                          {"Content-Type": "avro/binary"})
+
     def read_framed_message(self) -> bytes:
         response = self.conn.getresponse()
         content_type = response.getheader("Content-Type", "").split(";")[0]
         if response.status != 200 or content_type != "avro/binary":
             reason = response.read(200).decode("utf-8", "replace").strip()
             raise CallFailed(f"server answered {response.status} {response.reason}: {reason}")
-        message = avro.ipc.FramedReader(response).read_framed_message()
-        response.read()  # finish the body, so the connection can carry the next call
-        return message
+        # The whole body at once (this also readies the connection for the next call), then
+        # the frames out of it: cheaper than avro's FramedReader, which reads the response a
+        # few bytes at a time.
+        try:
+            return avro_fixes.unframe(response.read())
+        except avro_fixes.BadFraming as e:
+            raise CallFailed(f"server answered with a broken Avro body: {e}") from e
 
 
 class EchoClient:

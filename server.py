@@ -18,11 +18,9 @@ with warnings.catch_warnings():
 eventlet.monkey_patch()
 
 import argparse
-import io
 import logging
 import signal
 import socket
-import struct
 from typing import Callable, Iterable, Optional
 
 import avro.errors
@@ -92,16 +90,13 @@ def make_application(responder: Optional[avro.ipc.Responder] = None,
             return _plain(start_response, "400 Bad Request", "Body could not be read",
                           [("Connection", "close")])
         try:
-            call_request = _unframe(body)
-            call_response = responder.respond(call_request)
-        except avro_fixes.BadRequest as e:
+            call_response = responder.respond(avro_fixes.unframe(body))
+        except (avro_fixes.BadFraming, avro_fixes.BadRequest) as e:
             return _plain(start_response, "400 Bad Request", f"Bad Avro request: {e}")
         except Exception:  # a bug, not bad input: log it here, where eventlet would not
             log.exception("unexpected error while answering a call")
             return _plain(start_response, "500 Internal Server Error", "Internal server error")
-        out = io.BytesIO()
-        avro.ipc.FramedWriter(out).write_framed_message(call_response)
-        payload = out.getvalue()
+        payload = avro_fixes.frame(call_response)
         start_response("200 OK", [("Content-Type", "avro/binary"),
                                   ("Content-Length", str(len(payload)))])
         return [payload]
@@ -120,17 +115,6 @@ def _read_body(environ: dict, limit: int) -> bytes:
     if len(body) > limit:
         raise BodyTooLarge()
     return body
-
-
-def _unframe(body: bytes) -> bytes:
-    """The message inside an Avro-framed body (length-prefixed frames, then a 0 frame)."""
-    if not body:
-        raise avro_fixes.BadRequest("empty body")
-    try:
-        return avro.ipc.FramedReader(io.BytesIO(body)).read_framed_message()
-    except (avro.errors.ConnectionClosedException, struct.error) as e:
-        raise avro_fixes.BadRequest(
-            "body ends inside a frame or before the end-of-message frame") from e
 
 
 def _plain(start_response: Callable, status: str, reason: str,

@@ -1,0 +1,193 @@
+"""The fast paths in avro_fixes.py give the very bytes that plain avro.ipc gives.
+
+avro.ipc is the reference: for generated queries and every handshake case, the server's
+response and the client's request are compared byte for byte with what avro.ipc's own
+Responder, Requestor, FramedReader and FramedWriter produce.
+"""
+
+import io
+import json
+import struct
+
+import avro.errors
+import avro.io
+import avro.ipc
+import avro.protocol
+import avro.schema
+import pytest
+from hypothesis import given, strategies as st
+
+import avro_fixes
+import server
+from conftest import call_app
+from protocol import PROTOCOL_JSON, EchoProtocol
+from wire import call_request, frame, handshake_request
+
+
+class PlainEchoResponder(avro.ipc.Responder):
+    """The same service on avro.ipc's own Responder, with none of the fixes."""
+
+    def __init__(self) -> None:
+        super().__init__(EchoProtocol)
+
+    def invoke(self, message, request):
+        return getattr(server.EchoResponder, f"handle_{message.name}")(None, **request)
+
+
+def evolved_protocol() -> avro.protocol.Protocol:
+    """A newer client: an extra request field with a default, first, in each message."""
+    data = json.loads(PROTOCOL_JSON)
+    for message in data["messages"].values():
+        message["request"].insert(0, {"name": "shout", "type": "boolean", "default": False})
+    return avro.protocol.parse(json.dumps(data))
+
+
+EVOLVED = evolved_protocol()
+UNKNOWN = avro.protocol.parse(json.dumps({**json.loads(PROTOCOL_JSON), "protocol": "Other"}))
+
+# Each handshake case: the client's protocol, whether it sends it, and its guess of our hash.
+HANDSHAKES = {
+    "BOTH": dict(protocol=EchoProtocol),
+    "BOTH, protocol sent": dict(protocol=EVOLVED, send_protocol=True),
+    "BOTH, known evolved client": dict(protocol=EVOLVED),
+    "CLIENT": dict(protocol=EchoProtocol, server_hash=b"\x07" * 16),
+    "CLIENT, protocol sent": dict(protocol=EVOLVED, send_protocol=True, server_hash=b"\x07" * 16),
+    "NONE": dict(protocol=UNKNOWN),
+}
+
+queries = st.one_of(st.text(max_size=50), st.text(min_size=1000, max_size=20_000))
+
+# One of each, kept across examples, so that their caches fill up as a real server's do.
+FAST = server.EchoResponder()
+PLAIN = PlainEchoResponder()
+
+
+def call(handshake: dict, message: str, query: str) -> bytes:
+    protocol = handshake["protocol"]
+    params = {"query": query}
+    if protocol is EVOLVED:
+        params["shout"] = True
+    if message == "":
+        params = {}
+    return handshake_request(**handshake) + call_request(message, params, protocol)
+
+
+@pytest.mark.parametrize("case", HANDSHAKES)
+@given(message=st.sampled_from(["echo", "split", ""]), query=queries)
+def test_responses_are_the_bytes_avro_ipc_gives(case, message, query):
+    request = call(HANDSHAKES[case], message, query)
+    fast = FAST.respond(request)
+    if message == "":  # avro.ipc cannot answer a ping: compare the handshake it would send
+        assert fast == PLAIN.respond(call(HANDSHAKES[case], "echo", query))[:len(fast)]
+    else:
+        assert fast == PLAIN.respond(request)
+
+
+@pytest.mark.parametrize("case", HANDSHAKES)
+@given(query=queries)
+def test_http_bodies_are_the_bytes_avro_ipc_frames(case, query):
+    body = frame(call(HANDSHAKES[case], "echo", query), frame_size=4096)
+    expected = io.BytesIO()
+    avro.ipc.FramedWriter(expected).write_framed_message(
+        PLAIN.respond(avro.ipc.FramedReader(io.BytesIO(body)).read_framed_message()))
+    assert call_app(server.make_application(FAST), body).body == expected.getvalue()
+
+
+@given(message=st.binary(max_size=30_000))
+def test_frame_writes_what_framed_writer_writes(message):
+    expected = io.BytesIO()
+    avro.ipc.FramedWriter(expected).write_framed_message(message)
+    assert avro_fixes.frame(message) == expected.getvalue()
+
+
+@given(chunks=st.lists(st.binary(min_size=1, max_size=300), max_size=5),
+       trailing=st.binary(max_size=10))
+def test_unframe_reads_what_framed_reader_reads(chunks, trailing):
+    body = b"".join(len(c).to_bytes(4, "big") + c for c in chunks) + bytes(4) + trailing
+    assert avro_fixes.unframe(body) == avro.ipc.FramedReader(io.BytesIO(body)).read_framed_message()
+
+
+@given(body=st.binary(max_size=40))
+def test_unframe_fails_where_framed_reader_fails(body):
+    try:
+        expected = avro.ipc.FramedReader(io.BytesIO(body)).read_framed_message()
+    except (avro.errors.ConnectionClosedException, struct.error):  # struct: a short length
+        with pytest.raises(avro_fixes.BadFraming):
+            avro_fixes.unframe(body)
+    else:
+        assert avro_fixes.unframe(body) == expected
+
+
+# --- The client ------------------------------------------------------------------------------
+
+class Recording:
+    """A transceiver that records each request and answers it with a real server's response."""
+
+    remote_name = ("test", 0)
+
+    def __init__(self, responder: avro.ipc.Responder) -> None:
+        self.responder = responder
+        self.sent = []
+
+    def transceive(self, request: bytes) -> bytes:
+        self.sent.append(request)
+        return self.responder.respond(request)
+
+
+class PlainRequestor(avro.ipc.Requestor):
+    """avro.ipc's Requestor, with its module-level caches cleared first."""
+
+    def __init__(self, *args) -> None:
+        avro.ipc.REMOTE_HASHES.clear()
+        avro.ipc.REMOTE_PROTOCOLS.clear()
+        super().__init__(*args)
+
+
+@pytest.mark.parametrize("server_protocol", [EchoProtocol, EVOLVED], ids=["same", "newer"])
+@given(calls=st.lists(st.tuples(st.sampled_from(["echo", "split"]), queries),
+                      min_size=1, max_size=4))
+def test_requests_are_the_bytes_avro_ipc_sends(server_protocol, calls):
+    """From the first call (a guess, maybe NONE or CLIENT, then a resend) to the last."""
+    transceivers = []
+    for requestor_class in (avro_fixes.FixedRequestor, PlainRequestor):
+        transceiver = Recording(avro_fixes.FixedResponder(server_protocol))
+        transceiver.responder.invoke = lambda message, request: request["query"][::-1]
+        requestor = requestor_class(EchoProtocol, transceiver)
+        answers = [requestor.request(message, {"query": query}) for message, query in calls]
+        assert answers == [query[::-1] for _, query in calls]
+        transceivers.append(transceiver)
+    fast, plain = transceivers
+    assert fast.sent == plain.sent
+
+
+@pytest.mark.parametrize("datum", [
+    {"query": "ok"},
+    {"query": 3},             # the wrong type for the field
+    {},                       # the field is missing
+    {"query": "ok", "x": 1},  # a field the schema does not have
+    "query",                  # not a record at all
+    None,
+])
+def test_request_writer_accepts_and_refuses_what_avro_does(datum):
+    schema = EchoProtocol.messages["echo"].request
+
+    def outcome(write):
+        buffer = io.BytesIO()
+        try:
+            write(datum, avro.io.BinaryEncoder(buffer))
+        except avro.errors.AvroTypeException:
+            return "refused"
+        return buffer.getvalue()
+
+    assert outcome(avro_fixes._writer_for(schema)) == outcome(avro.io.DatumWriter(schema).write)
+
+
+@pytest.mark.parametrize("schema, datum", [
+    ('"int"', 2**31),     # out of range: write_data alone would write it
+    ('"long"', 2**63),
+    ('{"type": "string", "logicalType": "uuid"}', "not a uuid"),
+])
+def test_request_writer_keeps_avros_validation_where_it_matters(schema, datum):
+    write = avro_fixes._writer_for(avro.schema.parse(schema))
+    with pytest.raises(avro.errors.AvroTypeException):
+        write(datum, avro.io.BinaryEncoder(io.BytesIO()))
