@@ -19,8 +19,10 @@ eventlet.monkey_patch()
 
 import argparse
 import logging
+import os
 import signal
 import socket
+import sys
 from typing import Callable, Iterable, Optional
 
 import avro.errors
@@ -29,6 +31,7 @@ import eventlet.wsgi
 import greenlet
 
 import avro_fixes
+import workers
 from protocol import EchoProtocol
 
 DEFAULT_HOST = "127.0.0.1"
@@ -128,12 +131,16 @@ def _plain(start_response: Callable, status: str, reason: str,
 application = make_application()
 
 
-def listen(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> socket.socket:
-    """Bind and listen. Port 0 picks a free port; a port in use is an error."""
+def listen(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+           reuse_port: bool = False) -> socket.socket:
+    """Bind and listen. Port 0 picks a free port; a port in use is an error.
+
+    reuse_port is for the workers of `--workers N` (see workers.py), which share one port.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # eventlet sets SO_REUSEPORT by default, which would let a second server bind the same
     # port silently and take half the calls. Here a busy port is an error.
-    return eventlet.listen((host, port), family, backlog=LISTEN_BACKLOG, reuse_port=False)
+    return eventlet.listen((host, port), family, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
 
 
 def serve(listener: socket.socket, app: Callable = application,
@@ -179,28 +186,59 @@ def stop_gracefully_on(*signums: int) -> None:
         signal.signal(signum, lambda signum, frame: None)  # the wakeup socket does the work
 
 
+def stop_when_orphaned() -> None:
+    """A worker whose supervisor is gone (killed, say) stops as on SIGTERM."""
+    supervisor = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            eventlet.sleep(1.0)
+        log.warning("the supervisor is gone")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    eventlet.spawn_n(watch)
+
+
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description="Serve the AvroEcho protocol over HTTP.")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="port to listen on, 0 for any free port (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes serving the port, one per core is a good start "
+                             "(default: %(default)s)")
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
                         help="larger request bodies get 413 (default: %(default)s)")
     parser.add_argument("--access-log", action="store_true",
                         help="log one line per request")
+    # Given by the supervisor to each worker: the pipe on which to say it listens.
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"argument --port: {args.port} is not a port number (0 to 65535)")
+    if args.workers < 1:
+        parser.error(f"argument --workers: {args.workers} is not 1 or more")
+    worker = args.ready_fd is not None
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=(
+        "%(asctime)s %(name)s[%(process)d] %(message)s" if worker
+        else "%(asctime)s %(name)s %(message)s"))
+    if args.workers > 1:
+        argv = sys.argv[1:] if argv is None else argv
+        return workers.run(__file__, argv, args.host, args.port, args.workers)
     try:
-        listener = listen(args.host, args.port)
+        listener = listen(args.host, args.port, reuse_port=worker)
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", args.host, args.port, e.strerror or e)
         return 1
-    host, port = listener.getsockname()[:2]
-    log.info("AvroEcho server listening on http://%s:%d/", host, port)
+    if worker:
+        with open(args.ready_fd, "wb") as ready:
+            ready.write(b"1")
+        stop_when_orphaned()
+    else:
+        host, port = listener.getsockname()[:2]
+        log.info("AvroEcho server listening on http://%s:%d/", host, port)
     stop_gracefully_on(signal.SIGINT, signal.SIGTERM)
     serve(listener, make_application(max_body_bytes=args.max_body_bytes),
           access_log=args.access_log)

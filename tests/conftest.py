@@ -115,8 +115,11 @@ def server_program(*args: str):
         [sys.executable, str(ROOT / "server.py"), "--port", "0", *args],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        line = process.stderr.readline()
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+        # Workers (--workers) may log their own start before the supervisor's line.
+        for line in iter(process.stderr.readline, ""):
+            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+            if match:
+                break
         assert match, f"no startup line from server.py: {line!r}"
         yield ServerProcess(process, int(match.group(1)), line)
     finally:

@@ -1,0 +1,153 @@
+"""`server.py --workers N`: N server processes on one port, under a small supervisor.
+
+Each worker is a whole `server.py` that binds the port with SO_REUSEPORT; the kernel spreads
+new connections across them, so N workers use N cores. The supervisor serves nothing
+itself. It starts the workers and waits until each one listens; it starts a new worker when
+one dies; and on SIGTERM or SIGINT it passes SIGTERM on, so that every worker stops
+accepting and answers its calls in flight, and it exits when they all have.
+"""
+
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+log = logging.getLogger("server")
+
+# How long a worker may take from start to listening.
+READY_TIMEOUT = 15.0
+# A worker that dies sooner than this after its start is restarted only this long after it
+# started, so that a worker that cannot start does not become a busy loop.
+RESTART_INTERVAL = 1.0
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Hold the port for the workers: bound with SO_REUSEPORT, never listening.
+
+    A port in use is an error, as without workers: the check binds without SO_REUSEPORT
+    first, which fails if any socket holds the port. Port 0 picks a free port, and holding it
+    keeps it ours while workers come and go.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as eventlet.listen
+        probe.bind((host, port))
+        port = probe.getsockname()[1]
+    reservation = socket.socket(family)
+    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reservation.bind((host, port))
+    return reservation
+
+
+class Supervisor:
+    """Keeps `count` workers running `command`, each told to report on a pipe when ready."""
+
+    def __init__(self, command: List[str], count: int) -> None:
+        self.command = command
+        self.count = count
+        self.workers: List[Optional[subprocess.Popen]] = []  # None: a worker that did not start
+        self.started: List[float] = []
+        # From the start, so that a signal while the workers start is not lost.
+        self.signals: List[int] = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda signum, frame: self.signals.append(signum))
+
+    def _start(self) -> Optional[subprocess.Popen]:
+        """Start a worker and wait until it listens; None if it could not start."""
+        ready, ready_writer = os.pipe()
+        try:
+            # Its own process group: Ctrl-C in a terminal reaches the supervisor alone, which
+            # passes it on once. (Two signals would make a worker stop without draining.)
+            worker = subprocess.Popen([*self.command, "--ready-fd", str(ready_writer)],
+                                      pass_fds=(ready_writer,), process_group=0)
+        finally:
+            os.close(ready_writer)
+        with os.fdopen(ready, "rb") as pipe:
+            readable, _, _ = select.select([pipe], [], [], READY_TIMEOUT)
+            if readable and pipe.read(1) == b"1":
+                return worker
+        worker.kill()
+        worker.wait()
+        return None
+
+    def start(self) -> bool:
+        for _ in range(self.count):
+            worker = self._start()
+            if worker is None:
+                log.error("a worker did not start; stopping")
+                self._stop_all()
+                return False
+            self.workers.append(worker)
+            self.started.append(time.monotonic())
+        return True
+
+    def run(self) -> int:
+        """Supervise until a signal stops the workers; the exit status is 0 if all drained."""
+        stopping = False
+        while not (stopping and not self._running()):
+            if self.signals:
+                self.signals.pop()
+                if not stopping:
+                    log.info("stopping: the workers answer the calls in flight")
+                else:
+                    log.warning("stopping now, without waiting for the calls in flight")
+                stopping = True
+                self._signal_all(signal.SIGTERM)  # a worker's second one stops it at once
+            for slot, worker in enumerate(self.workers):
+                if not stopping and (worker is None or worker.poll() is not None):
+                    self._replace(slot)
+            time.sleep(0.1)
+        return 0 if all(w is not None and w.returncode == 0 for w in self.workers) else 1
+
+    def _running(self) -> List[subprocess.Popen]:
+        return [w for w in self.workers if w is not None and w.poll() is None]
+
+    def _replace(self, slot: int) -> None:
+        dead = self.workers[slot]
+        if dead is not None:
+            log.warning("worker %d exited with status %d; starting another",
+                        dead.pid, dead.returncode)
+        wait = self.started[slot] + RESTART_INTERVAL - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self.workers[slot] = self._start()
+        self.started[slot] = time.monotonic()
+        if self.workers[slot] is None:
+            log.error("the new worker did not start; trying again")
+
+    def _signal_all(self, signum: int) -> None:
+        for worker in self._running():
+            worker.send_signal(signum)
+
+    def _stop_all(self) -> None:
+        self._signal_all(signal.SIGTERM)
+        for worker in self.workers:
+            if worker is not None:
+                worker.wait()
+
+
+def run(script: str, argv: List[str], host: str, port: int, count: int) -> int:
+    """Serve with `count` workers, each `script` with these arguments: the exit status."""
+    try:
+        reservation = reserve_port(host, port)
+    except OSError as e:
+        log.error("cannot listen on %s:%s: %s", host, port, e.strerror or e)
+        return 1
+    with reservation:
+        port = reservation.getsockname()[1]
+        # argparse keeps the last of a repeated option, so these override the user's.
+        command = [sys.executable, os.path.abspath(script), *argv,
+                   "--workers", "1", "--port", str(port)]
+        supervisor = Supervisor(command, count)
+        if not supervisor.start():
+            return 1
+        log.info("AvroEcho server listening on http://%s:%d/ (%d workers)", host, port, count)
+        status = supervisor.run()
+    log.info("stopped")
+    return status
