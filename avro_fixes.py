@@ -134,6 +134,39 @@ def _writer_for(schema: avro.schema.Schema) -> Callable[[object, avro.io.BinaryE
     return writer.write
 
 
+# How avro.io.DatumReader reads each primitive type without a logical type.
+_PRIMITIVE_READS = {
+    "null": avro.io.BinaryDecoder.read_null, "boolean": avro.io.BinaryDecoder.read_boolean,
+    "string": avro.io.BinaryDecoder.read_utf8, "bytes": avro.io.BinaryDecoder.read_bytes,
+    "int": avro.io.BinaryDecoder.read_int, "long": avro.io.BinaryDecoder.read_long,
+    "float": avro.io.BinaryDecoder.read_float, "double": avro.io.BinaryDecoder.read_double,
+}
+
+
+def _primitive(schema: avro.schema.Schema) -> bool:
+    return schema.type in _PRIMITIVE_READS and getattr(schema, "logical_type", None) is None
+
+
+def _reader_for(writers_schema: avro.schema.Schema,
+                readers_schema: avro.schema.Schema) -> Callable[[avro.io.BinaryDecoder], object]:
+    """A function that reads a datum, like avro.io.DatumReader(writers, readers).read.
+
+    Saves: DatumReader matches the writer's schema against the reader's, and finds how to read
+    each value, anew for every value of every call. When both schemas are the same primitive,
+    or the same record of primitive fields (the parameters of echo and split, from a client
+    on our protocol), the values are read straight off the decoder, at a third of the cost.
+    Any other pair, a schema evolved on one side for one, goes through avro.
+    """
+    if writers_schema == readers_schema and _primitive(writers_schema):
+        return _PRIMITIVE_READS[writers_schema.type]
+    if (writers_schema == readers_schema and isinstance(writers_schema, avro.schema.RecordSchema)
+            and all(_primitive(field.type) for field in writers_schema.fields)):
+        fields = [(field.name, _PRIMITIVE_READS[field.type.type])
+                  for field in writers_schema.fields]
+        return lambda decoder: {name: read(decoder) for name, read in fields}
+    return avro.io.DatumReader(writers_schema, readers_schema).read
+
+
 def _read_empty_or_meta(decoder: avro.io.BinaryDecoder) -> None:
     """Skip a metadata map, taking the one-byte empty map without avro's generic reader.
 
@@ -166,8 +199,9 @@ class FixedResponder(avro.ipc.Responder):
       encoded once, in __init__, instead of on every call.
     - A handshake request without a protocol is read by its fixed layout (_SHORT_HANDSHAKE)
       instead of by avro's generic reader.
-    - Readers for each client message and writers for each of our messages are made once and
-      kept (with the client protocol they belong to), instead of once per call.
+    - Readers for each client message (_reader_for) and writers for each of our messages
+      (_writer_for) are made once and kept, readers with the client protocol they belong to,
+      instead of once per call.
     - A string response is written without avro's redundant validation pass (_writer_for).
     """
 
@@ -259,16 +293,15 @@ class FixedResponder(avro.ipc.Responder):
         return self._handshake_responses["CLIENT"]
 
     def _request_reader(self, client_hash: bytes, client_protocol: avro.protocol.Protocol,
-                        name: str) -> avro.io.DatumReader:
+                        name: str) -> Callable[[avro.io.BinaryDecoder], object]:
         """The reader of `name`'s parameters: the client's schema resolved against ours."""
         readers = self._request_readers.get(client_hash)
         if readers is None:  # a protocol that was not cached: its readers are not kept either
             readers = {}
         reader = readers.get(name)
         if reader is None:
-            remote = client_protocol.messages[name].request
-            reader = readers[name] = avro.io.DatumReader(
-                remote, self.local_protocol.messages[name].request)
+            reader = readers[name] = _reader_for(client_protocol.messages[name].request,
+                                                 self.local_protocol.messages[name].request)
         return reader
 
     def _call_response(self, client_hash: bytes, client_protocol: avro.protocol.Protocol,
@@ -284,7 +317,7 @@ class FixedResponder(avro.ipc.Responder):
         if name not in client_protocol.messages or local_message is None:
             return self._system_error(f"Unknown message: {name}")
         try:
-            request = self._request_reader(client_hash, client_protocol, name).read(decoder)
+            request = self._request_reader(client_hash, client_protocol, name)(decoder)
         except DECODING_ERRORS as e:
             return self._system_error(f"Invalid parameters for {name}: {e}")
 
@@ -328,7 +361,7 @@ class FixedRequestor(avro.ipc.Requestor):
     - Parameters are written by a writer made once per message (_writer_for).
     - A BOTH handshake response (four zero bytes) is recognised without avro's generic
       reader, and the empty response metadata is skipped likewise.
-    - Response readers are made once per server protocol, instead of once per call.
+    - Response readers (_reader_for) are made once per server protocol, not once per call.
     """
 
     def __init__(self, local_protocol: avro.protocol.Protocol, transceiver) -> None:
@@ -403,10 +436,10 @@ class FixedRequestor(avro.ipc.Requestor):
                 raise avro.errors.AvroException(f"Unknown remote message: {message_name}")
             local = self.local_protocol.messages[message_name]
             readers = self._response_readers[message_name] = (
-                avro.io.DatumReader(remote.response, local.response),
-                avro.io.DatumReader(remote.errors, local.errors))
+                _reader_for(remote.response, local.response),
+                _reader_for(remote.errors, local.errors))
         _read_empty_or_meta(decoder)
         response_reader, error_reader = readers
         if decoder.read_boolean():
-            raise avro.errors.AvroRemoteException(error_reader.read(decoder))
-        return response_reader.read(decoder)
+            raise avro.errors.AvroRemoteException(error_reader(decoder))
+        return response_reader(decoder)

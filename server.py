@@ -79,8 +79,9 @@ def make_application(responder: Optional[avro.ipc.Responder] = None,
         if environ["REQUEST_METHOD"] != "POST":
             return _plain(start_response, "405 Method Not Allowed",
                           "Avro calls must be POSTed", [("Allow", "POST")])
-        content_type = environ.get("CONTENT_TYPE", "")
-        if content_type and content_type.split(";")[0].strip().lower() != "avro/binary":
+        content_type = environ.get("CONTENT_TYPE", "avro/binary")
+        if (content_type != "avro/binary"  # checked first: what every Avro client sends
+                and content_type and content_type.split(";")[0].strip().lower() != "avro/binary"):
             return _plain(start_response, "415 Unsupported Media Type",
                           "Content-Type must be avro/binary")
         try:

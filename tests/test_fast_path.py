@@ -191,3 +191,29 @@ def test_request_writer_keeps_avros_validation_where_it_matters(schema, datum):
     write = avro_fixes._writer_for(avro.schema.parse(schema))
     with pytest.raises(avro.errors.AvroTypeException):
         write(datum, avro.io.BinaryEncoder(io.BytesIO()))
+
+
+PRIMITIVES = {
+    "null": st.none(), "boolean": st.booleans(), "string": st.text(),
+    "bytes": st.binary(), "int": st.integers(-2**31, 2**31 - 1),
+    "long": st.integers(-2**63, 2**63 - 1), "float": st.floats(width=32, allow_nan=False),
+    "double": st.floats(allow_nan=False),
+}
+
+
+@pytest.mark.parametrize("type_name", PRIMITIVES)
+@given(data=st.data())
+def test_readers_read_what_avro_reads(type_name, data):
+    record = avro.schema.parse(json.dumps({"type": "record", "name": "R", "fields": [
+        {"name": "a", "type": type_name}, {"name": "b", "type": "string"}]}))
+    primitive = avro.schema.parse(json.dumps(type_name))
+    for schema, datum in [
+        (primitive, data.draw(PRIMITIVES[type_name])),
+        (record, {"a": data.draw(PRIMITIVES[type_name]), "b": data.draw(st.text())}),
+    ]:
+        encoded = io.BytesIO()
+        avro.io.DatumWriter(schema).write(datum, avro.io.BinaryEncoder(encoded))
+        expected = avro.io.DatumReader(schema, schema).read(
+            avro.io.BinaryDecoder(io.BytesIO(encoded.getvalue())))
+        read = avro_fixes._reader_for(schema, schema)
+        assert read(avro.io.BinaryDecoder(io.BytesIO(encoded.getvalue()))) == expected
