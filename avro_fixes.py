@@ -18,6 +18,13 @@ import avro.protocol
 
 # Client protocols remembered by hash; the least recently used is forgotten first.
 MAX_CACHED_PROTOCOLS = 256
+# A client protocol longer than this is refused unparsed. AvroEcho's is about 400 characters,
+# so 16 KiB leaves room for a client with many more types. The limit matters because a parsed
+# protocol takes up to about 40 bytes of memory per character of JSON (measured with
+# tracemalloc on avro 1.12.2, worst case: many small messages or fields): a full cache of
+# MAX_CACHED_PROTOCOLS protocols of this size could hold about 170 MB, and one of 64 KiB
+# about 700 MB. Parsing one this size also takes a few milliseconds of CPU per call.
+MAX_PROTOCOL_CHARS = 16 * 1024
 # System errors quote the client's input (a message name, a protocol); keep them short.
 MAX_ERROR_CHARS = 300
 
@@ -94,6 +101,9 @@ class FixedResponder(avro.ipc.Responder):
         protocol = self.get_protocol_cache(client_hash)
         text = handshake.get("clientProtocol")
         if protocol is None and text is not None:
+            if len(text) > MAX_PROTOCOL_CHARS:
+                raise avro.errors.ProtocolParseException(
+                    f"longer than {MAX_PROTOCOL_CHARS} characters")
             protocol = avro.protocol.parse(text)
             if hashlib.md5(text.encode()).digest() == client_hash:
                 self.set_protocol_cache(client_hash, protocol)
@@ -122,7 +132,8 @@ class FixedResponder(avro.ipc.Responder):
             return self._system_error(f"Invalid call request: {e}")
         if name == "":
             return b""  # a ping: the handshake alone is the answer
-        remote_message = client_protocol.messages.get(name)
+        # avro parses a protocol with no messages (or "messages": {}) to messages=None.
+        remote_message = (client_protocol.messages or {}).get(name)
         local_message = self.local_protocol.messages.get(name)
         if remote_message is None or local_message is None:
             return self._system_error(f"Unknown message: {name}")

@@ -134,6 +134,15 @@ def test_unknown_message_is_a_system_error(app):
     assert system_error(app, body, "shout") == "Unknown message: shout"
 
 
+@pytest.mark.parametrize("protocol_text", ['{"protocol": "Empty"}',
+                                           '{"protocol": "Empty", "messages": {}}'])
+def test_client_protocol_without_messages_gets_unknown_message(app, protocol_text):
+    # Valid per the spec ("messages" is optional); avro leaves its messages as None.
+    body = call_body(protocol_text=protocol_text,
+                     client_hash=avro.protocol.parse(protocol_text).md5)
+    assert system_error(app, body) == "Unknown message: echo"
+
+
 def test_system_errors_quoting_the_client_stay_short(app):
     name = "x" * 10_000
     shouting = protocol_with(messages={name: SHOUT})
