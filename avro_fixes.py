@@ -30,9 +30,10 @@ MAX_ERROR_CHARS = 300
 
 log = logging.getLogger(__name__)
 
-# What a malformed body can make avro.io raise while it decodes: its own errors, and
-# UnicodeDecodeError (a ValueError) for a string that is not UTF-8.
-DECODING_ERRORS = (avro.errors.AvroException, ValueError)
+# What a malformed body can make avro.io raise while it decodes: its own errors,
+# UnicodeDecodeError (a ValueError) for a string that is not UTF-8, and RecursionError for a
+# datum of a recursive client type nested deeper than Python's stack (avro.io recurses).
+DECODING_ERRORS = (avro.errors.AvroException, ValueError, RecursionError)
 
 
 class BadRequest(Exception):

@@ -176,6 +176,12 @@ EVOLVED = protocol_with(messages={
     "split": {"request": [{"name": "query", "type": "string"},
                           {"name": "loud", "type": "boolean", "default": False}],
               "response": "string"}})
+RECURSIVE = protocol_with(  # its `echo` takes a linked list: data can nest without end
+    types=[{"type": "record", "name": "Node",
+            "fields": [{"name": "next", "type": ["null", "Node"]}]}],
+    messages={"echo": {"request": [{"name": "query", "type": "string"},
+                                   {"name": "tail", "type": ["null", "Node"]}],
+                       "response": "string"}})
 NO_MESSAGES = avro.protocol.parse('{"protocol": "Empty", "messages": {}}')  # valid, and odd
 OVERSIZED_TEXT = str(EchoProtocol) + " " * avro_fixes.MAX_PROTOCOL_CHARS
 
@@ -230,7 +236,8 @@ def handshakes(draw):
     """(a handshake request, the protocol the client speaks): every case of the handshake."""
     case = draw(st.sampled_from(["known", "known and sent", "other and sent", "other unsent",
                                  "wrong server hash", "unknown hash", "text under wrong hash",
-                                 "evolved", "shout", "odd protocol", "oversized protocol"]))
+                                 "evolved", "shout", "recursive", "odd protocol",
+                                 "oversized protocol"]))
     if case == "known":
         return handshake_request(), EchoProtocol
     if case == "known and sent":
@@ -249,6 +256,8 @@ def handshakes(draw):
         return handshake_request(EVOLVED, send_protocol=True), EVOLVED
     if case == "shout":
         return handshake_request(WITH_SHOUT, send_protocol=True), WITH_SHOUT
+    if case == "recursive":
+        return handshake_request(RECURSIVE, send_protocol=True), RECURSIVE
     if case == "oversized protocol":
         return handshake_request(protocol_text=OVERSIZED_TEXT,
                                  client_hash=hashlib.md5(OVERSIZED_TEXT.encode()).digest()), None
@@ -261,13 +270,20 @@ def handshakes(draw):
 def valid_calls(draw) -> bytes:
     """An unframed call request: a handshake, then a call (or a ping) with its parameters."""
     handshake, protocol = draw(handshakes())
-    name = draw(st.sampled_from(["echo", "split", "", "shout"]) | st.text(max_size=10))
+    messages = protocol.messages if protocol else {"echo": None}
+    if draw(st.integers(0, 3)):  # usually, a message of the client's protocol
+        name = draw(st.sampled_from(sorted(messages)))
+    else:  # or a ping, one the server does not have, or any name
+        name = draw(st.sampled_from(["echo", "split", "", "shout"]) | st.text(max_size=10))
     query = draw(st.text(max_size=30))
-    message = protocol.messages.get(name) if protocol else None
+    message = messages.get(name) if protocol else None
     if name == "":
         params = draw(st.sampled_from([b"", encode(STRING, query)]))  # a ping's are ignored
     elif message is not None and protocol is EVOLVED and name == "split":
         params = encode(message.request, {"query": query, "loud": draw(st.booleans())})
+    elif message is not None and protocol is RECURSIVE:  # the list, `depth` nodes long
+        depth = draw(st.sampled_from([0, 1, 5000]) | st.integers(0, 5000))
+        params = encode(STRING, query) + b"\x02" * depth + b"\x00"
     elif message is not None:
         params = encode(message.request, {"query": query})
     else:
@@ -393,6 +409,12 @@ def test_mutated_calls(fuzz, data):
 def test_mutated_framed_bodies(fuzz, data):
     body = data.draw(mutated(frame(data.draw(valid_calls()), data.draw(st.integers(1, 9000)))))
     fuzz(body, chunked=data.draw(st.booleans()))
+
+
+@fuzz_settings(100)
+@given(message=valid_calls(), chunked=st.booleans())
+def test_valid_calls(fuzz, message, chunked):
+    assert fuzz(frame(message), chunked=chunked).status == 200
 
 
 @fuzz_settings(60)
