@@ -49,3 +49,11 @@ $(INTEROP)/node_modules/.installed: $(INTEROP)/package.json $(INTEROP)/package-l
 
 clean:
 	rm -rf $(VENV) $(INTEROP)/node_modules .pytest_cache .hypothesis
+
+# The fuzz tests of `make test` with many more inputs: FUZZ_EXAMPLES per test (8 tests), with
+# counts printed as they go and Hypothesis's statistics at the end.
+FUZZ_EXAMPLES ?= 3000
+
+.PHONY: fuzz
+fuzz: $(VENV)/.dev
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py -s --hypothesis-show-statistics

@@ -23,14 +23,22 @@ import avro.schema
 
 # Client protocols remembered by hash; the least recently used is forgotten first.
 MAX_CACHED_PROTOCOLS = 256
+# A client protocol longer than this is refused unparsed. AvroEcho's is about 400 characters,
+# so 16 KiB leaves room for a client with many more types. The limit matters because a parsed
+# protocol takes up to about 40 bytes of memory per character of JSON (measured with
+# tracemalloc on avro 1.12.2, worst case: many small messages or fields): a full cache of
+# MAX_CACHED_PROTOCOLS protocols of this size could hold about 170 MB, and one of 64 KiB
+# about 700 MB. Parsing one this size also takes a few milliseconds of CPU per call.
+MAX_PROTOCOL_CHARS = 16 * 1024
 # System errors quote the client's input (a message name, a protocol); keep them short.
 MAX_ERROR_CHARS = 300
 
 log = logging.getLogger(__name__)
 
-# What a malformed body can make avro.io raise while it decodes: its own errors, and
-# UnicodeDecodeError (a ValueError) for a string that is not UTF-8.
-DECODING_ERRORS = (avro.errors.AvroException, ValueError)
+# What a malformed body can make avro.io raise while it decodes: its own errors,
+# UnicodeDecodeError (a ValueError) for a string that is not UTF-8, and RecursionError for a
+# datum of a recursive client type nested deeper than Python's stack (avro.io recurses).
+DECODING_ERRORS = (avro.errors.AvroException, ValueError, RecursionError)
 
 # On the wire, a handshake request whose clientProtocol and meta are both null is exactly
 # clientHash (16 bytes), 0x00 (the union's null branch), serverHash (16 bytes), 0x00.
@@ -280,6 +288,9 @@ class FixedResponder(avro.ipc.Responder):
         protocol = self.get_protocol_cache(client_hash)
         text = handshake.get("clientProtocol")
         if protocol is None and text is not None:
+            if len(text) > MAX_PROTOCOL_CHARS:
+                raise avro.errors.ProtocolParseException(
+                    f"longer than {MAX_PROTOCOL_CHARS} characters")
             protocol = avro.protocol.parse(text)
             if hashlib.md5(text.encode()).digest() == client_hash:
                 self.set_protocol_cache(client_hash, protocol)
@@ -313,8 +324,10 @@ class FixedResponder(avro.ipc.Responder):
             return self._system_error(f"Invalid call request: {e}")
         if name == "":
             return b""  # a ping: the handshake alone is the answer
+        # avro parses a protocol with no messages (or "messages": {}) to messages=None.
+        client_messages = client_protocol.messages or {}
         local_message = self.local_protocol.messages.get(name)
-        if name not in client_protocol.messages or local_message is None:
+        if name not in client_messages or local_message is None:
             return self._system_error(f"Unknown message: {name}")
         try:
             request = self._request_reader(client_hash, client_protocol, name)(decoder)

@@ -16,7 +16,7 @@ import avro_fixes
 import server
 from conftest import call_app
 from protocol import PROTOCOL_JSON, EchoProtocol
-from wire import (call_body, call_head, call_request, encode, frame, handshake_request,
+from wire import (STRING, call_body, call_head, call_request, encode, frame, handshake_request,
                   read_answer)
 
 
@@ -134,6 +134,15 @@ def test_unknown_message_is_a_system_error(app):
     assert system_error(app, body, "shout") == "Unknown message: shout"
 
 
+@pytest.mark.parametrize("protocol_text", ['{"protocol": "Empty"}',
+                                           '{"protocol": "Empty", "messages": {}}'])
+def test_client_protocol_without_messages_gets_unknown_message(app, protocol_text):
+    # Valid per the spec ("messages" is optional); avro leaves its messages as None.
+    body = call_body(protocol_text=protocol_text,
+                     client_hash=avro.protocol.parse(protocol_text).md5)
+    assert system_error(app, body) == "Unknown message: echo"
+
+
 def test_system_errors_quoting_the_client_stay_short(app):
     name = "x" * 10_000
     shouting = protocol_with(messages={name: SHOUT})
@@ -154,6 +163,20 @@ def test_invalid_utf8_in_parameters_is_a_system_error(app):
     params = encode(avro.schema.parse('"bytes"'), b"\xff\xfe")  # same wire form as a string
     body = frame(handshake_request() + call_head("echo") + params)
     assert system_error(app, body).startswith("Invalid parameters for echo: 'utf-8' codec")
+
+
+def test_deeply_nested_parameters_are_a_system_error(app):
+    # A client type may be recursive; a few kB of data then nest deeper than Python's stack.
+    node = {"type": "record", "name": "Node", "fields": [{"name": "next",
+                                                          "type": ["null", "Node"]}]}
+    request = [{"name": "query", "type": "string"}, {"name": "tail", "type": ["null", node]}]
+    client = protocol_with(messages={"echo": {"request": request, "response": "string"}})
+    params = encode(STRING, "Hello World") + b"\x02" * 5000 + b"\x00"  # 5000 levels deep
+    body = frame(handshake_request(client, send_protocol=True) + call_head("echo") + params)
+    assert system_error(app, body).startswith("Invalid parameters for echo: maximum recursion")
+    shallow = encode(STRING, "Hello World") + b"\x02" * 10 + b"\x00"
+    body = frame(handshake_request(client, send_protocol=True) + call_head("echo") + shallow)
+    assert read_answer(call_app(app, body).body).datum == "Hello World"
 
 
 def test_truncated_call_request_is_a_system_error(app):

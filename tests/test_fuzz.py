@@ -1,0 +1,525 @@
+"""Fuzzing the WSGI application in-process: bodies made from valid calls by mutation,
+truncation and insertion, bad framings, odd client protocols, arbitrary bytes, odd HTTP.
+
+Whatever comes in, the answer must be a 4xx with a short one-line reason, or a well-formed
+Avro response that decodes completely; no exception escapes, nothing is logged as an error,
+and no traceback or internal path reaches the client. `make test` tries a few hundred
+inputs; `make fuzz` (FUZZ_EXAMPLES=n inputs per test) tries many more and prints counts.
+"""
+
+import collections
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import struct
+import sys
+from pathlib import Path
+
+import avro
+import avro.errors
+import avro.io
+import avro.ipc
+import avro.protocol
+import avro.schema
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import avro_fixes
+import server
+from conftest import Response, call_app
+from protocol import PROTOCOL_JSON, EchoProtocol
+from wire import STRING, call_body, call_head, encode, frame, handshake_request
+
+# Inputs per test: `make fuzz` sets FUZZ_EXAMPLES; `make test` runs the small numbers below.
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
+
+
+def fuzz_settings(quick_examples: int):
+    return settings(
+        max_examples=FUZZ_EXAMPLES or quick_examples,
+        # caplog is cleared by hand for each input; bodies are large on purpose.
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                               HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
+
+
+# --- What every answer must look like -------------------------------------------------------
+
+MAX_REASON_BYTES = 400
+BYTES = avro.schema.parse('"bytes"')
+# Signs of a leak: a traceback, a source file, a rooted path, the repr of a Python object.
+# (avro's own messages may name a JSON value's type, as in "it is <class 'NoneType'>": ugly,
+# but it tells nothing about the server, so it is allowed.)
+LEAK = re.compile(r"Traceback|File \"|\w\.pyc?\b|site-packages|(?<![\w.])/[\w.-]+/"
+                  r"|<[\w.]+ object at 0x|<(?:function|module|bound method) ")
+# Where this code and its libraries live: never sent to anyone, whatever the request.
+INTERNAL_PATHS = {str(Path(server.__file__).resolve().parent), str(Path(avro.__file__).parent),
+                  sys.prefix, sys.base_prefix}
+
+
+def assert_no_leak(text: str, request_body: bytes) -> None:
+    """Nothing that looks internal, unless the client sent it (a message name is quoted)."""
+    for path in INTERNAL_PATHS:
+        assert path not in text, f"internal path in {text!r}"
+    for match in LEAK.finditer(text):
+        assert match.group().encode() in request_body, f"leak {match.group()!r} in {text!r}"
+
+
+def check_answer(response: Response, request_body: bytes) -> str:
+    """Assert that the response is a short 4xx reason or a complete Avro answer.
+
+    Returns what it was (e.g. "400", "200 system error"), for the counts `make fuzz` prints.
+    """
+    assert response.status == 200 or 400 <= response.status < 500, response
+    assert int(response.headers["content-length"]) == len(response.body)
+    if response.status != 200:
+        assert response.headers["content-type"] == "text/plain; charset=utf-8"
+        assert len(response.body) < MAX_REASON_BYTES, response.body
+        reason = response.body.decode("utf-8")
+        assert reason.endswith("\n") and reason[:-1].isprintable() and reason.strip(), reason
+        assert_no_leak(reason, request_body)
+        return str(response.status)
+    assert response.headers["content-type"] == "avro/binary"
+    try:
+        return check_avro_answer(response.body, request_body)
+    except (avro.errors.AvroException, struct.error, ValueError) as e:
+        raise AssertionError(f"not a well-formed Avro response: {e}") from e
+
+
+def check_avro_answer(body: bytes, request_body: bytes) -> str:
+    stream = io.BytesIO(body)
+    payload = avro.ipc.FramedReader(stream).read_framed_message()
+    assert stream.read() == b"", "bytes after the end-of-message frame"
+    stream = io.BytesIO(payload)
+    decoder = avro.io.BinaryDecoder(stream)
+    handshake = avro.io.DatumReader(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA).read(decoder)
+    if handshake["match"] == "BOTH":
+        assert handshake["serverProtocol"] is None and handshake["serverHash"] is None
+    else:
+        assert handshake["match"] in ("CLIENT", "NONE"), handshake
+        assert handshake["serverHash"] == EchoProtocol.md5
+        assert avro.protocol.parse(handshake["serverProtocol"]).md5 == EchoProtocol.md5
+    if stream.tell() == len(payload):  # NONE, or a ping: the handshake alone
+        return f"200 {handshake['match']}, no call response"
+    assert handshake["match"] != "NONE", "a call response after NONE"
+    assert avro.io.DatumReader(avro.ipc.META_SCHEMA).read(decoder) == {}
+    is_error = decoder.read_boolean()
+    # Both messages answer a string; a system error is the "string" branch of ["string"].
+    schema = avro.ipc.SYSTEM_ERROR_SCHEMA if is_error else STRING
+    datum = avro.io.DatumReader(schema).read(decoder)
+    assert isinstance(datum, str)
+    assert stream.tell() == len(payload), "bytes after the call response"
+    if not is_error:
+        return "200 answer"
+    assert 0 < len(datum) <= avro_fixes.MAX_ERROR_CHARS, datum
+    assert_no_leak(datum, request_body)
+    return "200 system error"
+
+
+class Tally:
+    """Counts the kinds of answers one test got; in `make fuzz` it shows progress."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.counts = collections.Counter()
+
+    def add(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+        total = sum(self.counts.values())
+        if FUZZ_EXAMPLES and total % 1000 == 0:
+            print(f"  {self.name}: {total} inputs so far", file=sys.stderr, flush=True)
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{n} x {kind}" for kind, n in sorted(self.counts.items()))
+        return f"{self.name}: {sum(self.counts.values())} inputs: {kinds}"
+
+
+@pytest.fixture
+def fuzz(request, caplog):
+    """Returns try_body(body, **call_app options): call a fresh app, check the answer."""
+    tally = Tally(request.node.name)
+
+    def try_body(body: bytes, **options) -> Response:
+        app = server.make_application(server.EchoResponder())
+        caplog.clear()
+        response = call_app(app, body, **options)  # an exception escaping fails the test
+        outcome = check_answer(response, body)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, f"bad input logged as a bug: {errors}"
+        # Bad input leaves the server able to answer the next call.
+        assert check_answer(call_app(app, call_body()), b"") == "200 answer"
+        tally.add(outcome)
+        return response
+
+    yield try_body
+    if FUZZ_EXAMPLES and tally.counts:
+        print("\n" + tally.summary(), file=sys.stderr)
+
+
+# --- Valid calls, every handshake case ------------------------------------------------------
+
+def protocol_with(**changes) -> avro.protocol.Protocol:
+    data = json.loads(PROTOCOL_JSON)
+    data.update(changes)
+    return avro.protocol.parse(json.dumps(data))
+
+
+OTHER = protocol_with(types=[{"type": "fixed", "name": "Unused", "size": 1}])
+WITH_SHOUT = protocol_with(messages={
+    **json.loads(PROTOCOL_JSON)["messages"],
+    "shout": {"request": [{"name": "query", "type": "string"}], "response": "string"}})
+EVOLVED = protocol_with(messages={
+    **json.loads(PROTOCOL_JSON)["messages"],
+    "split": {"request": [{"name": "query", "type": "string"},
+                          {"name": "loud", "type": "boolean", "default": False}],
+              "response": "string"}})
+RECURSIVE = protocol_with(  # its `echo` takes a linked list: data can nest without end
+    types=[{"type": "record", "name": "Node",
+            "fields": [{"name": "next", "type": ["null", "Node"]}]}],
+    messages={"echo": {"request": [{"name": "query", "type": "string"},
+                                   {"name": "tail", "type": ["null", "Node"]}],
+                       "response": "string"}})
+NO_MESSAGES = avro.protocol.parse('{"protocol": "Empty", "messages": {}}')  # valid, and odd
+OVERSIZED_TEXT = str(EchoProtocol) + " " * avro_fixes.MAX_PROTOCOL_CHARS
+
+hashes = st.binary(min_size=16, max_size=16)
+
+
+@st.composite
+def protocol_texts(draw) -> str:
+    """A clientProtocol: valid, almost valid, JSON but not a protocol, or not JSON at all."""
+    kind = draw(st.sampled_from(["valid", "edited", "json", "text", "nested", "schema"]))
+    if kind == "valid":
+        return str(draw(st.sampled_from([EchoProtocol, OTHER, WITH_SHOUT, EVOLVED, NO_MESSAGES])))
+    if kind == "edited":  # a few characters of a valid protocol changed
+        text = str(draw(st.sampled_from([EchoProtocol, OTHER, EVOLVED])))
+        for _ in range(draw(st.integers(1, 3))):
+            at = draw(st.integers(0, len(text)))
+            cut = draw(st.integers(0, 3))
+            text = text[:at] + draw(st.text(max_size=3)) + text[at + cut:]
+        return text
+    if kind == "json":
+        values = st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+            lambda inner: st.lists(inner, max_size=4)
+            | st.dictionaries(st.sampled_from(["protocol", "namespace", "types", "messages",
+                                               "request", "response", "errors", "name",
+                                               "type", "fields", "symbols", "items",
+                                               "values", "size", "default", "one-way"])
+                              | st.text(max_size=5), inner, max_size=4),
+            max_leaves=20)
+        return json.dumps(draw(values))
+    if kind == "nested":  # deep nesting: recursion limits in the parsers
+        depth = draw(st.integers(1, 5000))
+        opener = draw(st.sampled_from(["[", '{"a":', '{"protocol":"P","types":[',
+                                       '{"type":"array","items":']))
+        return opener * depth
+    if kind == "schema":  # a protocol whose `echo` request has another parameter type
+        param = draw(st.sampled_from([
+            "bytes", "int", "null", ["null", "string"], ["string", "int"], "Nope",
+            {"type": "array", "items": "string"}, {"type": "map", "values": "string"},
+            {"type": "enum", "name": "E", "symbols": ["A", "B"]},
+            {"type": "fixed", "name": "F", "size": 3},
+            {"type": "record", "name": "R", "fields": [{"name": "query", "type": "string"}]},
+            {"type": "string", "logicalType": "uuid"}]))
+        data = json.loads(PROTOCOL_JSON)
+        data["messages"]["echo"]["request"] = [{"name": "query", "type": param}]
+        return json.dumps(data)
+    return draw(st.text(max_size=200))
+
+
+@st.composite
+def handshakes(draw):
+    """(a handshake request, the protocol the client speaks): every case of the handshake."""
+    case = draw(st.sampled_from(["known", "known and sent", "other and sent", "other unsent",
+                                 "wrong server hash", "unknown hash", "text under wrong hash",
+                                 "evolved", "shout", "recursive", "odd protocol",
+                                 "oversized protocol"]))
+    if case == "known":
+        return handshake_request(), EchoProtocol
+    if case == "known and sent":
+        return handshake_request(send_protocol=True), EchoProtocol
+    if case == "other and sent":
+        return handshake_request(OTHER, send_protocol=True), OTHER
+    if case == "other unsent":  # NONE: no call response
+        return handshake_request(OTHER), OTHER
+    if case == "wrong server hash":  # CLIENT
+        return handshake_request(server_hash=draw(hashes)), EchoProtocol
+    if case == "unknown hash":
+        return handshake_request(client_hash=draw(hashes)), EchoProtocol
+    if case == "text under wrong hash":
+        return handshake_request(OTHER, send_protocol=True, client_hash=draw(hashes)), OTHER
+    if case == "evolved":
+        return handshake_request(EVOLVED, send_protocol=True), EVOLVED
+    if case == "shout":
+        return handshake_request(WITH_SHOUT, send_protocol=True), WITH_SHOUT
+    if case == "recursive":
+        return handshake_request(RECURSIVE, send_protocol=True), RECURSIVE
+    if case == "oversized protocol":
+        return handshake_request(protocol_text=OVERSIZED_TEXT,
+                                 client_hash=hashlib.md5(OVERSIZED_TEXT.encode()).digest()), None
+    text = draw(protocol_texts())
+    client_hash = draw(st.sampled_from([hashlib.md5(text.encode()).digest(), b"\x07" * 16]))
+    return handshake_request(protocol_text=text, client_hash=client_hash), None
+
+
+@st.composite
+def valid_calls(draw) -> bytes:
+    """An unframed call request: a handshake, then a call (or a ping) with its parameters."""
+    handshake, protocol = draw(handshakes())
+    messages = protocol.messages if protocol else {"echo": None}
+    if draw(st.integers(0, 3)):  # usually, a message of the client's protocol
+        name = draw(st.sampled_from(sorted(messages)))
+    else:  # or a ping, one the server does not have, or any name
+        name = draw(st.sampled_from(["echo", "split", "", "shout"]) | st.text(max_size=10))
+    query = draw(st.text(max_size=30))
+    message = messages.get(name) if protocol else None
+    if name == "":
+        params = draw(st.sampled_from([b"", encode(STRING, query)]))  # a ping's are ignored
+    elif message is not None and protocol is EVOLVED and name == "split":
+        params = encode(message.request, {"query": query, "loud": draw(st.booleans())})
+    elif message is not None and protocol is RECURSIVE:  # the list, `depth` nodes long
+        depth = draw(st.sampled_from([0, 1, 5000]) | st.integers(0, 5000))
+        params = encode(STRING, query) + b"\x02" * depth + b"\x00"
+    elif message is not None:
+        params = encode(message.request, {"query": query})
+    else:
+        params = encode(STRING, query)
+    if draw(st.integers(0, 9)) == 0:  # a string that is not UTF-8, where the query goes
+        params = encode(BYTES, draw(st.binary(max_size=8)))
+    if draw(st.integers(0, 9)) == 0:  # a message name that is not UTF-8
+        return handshake + encode(avro.ipc.META_SCHEMA, {}) + encode(BYTES, draw(
+            st.binary(max_size=8))) + params
+    return handshake + call_head(name) + params
+
+
+# --- Mutations ------------------------------------------------------------------------------
+
+def varint(n: int) -> bytes:
+    """Avro's zig-zag varint, for any Python int (so also ones too long for Avro)."""
+    n = n * 2 if n >= 0 else -n * 2 - 1
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out) + bytes([n])
+
+
+# Bytes that mean trouble where a length, a count, a union index or a string is read.
+TOKENS = [
+    b"\x00", b"\x7f", b"\x80", b"\xff",
+    varint(-1), varint(-2), varint(-(2 ** 63)), varint(2 ** 63 - 1),
+    varint(2 ** 31), varint(2 ** 40), varint(server.MAX_BODY_BYTES + 1),
+    b"\xff" * 11, b"\x80" * 10 + b"\x00", b"\xff" * 9 + b"\x7f",  # overlong varints
+    b"\xff\xfe", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82",  # not UTF-8
+    b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\xff\xff\xff\xff", b"\x80\x00\x00\x00",
+]
+
+
+@st.composite
+def mutated(draw, data: bytes, max_mutations: int = 4) -> bytes:
+    """`data` with a few bytes flipped, replaced, inserted, deleted or duplicated, or cut."""
+    data = bytearray(data)
+    for _ in range(draw(st.integers(0, max_mutations))):
+        kind = draw(st.sampled_from(["flip", "replace", "insert", "insert token",
+                                     "overwrite token", "delete", "duplicate", "truncate"]))
+        at = draw(st.integers(0, len(data)))
+        end = draw(st.integers(at, min(len(data), at + 32)))
+        if kind == "flip" and at < len(data):
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "replace" and at < len(data):
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        elif kind == "insert token":
+            data[at:at] = draw(st.sampled_from(TOKENS))
+        elif kind == "overwrite token":
+            token = draw(st.sampled_from(TOKENS))
+            data[at:at + len(token)] = token
+        elif kind == "delete":
+            del data[at:end]
+        elif kind == "duplicate":
+            data[at:at] = data[at:end]
+        elif kind == "truncate":
+            del data[at:]
+    return bytes(data)
+
+
+HUGE_LENGTHS = [0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, server.MAX_BODY_BYTES + 1]
+
+
+@st.composite
+def framed(draw, message: bytes) -> bytes:
+    """`message` cut into frames, maybe with wrong lengths, lost, repeated or extra frames."""
+    size = draw(st.sampled_from([8192, len(message) or 1]) | st.integers(1, 64))
+    chunks = [message[i:i + size] for i in range(0, len(message), size)]
+    lengths = [len(chunk) for chunk in chunks]
+    for _ in range(draw(st.integers(0, 2))):
+        if not chunks:
+            break
+        i = draw(st.integers(0, len(chunks) - 1))
+        kind = draw(st.sampled_from(["wrong length", "huge length", "drop", "repeat",
+                                     "empty frame"]))
+        if kind == "wrong length":
+            lengths[i] = min(max(0, lengths[i] + draw(st.integers(-8, 8))), 0xFFFFFFFF)
+        elif kind == "huge length":
+            lengths[i] = draw(st.sampled_from(HUGE_LENGTHS))
+        elif kind == "drop":
+            del chunks[i], lengths[i]
+        elif kind == "repeat":
+            chunks.insert(i, chunks[i])
+            lengths.insert(i, lengths[i])
+        elif kind == "empty frame":  # a zero length mid-message ends it early
+            chunks.insert(i, b"")
+            lengths.insert(i, 0)
+    body = b"".join(struct.pack("!I", n) + chunk for n, chunk in zip(lengths, chunks))
+    if draw(st.integers(0, 3)) > 0:  # usually, the end-of-message frame
+        body += b"\x00\x00\x00\x00"
+    if draw(st.integers(0, 9)) == 0:
+        body += draw(st.binary(min_size=1, max_size=16))  # bytes after the end
+    return body
+
+
+# Content types the app accepts, and some it must refuse (with 415, not a crash).
+CONTENT_TYPES = [None, "", "avro/binary", "AVRO/Binary", "avro/binary; charset=binary",
+                 " avro/binary ;", "avro/binary;;", "text/plain", "avro/json", ";", "\x00",
+                 "avro/binary\r\nX: y", "ÿ/ÿ"]
+http_options = st.fixed_dictionaries({}, optional={
+    "chunked": st.booleans(),
+    "content_type": st.sampled_from(CONTENT_TYPES) | st.text(max_size=20),
+})
+
+
+# --- The tests ------------------------------------------------------------------------------
+
+@fuzz_settings(100)
+@given(data=st.data())
+def test_mutated_calls(fuzz, data):
+    message = data.draw(mutated(data.draw(valid_calls())), label="message")
+    body = data.draw(framed(message) if data.draw(st.booleans()) else st.just(frame(message)),
+                     label="body")
+    fuzz(body, chunked=data.draw(st.booleans(), label="chunked"))
+
+
+@fuzz_settings(60)
+@given(data=st.data())
+def test_mutated_framed_bodies(fuzz, data):
+    body = data.draw(mutated(frame(data.draw(valid_calls()), data.draw(st.integers(1, 9000)))))
+    fuzz(body, chunked=data.draw(st.booleans()))
+
+
+@fuzz_settings(100)
+@given(message=valid_calls(), chunked=st.booleans())
+def test_valid_calls(fuzz, message, chunked):
+    assert fuzz(frame(message), chunked=chunked).status == 200
+
+
+@fuzz_settings(60)
+@given(data=st.data())
+def test_valid_calls_in_odd_framings(fuzz, data):
+    fuzz(data.draw(framed(data.draw(valid_calls()))))
+
+
+@fuzz_settings(60)
+@given(handshake=handshakes(), rest=st.binary(max_size=64))
+def test_every_handshake_followed_by_arbitrary_bytes(fuzz, handshake, rest):
+    fuzz(frame(handshake[0] + rest))
+
+
+@fuzz_settings(40)
+@given(body=st.binary(max_size=2000), chunked=st.booleans())
+def test_arbitrary_bytes(fuzz, body, chunked):
+    fuzz(body, chunked=chunked)
+
+
+@fuzz_settings(40)
+@given(frames=st.lists(st.tuples(st.integers(0, 0xFFFFFFFF) | st.none(),
+                                 st.binary(max_size=64)), max_size=6),
+       end=st.booleans())
+def test_arbitrary_framings(fuzz, frames, end):
+    # Each frame: a declared length (None: its true length) and its bytes.
+    body = b"".join(struct.pack("!I", len(chunk) if n is None else n) + chunk
+                    for n, chunk in frames)
+    fuzz(body + (b"\x00\x00\x00\x00" if end else b""))
+
+
+@fuzz_settings(40)
+@given(data=st.data())
+def test_odd_http_requests(fuzz, data):
+    body = data.draw(st.sampled_from([call_body(), call_body("split")])
+                     | valid_calls().map(frame) | st.binary(max_size=64))
+    options = data.draw(http_options)
+    if not options.get("chunked"):
+        options["content_length"] = data.draw(
+            st.integers(-10, len(body) + 10) | st.sampled_from(
+                ["", "abc", " 12", "1e3", "-0", "0x10", "١٢", "9" * 30]), label="length")
+    fuzz(body, **options)
+
+
+# --- The checks can fail ----------------------------------------------------------------------
+
+PLAIN = {"content-type": "text/plain; charset=utf-8"}
+AVRO = {"content-type": "avro/binary"}
+
+
+def answer(payload: bytes) -> bytes:
+    return frame(encode(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA, {"match": "BOTH"}) + payload)
+
+
+def error_answer(text: str) -> bytes:
+    return answer(encode(avro.ipc.META_SCHEMA, {}) + b"\x01"
+                  + encode(avro.ipc.SYSTEM_ERROR_SCHEMA, text))
+
+
+@pytest.mark.parametrize("status, headers, body", [
+    (500, PLAIN, b"Internal server error\n"),
+    (502, PLAIN, b"Bad gateway\n"),
+    (400, PLAIN, b"x" * MAX_REASON_BYTES + b"\n"),
+    (400, PLAIN, b"two\nlines\n"),
+    (400, PLAIN, b"Traceback (most recent call last):\n"),
+    (400, PLAIN, b"Bad request: error in server.py\n"),
+    (400, PLAIN, b"Bad request: cannot open /srv/app/data\n"),
+    (400, PLAIN, b"Bad request: <avro.io.BinaryDecoder object at 0x7f3a2b>\n"),
+    (400, {"content-type": "text/html"}, b"Bad request\n"),
+    (200, AVRO, answer(b"")[:-1]),
+    (200, AVRO, answer(b"") + b"\x00"),
+    (200, AVRO, answer(encode(avro.ipc.META_SCHEMA, {}) + b"\x00" + encode(STRING, "x") + b"?")),
+    (200, AVRO, error_answer("x" * (avro_fixes.MAX_ERROR_CHARS + 1))),
+    (200, AVRO, error_answer('Invalid parameters: File "server.py", line 3')),
+    (200, PLAIN, answer(b"")),
+])
+def test_check_answer_rejects_bad_answers(status, headers, body):
+    headers = {**headers, "content-length": str(len(body))}
+    with pytest.raises(AssertionError):
+        check_answer(Response(status, headers, body), b"")
+
+
+def test_check_answer_accepts_what_the_client_sent_quoted_back(app):
+    body = frame(handshake_request() + call_head("/etc/x.py") + encode(STRING, "hi"))
+    response = call_app(app, body)
+    assert b"Unknown message: /etc/x.py" in response.body
+    assert check_answer(response, body) == "200 system error"
+
+
+def test_fuzz_fails_on_a_bug(fuzz, monkeypatch):
+    class Buggy(server.EchoResponder):
+        def respond(self, call_request):
+            raise KeyError("bug")
+
+    monkeypatch.setattr(server, "EchoResponder", Buggy)
+    with pytest.raises(AssertionError, match="500"):
+        fuzz(call_body())
+
+
+def test_fuzz_fails_on_an_error_logged_for_bad_input(fuzz, monkeypatch):
+    class Alarmed(server.EchoResponder):
+        def respond(self, call_request):
+            logging.getLogger("avro_fixes").error("bad input treated as a bug")
+            return super().respond(call_request)
+
+    monkeypatch.setattr(server, "EchoResponder", Alarmed)
+    with pytest.raises(AssertionError, match="bad input logged as a bug"):
+        fuzz(call_body())

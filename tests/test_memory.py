@@ -1,0 +1,151 @@
+"""Memory bounds: the client-protocol cache, the protocol size limit and the body limit keep
+what a client can make the server hold bounded. In-process, no sockets.
+
+Run with `pytest -s tests/test_memory.py` to see what was measured.
+"""
+
+import gc
+import hashlib
+import io
+import json
+import tracemalloc
+
+import avro.protocol
+
+import avro_fixes
+import server
+from conftest import call_app
+from protocol import PROTOCOL_JSON
+from wire import call_body, read_answer
+
+# One client protocol, as avro would send it (str(protocol)), with a name to vary.
+_data = json.loads(PROTOCOL_JSON)
+_data["types"] = [{"type": "fixed", "name": "Client000000", "size": 1}]
+TEMPLATE = str(avro.protocol.parse(json.dumps(_data)))
+
+
+def client_protocol(n: int) -> tuple:
+    """The n-th distinct client protocol: (its text, its MD5), as a client would send them."""
+    text = TEMPLATE.replace("Client000000", f"Client{n:06d}")
+    return text, hashlib.md5(text.encode()).digest()
+
+
+def test_client_protocols_are_what_avro_would_send():
+    for n in (0, 1, 999_999):
+        text, md5 = client_protocol(n)
+        assert avro.protocol.parse(text).md5 == md5 and str(avro.protocol.parse(text)) == text
+    assert client_protocol(1) != client_protocol(2)
+
+
+def send_protocols(app, responder, numbers) -> None:
+    """Call echo once with each client protocol; check each answer and the cache bound."""
+    for n in numbers:
+        text, md5 = client_protocol(n)
+        body = call_body(query=f"call {n}", protocol_text=text, client_hash=md5)
+        answer = read_answer(call_app(app, body).body)
+        assert (answer.handshake["match"], answer.is_error, answer.datum) == (
+            "BOTH", False, f"call {n}")
+        assert len(responder.protocol_cache) <= responder.max_cached_protocols
+
+
+def test_thousands_of_client_protocols_never_overflow_the_cache():
+    responder = server.EchoResponder()
+    app = server.make_application(responder)
+    send_protocols(app, responder, range(5000))
+    assert responder.max_cached_protocols == avro_fixes.MAX_CACHED_PROTOCOLS
+    # Full, with the most recent protocols: these are found again by their hash alone.
+    assert len(responder.protocol_cache) == avro_fixes.MAX_CACHED_PROTOCOLS
+    assert set(responder.protocol_cache) == {client_protocol(n)[1] for n in range(4744, 5000)}
+    again = call_body(protocol_text=None, client_hash=client_protocol(4999)[1])
+    assert read_answer(call_app(app, again).body).handshake["match"] == "BOTH"
+    forgotten = call_body(protocol_text=None, client_hash=client_protocol(0)[1])
+    assert read_answer(call_app(app, forgotten).body).handshake["match"] == "NONE"
+
+
+WARM_UP = 300  # more than the cache holds, so that it is full before measuring
+BATCH = 1000
+# The most that a batch of BATCH new protocols may add once the cache is full. Without a
+# bound, each cached protocol of this size costs about 5.5 KB (traced), so a batch costs about
+# 5.5 MB; with the bound, new entries replace old ones, and the batch costs next to nothing
+# (measured: about 23 KB). 512 KiB is far from both.
+MAX_GROWTH_BYTES = 512 * 1024
+
+
+def traced_growth(max_cached_protocols: int) -> tuple:
+    """Traced memory (before, after) a batch of new client protocols, once warmed up."""
+    responder = server.EchoResponder()
+    responder.max_cached_protocols = max_cached_protocols
+    app = server.make_application(responder)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        send_protocols(app, responder, range(WARM_UP))
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        send_protocols(app, responder, range(WARM_UP, WARM_UP + BATCH))
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return before, after
+
+
+def test_memory_stays_flat_with_the_bounded_cache_and_would_not_without_it():
+    before, after = traced_growth(avro_fixes.MAX_CACHED_PROTOCOLS)
+    unbounded_before, unbounded_after = traced_growth(10 ** 9)
+    print(f"\n{BATCH} new client protocols after {WARM_UP}: traced memory "
+          f"{before} -> {after} bytes with the bounded cache (+{after - before}), "
+          f"{unbounded_before} -> {unbounded_after} without a bound "
+          f"(+{unbounded_after - unbounded_before})")
+    assert after - before < MAX_GROWTH_BYTES
+    # The same measure catches an unbounded cache: the test has the power to fail.
+    assert unbounded_after - unbounded_before > 4 * MAX_GROWTH_BYTES
+
+
+def padded(text: str, length: int) -> str:
+    """The same protocol, padded with whitespace (still valid JSON) to `length` characters."""
+    return text[:-1] + " " * (length - len(text)) + text[-1]
+
+
+def test_oversized_client_protocol_is_refused_without_parsing_or_caching(monkeypatch):
+    parsed = []
+    parse = avro.protocol.parse
+    monkeypatch.setattr(avro.protocol, "parse", lambda text: parsed.append(text) or parse(text))
+    responder = server.EchoResponder()
+    app = server.make_application(responder)
+    cached = set(responder.protocol_cache)  # avro's Responder starts with its own protocol
+
+    too_long = padded(client_protocol(1)[0], avro_fixes.MAX_PROTOCOL_CHARS + 1)
+    body = call_body(protocol_text=too_long, client_hash=hashlib.md5(too_long.encode()).digest())
+    answer = read_answer(call_app(app, body).body)
+    assert (answer.is_error, answer.datum) == (
+        True, f"Invalid client protocol: longer than {avro_fixes.MAX_PROTOCOL_CHARS} characters")
+    assert parsed == [] and set(responder.protocol_cache) == cached
+
+    at_limit = padded(client_protocol(1)[0], avro_fixes.MAX_PROTOCOL_CHARS)
+    body = call_body(protocol_text=at_limit, client_hash=hashlib.md5(at_limit.encode()).digest())
+    answer = read_answer(call_app(app, body).body)
+    assert (answer.is_error, answer.datum) == (False, "Hello World")
+    assert parsed == [at_limit] and len(set(responder.protocol_cache) - cached) == 1
+
+
+class EndlessBody(io.RawIOBase):
+    """A request body that never ends, and counts what the app read of it."""
+
+    def __init__(self) -> None:
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        assert size >= 0, "the app asked for the whole of an endless body"
+        self.bytes_read += size
+        return b"\x00" * size
+
+
+def test_body_limit_holds_before_anything_is_read():
+    app = server.make_application(max_body_bytes=1000)
+    declared = EndlessBody()
+    response = call_app(app, content_length=10 ** 12, stream=declared)
+    assert (response.status, declared.bytes_read) == (413, 0)
+    chunked = EndlessBody()
+    response = call_app(app, chunked=True, stream=chunked)
+    assert (response.status, chunked.bytes_read) == (413, 1001)
