@@ -69,12 +69,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _stop(process: Optional[subprocess.Popen], signum: int = signal.SIGTERM) -> None:
-    """Signal a process (and its process group), wait, and SIGKILL it if it lingers."""
+def _stop(process: Optional[subprocess.Popen]) -> None:
+    """SIGTERM a process and its process group, wait, and SIGKILL them if they linger."""
     if process is None or process.poll() is not None:
         return
     try:
-        os.killpg(process.pid, signum)  # nginx's workers are in its group
+        os.killpg(process.pid, signal.SIGTERM)  # nginx's workers are in its group
         process.wait(STOP_SECONDS)
     except subprocess.TimeoutExpired:
         pass
@@ -189,7 +189,8 @@ class Fleet:
         # response bodies too large for memory into temporary directories under this one.
         self.dir.chmod(0o755)
         with open(self.dir / "nginx.stderr", "wb") as stderr:
-            # -e: errors before the config is read go to stderr, not to /var/log/nginx.
+            # -e stderr: errors from before the config is read go to stderr, whatever log
+            # file the nginx build names.
             self.nginx_process = subprocess.Popen(
                 [self.nginx, "-p", str(self.dir), "-c", "nginx.conf", "-e", "stderr",
                  "-g", "daemon off;"],
