@@ -57,3 +57,25 @@ FUZZ_EXAMPLES ?= 3000
 .PHONY: fuzz
 fuzz: $(VENV)/.dev
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py -s --hypothesis-show-statistics
+
+# `make fleet`: three servers behind nginx (deploy/nginx.conf), a short load through nginx
+# with the real client, how many calls each server answered; then everything is stopped.
+# deploy/fleet.py runs nginx from a temporary directory of its own, on free ports: never the
+# system's nginx service, nor port 80.
+.PHONY: fleet nginx
+
+fleet: $(VENV)/.runtime nginx
+	@$(PY) -m deploy.fleet
+
+# tests/test_fleet.py runs nginx too (Debian's package). Without it, those tests skip and
+# say why. On a machine with a service manager, installing the package also starts the
+# system's own nginx service; nothing here uses it.
+test: nginx
+
+nginx:
+	@if ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null && [ "$$(id -u)" = 0 ] \
+			&& command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+	fi
+	@PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null \
+		|| echo "nginx is not installed: the fleet tests will be skipped"

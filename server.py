@@ -76,6 +76,14 @@ def make_application(responder: Optional[avro.ipc.Responder] = None,
     responder = responder or EchoResponder()
 
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        # /health is for load balancers and orchestrators, and only that: a GET (or HEAD)
+        # gets 200 from any process that can still answer. Avro calls go to any other path.
+        if environ.get("PATH_INFO") == "/health":
+            if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
+                return _plain(start_response, "200 OK", "OK")
+            return _plain(start_response, "405 Method Not Allowed",
+                          "/health answers GET; Avro calls go to any other path",
+                          [("Allow", "GET, HEAD")])
         if environ["REQUEST_METHOD"] != "POST":
             return _plain(start_response, "405 Method Not Allowed",
                           "Avro calls must be POSTed", [("Allow", "POST")])
