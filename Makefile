@@ -49,3 +49,29 @@ $(INTEROP)/node_modules/.installed: $(INTEROP)/package.json $(INTEROP)/package-l
 
 clean:
 	rm -rf $(VENV) $(INTEROP)/node_modules .pytest_cache .hypothesis
+
+# `make bench` measures the servers and the client (bench/run.py says how) and writes
+# bench/results.json and bench/results.png. `make bench BENCH_SECONDS=2` for a quicker run;
+# BENCH_ARGS passes more options, e.g. BENCH_ARGS=--with-stdlib (see bench/run.py --help).
+BENCH_SECONDS ?= 5
+BENCH_ARGS ?=
+
+.PHONY: bench install-wrk
+
+bench: $(VENV)/.bench $(INTEROP)/node_modules/.installed install-wrk
+	$(PY) bench/run.py --seconds $(BENCH_SECONDS) $(BENCH_ARGS)
+
+# The plot's dependencies, kept out of the runtime and test requirements.
+$(VENV)/.bench: $(VENV)/.runtime requirements-bench.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+# wrk, the HTTP load generator, from Debian.
+install-wrk:
+	@if ! command -v wrk >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
+		else \
+			echo "make bench needs wrk: install it (Debian: apt-get install wrk)" >&2; exit 1; \
+		fi; \
+	fi
