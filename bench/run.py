@@ -68,8 +68,8 @@ QUERY = "Hello World"
 CONTENT_TYPE = "avro/binary"
 START_TIMEOUT_SECONDS = 30  # two cores shared with other work: importing eventlet can be slow
 STOP_TIMEOUT_SECONDS = 5
-CLIENT_ROUNDS = 5
-CLIENT_ROUND_SECONDS = 1.0
+CLIENT_ROUNDS = 10
+CLIENT_ROUND_SECONDS = 0.5
 # More file descriptors than the most connections, for wrk and the servers (which inherit it).
 FD_HEADROOM = 256
 LISTENING = re.compile(r"listening on http://([0-9.]+):(\d+)/")
@@ -173,7 +173,10 @@ def start_server(spec: ServerSpec, log_dir: Path) -> Running:
     while True:
         match = LISTENING.search(log_path.read_text(errors="replace"))
         if match:
-            return Running(spec, process, match.group(1), int(match.group(2)), log_path)
+            host, port = match.group(1), int(match.group(2))
+            # A supervisor may say where it listens before its workers have started.
+            wait_connectable(host, port, deadline)
+            return Running(spec, process, host, port, log_path)
         if process.poll() is not None:
             last = (log_path.read_text(errors="replace").strip().splitlines() or ["no output"])
             # argparse exits 2 on an unknown flag: a server.py without --workers, say.
@@ -182,6 +185,18 @@ def start_server(spec: ServerSpec, log_dir: Path) -> Running:
             stop_server(process)
             raise Unavailable(f"printed no 'listening on' line in {START_TIMEOUT_SECONDS} s")
         time.sleep(0.05)
+
+
+def wait_connectable(host: str, port: int, deadline: float) -> None:
+    """Return once a connection to host:port succeeds; raise Unavailable at the deadline."""
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise Unavailable(f"said it listens on {host}:{port}, but: {e}") from e
+            time.sleep(0.05)
 
 
 def log_tail(log_dir: Path, spec: ServerSpec, lines: int = 20) -> str:
@@ -397,12 +412,10 @@ def calls_per_second(make_call: Callable, host: str, port: int, body: bytes,
 
 def measure_clients(host: str, port: int, body: bytes, rounds: int, seconds: float,
                     progress: Callable[[str], None]) -> dict:
-    """Calls per second of each client, in alternating rounds; the best round of each counts.
+    """Calls per second of each client, in short alternating rounds.
 
-    The machine is shared and noisy, and noise only ever slows a loop down, never speeds it
-    up: so the fastest round is the closest to what the code itself costs (the reasoning of
-    timeit's docs). The clients take turns, in a rotating order, so that a busy spell hits
-    them alike rather than all of one client's rounds.
+    The clients take turns, in a rotating order, so that each round measures them all under
+    much the same load; see client_results for how the rounds are summed up.
     """
     rates = {name: [] for name in CLIENTS}
     names = list(CLIENTS)
@@ -416,15 +429,22 @@ def measure_clients(host: str, port: int, body: bytes, rounds: int, seconds: flo
 
 
 def client_results(rates: dict) -> dict:
-    best = {name: max(values) for name, values in rates.items()}
-    bare = best["http.client loop"]
+    """Medians: of each client's rates, and of its ratio to the bare loop in the same round.
+
+    The machine is shared, and other work comes and goes in bursts. The best round of each
+    client would compare one client's luckiest moment with another's; a ratio taken within
+    one round compares runs made a second apart, and the median of those ratios shrugs off
+    the rounds that a burst hit.
+    """
+    bare = rates["http.client loop"]
     return {
         "rounds": {name: [round(rate, 1) for rate in values] for name, values in rates.items()},
-        "best_calls_per_s": {name: round(rate, 1) for name, rate in best.items()},
         "median_calls_per_s": {name: round(statistics.median(values), 1)
                                for name, values in rates.items()},
-        "ratio_to_http_client": {name: round(rate / bare, 3) if bare else None
-                                 for name, rate in best.items()},
+        "best_calls_per_s": {name: round(max(values), 1) for name, values in rates.items()},
+        "ratio_to_http_client": {
+            name: round(statistics.median(rate / base for rate, base in zip(values, bare)), 3)
+            for name, values in rates.items()},
     }
 
 
@@ -554,10 +574,10 @@ def format_targets(targets: list) -> str:
 
 def format_clients(clients: dict) -> str:
     lines = []
-    for name, best in clients["best_calls_per_s"].items():
+    for name, median in clients["median_calls_per_s"].items():
         r = clients["ratio_to_http_client"][name]
-        lines.append(f"  {name:<20} {best:>9,.0f} calls/s  ({r:.2f} of the http.client loop; "
-                     f"median of rounds {clients['median_calls_per_s'][name]:,.0f})")
+        lines.append(f"  {name:<20} {median:>7,.0f} calls/s  ({r:.2f} of the http.client loop; "
+                     f"best round {clients['best_calls_per_s'][name]:,.0f})")
     return "\n".join(lines)
 
 
@@ -640,6 +660,17 @@ def machine_facts() -> dict:
         "wrk": first_line(["wrk", "--version"]),
         "commit": commit,
     }
+
+
+def busy_machine_note(facts: dict) -> Optional[str]:
+    """A warning when other work kept the machine busy before the run (the benchmark's own
+    load shows in the load average at the end, so only the start says something)."""
+    load = facts["load_average_at_start"][0]
+    if facts["cores"] and load > facts["cores"] / 2:
+        return (f"the machine was busy when the run started (load average {load:g} on "
+                f"{facts['cores']} cores): the figures are noisier than usual; run it again "
+                "when the machine is quiet")
+    return None
 
 
 def raise_fd_limit(connections: int) -> None:
@@ -807,15 +838,19 @@ def run(args: argparse.Namespace) -> int:
         "client": clients,
     }
     results["targets"] = evaluate_targets(servers, clients)
+    facts["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
     print()
     print(format_table(servers))
     if clients:
-        print(f"\nClient, calling the baseline server (best of {args.client_rounds} rounds of "
-              f"{args.client_seconds:g} s):")
+        print(f"\nClient, calling the baseline server (medians of {args.client_rounds} rounds "
+              f"of {args.client_seconds:g} s):")
         print(format_clients(clients))
     print("\nTargets:")
     print(format_targets(results["targets"]))
+    busy = busy_machine_note(facts)
+    if busy:
+        print(f"\nnote: {busy}")
 
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {display(args.json)}", end="")

@@ -195,14 +195,23 @@ def test_table_shows_ratios_errors_and_missing_servers():
 
 def test_targets_met_missed_or_not_measured():
     servers = sample_results()
-    clients = bench.client_results({"http.client loop": [100, 200], "EchoClient": [150, 179],
-                                    "avro.ipc.Requestor": [90, 100]})
+    # Per round, EchoClient makes 0.90, 0.895 and 0.5 as many calls as the bare loop.
+    clients = bench.client_results({"http.client loop": [100, 200, 400],
+                                    "EchoClient": [90, 179, 200],
+                                    "avro.ipc.Requestor": [90, 100, 100]})
+    assert clients["median_calls_per_s"]["EchoClient"] == 179
     assert clients["ratio_to_http_client"]["EchoClient"] == 0.895
     verdicts = [target["met"] for target in bench.evaluate_targets(servers, clients)]
     # 0.90 of the baseline is met; p99 is under 1.5 x but 3 timeouts miss the 1,000 target;
     # there is no --workers row; EchoClient's 0.895 misses 0.90.
     assert verdicts == [True, False, None, False]
     assert [t["met"] for t in bench.evaluate_targets(servers, None)][3] is None
+
+
+@pytest.mark.parametrize("load, busy", [(0.9, False), (1.1, True)])
+def test_busy_machine_is_noted(load, busy):
+    note = bench.busy_machine_note({"cores": 2, "load_average_at_start": [load, 0, 0]})
+    assert (note is not None) == busy
 
 
 def test_wrk_output_without_a_result_is_an_error():
