@@ -239,6 +239,13 @@ def post(host: str, port: int, body: bytes, timeout: float = 10.0) -> bytes:
     return payload
 
 
+def decode(payload: bytes) -> wire.Answer:
+    try:
+        return wire.read_answer(payload)
+    except Exception as e:  # anything avro.io can raise on bytes that are not Avro
+        raise BenchError(f"the answer is not an Avro call response: {payload[:200]!r}") from e
+
+
 def handshake_call(host: str, port: int) -> tuple:
     """Call echo(QUERY) the way a client does, until the handshake is BOTH.
 
@@ -251,10 +258,7 @@ def handshake_call(host: str, port: int) -> tuple:
     for _ in range(3):
         body = wire.call_body("echo", QUERY, **handshake)
         payload = post(host, port, body)
-        try:
-            answer = wire.read_answer(payload)
-        except Exception as e:  # anything avro.io can raise on bytes that are not Avro
-            raise BenchError(f"answer is not an Avro call response: {payload[:200]!r}") from e
+        answer = decode(payload)
         match = answer.handshake["match"]
         if match == "NONE":
             handshake["send_protocol"] = True
@@ -275,7 +279,7 @@ def check_server(running: Running, calls: int = 4) -> None:
     """
     running.body, running.answer = handshake_call(running.host, running.port)
     for _ in range(calls - 1):
-        answer = wire.read_answer(post(running.host, running.port, running.body))
+        answer = decode(post(running.host, running.port, running.body))
         if answer.handshake["match"] != "BOTH" or answer.is_error or answer.datum != QUERY:
             raise BenchError(f"a later call was answered {answer}")
 
@@ -792,7 +796,8 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
                 step += 1
                 if server.process.poll() is not None:
                     raise BenchError(f"{server.spec.label} exited during the benchmark "
-                                     f"(status {server.process.returncode}); see its log")
+                                     f"(status {server.process.returncode}):\n"
+                                     f"{log_tail(log_dir, server.spec)}")
                 plural = "s" if connections != 1 else ""
                 progress(f"[{step}/{steps}] {server.spec.label} at {connections:,} "
                          f"connection{plural}, {args.seconds} s")
@@ -804,12 +809,16 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
                          f"ms, p99 {point['p99_ms']:.2f} ms, {point['error_total']} errors")
                 time.sleep(0.5)  # let the closed connections go before the next point
         for server in running:  # still correct after the load?
-            check_server(server, calls=1)
+            result = next(r for r in results if r["name"] == server.spec.name)
+            result["points"] = server.points
+            try:
+                check_server(server, calls=1)
+            except BenchError as e:
+                result["note"] = f"answered wrongly after the load: {e}"
+                progress(f"{server.spec.label} {result['note']}")
     finally:
         for server in running:
             stop_server(server.process)
-    for server in running:
-        next(r for r in results if r["name"] == server.spec.name)["points"] = server.points
     add_ratios(results)
     return results
 
