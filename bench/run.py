@@ -353,6 +353,23 @@ def make_point(connections: int, wrk: dict, rss: Optional[int]) -> dict:
     }
 
 
+def median_points(points: list) -> list:
+    """One point per number of connections: of repeated runs, the one with the median req/s.
+
+    A whole run is kept, rather than a median of each figure, so that its req/s, latencies,
+    errors and memory still belong together. The others' req/s are listed beside it.
+    """
+    chosen = []
+    for connections in sorted({point["connections"] for point in points}):
+        runs = sorted((p for p in points if p["connections"] == connections),
+                      key=lambda p: p["requests_per_s"])
+        median = dict(runs[(len(runs) - 1) // 2])  # of an even number, the lower
+        if len(runs) > 1:
+            median["requests_per_s_of_runs"] = [p["requests_per_s"] for p in runs]
+        chosen.append(median)
+    return chosen
+
+
 # --- The client ------------------------------------------------------------------------------
 
 def http_client_loop(host: str, port: int, body: bytes) -> Callable[[], None]:
@@ -730,6 +747,9 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                         help="rounds of the client measurement (default: %(default)s)")
     parser.add_argument("--client-seconds", type=float, default=CLIENT_ROUND_SECONDS,
                         help="seconds per client per round (default: %(default)s)")
+    parser.add_argument("--repeat", type=positive_int, default=1,
+                        help="runs of each point, in turns; the median run is reported. "
+                             "On a busy machine, 3 gives steadier figures (default: 1)")
     parser.add_argument("--no-client", action="store_true",
                         help="skip the client measurement")
     parser.add_argument("--json", type=Path, default=BENCH / "results.json",
@@ -789,28 +809,30 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
                 progress(f"warming up {server.spec.label} ({args.warmup} s)")
                 run_wrk(server, server.body_file, 50, args.warmup, args.threads)
 
-        steps = len(args.connections) * len(running)
+        steps = args.repeat * len(args.connections) * len(running)
         step = 0
-        for connections in args.connections:
-            for server in running:
-                step += 1
-                if server.process.poll() is not None:
-                    raise BenchError(f"{server.spec.label} exited during the benchmark "
-                                     f"(status {server.process.returncode}):\n"
-                                     f"{log_tail(log_dir, server.spec)}")
-                plural = "s" if connections != 1 else ""
-                progress(f"[{step}/{steps}] {server.spec.label} at {connections:,} "
-                         f"connection{plural}, {args.seconds} s")
-                wrk = run_wrk(server, server.body_file, connections, args.seconds,
-                              args.threads)
-                point = make_point(connections, wrk, rss_bytes(server.process.pid))
-                server.points.append(point)
-                progress(f"  {point['requests_per_s']:,.0f} req/s, p50 {point['p50_ms']:.2f} "
-                         f"ms, p99 {point['p99_ms']:.2f} ms, {point['error_total']} errors")
-                time.sleep(0.5)  # let the closed connections go before the next point
+        for _ in range(args.repeat):
+            for connections in args.connections:
+                for server in running:
+                    step += 1
+                    if server.process.poll() is not None:
+                        raise BenchError(f"{server.spec.label} exited during the benchmark "
+                                         f"(status {server.process.returncode}):\n"
+                                         f"{log_tail(log_dir, server.spec)}")
+                    plural = "s" if connections != 1 else ""
+                    progress(f"[{step}/{steps}] {server.spec.label} at {connections:,} "
+                             f"connection{plural}, {args.seconds} s")
+                    wrk = run_wrk(server, server.body_file, connections, args.seconds,
+                                  args.threads)
+                    point = make_point(connections, wrk, rss_bytes(server.process.pid))
+                    server.points.append(point)
+                    progress(f"  {point['requests_per_s']:,.0f} req/s, p50 "
+                             f"{point['p50_ms']:.2f} ms, p99 {point['p99_ms']:.2f} ms, "
+                             f"{point['error_total']} errors")
+                    time.sleep(0.5)  # let the closed connections go before the next point
         for server in running:  # still correct after the load?
             result = next(r for r in results if r["name"] == server.spec.name)
-            result["points"] = server.points
+            result["points"] = median_points(server.points)
             try:
                 check_server(server, calls=1)
             except BenchError as e:
@@ -839,7 +861,8 @@ def run(args: argparse.Namespace) -> int:
     results = {
         "machine": facts,
         "settings": {"seconds": args.seconds, "warmup_seconds": args.warmup,
-                     "connections": args.connections, "wrk_threads": args.threads,
+                     "connections": args.connections, "repeat": args.repeat,
+                     "wrk_threads": args.threads,
                      "wrk_timeout_seconds": WRK_TIMEOUT_SECONDS, "workers": args.workers,
                      "query": QUERY, "client_rounds": args.client_rounds,
                      "client_round_seconds": args.client_seconds},

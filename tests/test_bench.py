@@ -212,6 +212,17 @@ def test_targets_met_missed_or_not_measured():
     assert [t["met"] for t in bench.evaluate_targets(servers, None)][3] is None
 
 
+def test_repeated_runs_keep_the_median_run_whole():
+    runs = [bench.make_point(50, bench.parse_wrk_output(wrk_output(requests, 1_000, p99)), 1)
+            for requests, p99 in ((500, 9_000), (1_500, 7_000), (1_000, 8_000))]
+    runs.append(bench.make_point(1, bench.parse_wrk_output(wrk_output(50, 1_000, 2_000)), 1))
+    one, fifty = bench.median_points(runs)
+    assert (one["connections"], one["requests_per_s"]) == (1, 10)
+    assert "requests_per_s_of_runs" not in one
+    assert (fifty["requests_per_s"], fifty["p99_ms"]) == (200, 8.0)
+    assert fifty["requests_per_s_of_runs"] == [100, 200, 300]
+
+
 @pytest.mark.parametrize("load, busy", [(0.9, False), (1.1, True)])
 def test_busy_machine_is_noted(load, busy):
     note = bench.busy_machine_note({"cores": 2, "load_average_at_start": [load, 0, 0]})
