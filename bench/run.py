@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import avro.errors
 import avro.ipc
 
 import client
@@ -327,13 +328,22 @@ def parse_wrk_output(output: str) -> dict:
 
 def run_wrk(running: Running, body_file: Path, connections: int, seconds: int,
             threads: int) -> dict:
+    """Load the server with wrk: post.lua's results. A run that prints none is tried again
+    once, so that one crash of wrk does not throw away the whole benchmark."""
     url = f"http://{running.host}:{running.port}/"
-    try:
-        result = subprocess.run(wrk_command(url, body_file, connections, seconds, threads),
-                                capture_output=True, text=True, timeout=seconds + 60)
-    except subprocess.TimeoutExpired as e:
-        raise BenchError(f"wrk did not finish within {seconds + 60} s") from e
-    return parse_wrk_output(result.stdout + result.stderr)
+    command = wrk_command(url, body_file, connections, seconds, threads)
+    for attempt in (1, 2):
+        try:
+            result = subprocess.run(command, capture_output=True, text=True,
+                                    timeout=seconds + 60)
+        except subprocess.TimeoutExpired as e:
+            raise BenchError(f"wrk did not finish within {seconds + 60} s") from e
+        try:
+            return parse_wrk_output(result.stdout + result.stderr)
+        except BenchError as e:
+            if attempt == 2 or running.process.poll() is not None:
+                raise BenchError(f"{e}\n(wrk exited with status {result.returncode})") from e
+            progress(f"  wrk printed no result (status {result.returncode}): trying again")
 
 
 def make_point(connections: int, wrk: dict, rss: Optional[int]) -> dict:
@@ -416,6 +426,15 @@ CLIENTS = {
 
 def calls_per_second(make_call: Callable, host: str, port: int, body: bytes,
                      seconds: float) -> float:
+    try:
+        return _calls_per_second(make_call, host, port, body, seconds)
+    except (OSError, http.client.HTTPException, client.CallFailed,
+            avro.errors.AvroException) as e:
+        raise BenchError(f"{make_call.__name__} failed: {e}") from e
+
+
+def _calls_per_second(make_call: Callable, host: str, port: int, body: bytes,
+                      seconds: float) -> float:
     call = make_call(host, port, body)
     try:
         call()  # connect and handshake outside the timing

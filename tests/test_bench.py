@@ -18,7 +18,7 @@ import server
 import wire
 from bench import baseline_server
 from bench import run as bench
-from conftest import ROOT, call_app, serving
+from conftest import ROOT, call_app, free_port, serving
 from protocol import PROTOCOL_JSON, EchoProtocol
 
 
@@ -146,6 +146,13 @@ def test_each_client_loop_makes_calls(monkeypatch):
     with serving(baseline_server.make_fixed_application(answer)) as (host, port):
         for name, make_call in bench.CLIENTS.items():
             assert bench.calls_per_second(make_call, host, port, body, 0.05) > 0, name
+
+
+@pytest.mark.parametrize("name", list(bench.CLIENTS))
+def test_a_client_that_cannot_connect_is_a_bench_error(name):
+    with pytest.raises(bench.BenchError, match="failed"):
+        bench.calls_per_second(bench.CLIENTS[name], "127.0.0.1", free_port(),
+                               wire.call_body(), 0.05)
 
 
 def wrk_output(requests: int, p50_us: int, p99_us: int, timeouts: int = 0) -> str:
