@@ -508,6 +508,10 @@ def add_ratios(servers: list) -> None:
                 for key in ("requests_per_s", "p50_ms", "p99_ms", "rss_bytes")}
 
 
+def connections_text(count: int) -> str:
+    return f"{count:,} connection{'' if count == 1 else 's'}"
+
+
 def _cell(value: Optional[float], ratio_value: Optional[float], digits: int) -> str:
     if value is None:
         return "-"
@@ -529,7 +533,7 @@ def format_table(servers: list) -> str:
             rss = point["rss_bytes"] / 2**20 if point["rss_bytes"] else None
             if point["error_total"]:
                 kinds = ", ".join(f"{kind} {n}" for kind, n in point["errors"].items() if n)
-                notes.append(f"{server['label']} at {count:,} connections: errors {kinds}")
+                notes.append(f"{server['label']} at {connections_text(count)}: errors {kinds}")
             rows.append((f"{count:,}", server["label"],
                          _cell(point["requests_per_s"], ratios.get("requests_per_s"), 0),
                          _cell(point["p50_ms"], ratios.get("p50_ms"), 2),
@@ -656,8 +660,10 @@ def plot(results: dict, path: Path) -> None:
     latency.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     throughput.legend(fontsize="small")
     machine = results["machine"]
+    settings = results["settings"]
+    runs = f", median of {settings['repeat']} runs" if settings["repeat"] > 1 else ""
     figure.suptitle(f"AvroEcho echo(\"{QUERY}\") under wrk: {machine['cores']} cores, "
-                    f"{results['settings']['seconds']} s per point, {machine['date'][:10]}")
+                    f"{settings['seconds']} s per point{runs}, {machine['date'][:10]}")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -838,9 +844,8 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
                         raise BenchError(f"{server.spec.label} exited during the benchmark "
                                          f"(status {server.process.returncode}):\n"
                                          f"{log_tail(log_dir, server.spec)}")
-                    plural = "s" if connections != 1 else ""
-                    progress(f"[{step}/{steps}] {server.spec.label} at {connections:,} "
-                             f"connection{plural}, {args.seconds} s")
+                    progress(f"[{step}/{steps}] {server.spec.label} at "
+                             f"{connections_text(connections)}, {args.seconds} s")
                     wrk = run_wrk(server, server.body_file, connections, args.seconds,
                                   args.threads)
                     point = make_point(connections, wrk, rss_bytes(server.process.pid))
