@@ -1,6 +1,7 @@
 # `make demo` runs the service end to end; `make test` runs the tests. Both set up what they
-# need first: a virtualenv in .venv with the pinned requirements, and for the tests the
-# Node packages of the interop tests.
+# need first: a virtualenv in .venv with the pinned requirements, and for the tests the Node
+# packages of the interop tests and Debian's nginx. `make fuzz`, `make fleet` and `make bench`
+# are described where they are defined, below.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8130
 INTEROP := tests/interop
 
-.PHONY: demo test clean
+.PHONY: demo test clean fuzz fleet nginx bench install-wrk
 
 demo: $(VENV)/.runtime
 	@log=$$(mktemp); \
@@ -23,7 +24,7 @@ demo: $(VENV)/.runtime
 		$(PY) client.py --port $(PORT) --$$message --query "Hello World" || exit 1; \
 	done
 
-test: $(VENV)/.dev $(INTEROP)/node_modules/.installed
+test: $(VENV)/.dev $(INTEROP)/node_modules/.installed nginx
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
@@ -54,7 +55,6 @@ clean:
 # counts printed as they go and Hypothesis's statistics at the end.
 FUZZ_EXAMPLES ?= 3000
 
-.PHONY: fuzz
 fuzz: $(VENV)/.dev
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py -s --hypothesis-show-statistics
 
@@ -62,16 +62,12 @@ fuzz: $(VENV)/.dev
 # with the real client, how many calls each server answered; then everything is stopped.
 # deploy/fleet.py runs nginx from a temporary directory of its own, on free ports: never the
 # system's nginx service, nor port 80.
-.PHONY: fleet nginx
-
 fleet: $(VENV)/.runtime nginx
 	@$(PY) -m deploy.fleet
 
 # tests/test_fleet.py runs nginx too (Debian's package). Without it, those tests skip and
 # say why. On a machine with a service manager, installing the package also starts the
 # system's own nginx service; nothing here uses it.
-test: nginx
-
 nginx:
 	@if ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null && [ "$$(id -u)" = 0 ] \
 			&& command -v apt-get >/dev/null; then \
@@ -79,3 +75,27 @@ nginx:
 	fi
 	@PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null \
 		|| echo "nginx is not installed: the fleet tests will be skipped"
+
+# `make bench` measures the servers and the client (bench/run.py says how) and writes
+# bench/results.json and bench/results.png. `make bench BENCH_SECONDS=2` for a quicker run;
+# BENCH_ARGS passes more options, e.g. BENCH_ARGS=--with-stdlib (see bench/run.py --help).
+BENCH_SECONDS ?= 5
+BENCH_ARGS ?=
+
+bench: $(VENV)/.bench $(INTEROP)/node_modules/.installed install-wrk
+	$(PY) bench/run.py --seconds $(BENCH_SECONDS) $(BENCH_ARGS)
+
+# The plot's dependencies, kept out of the runtime and test requirements.
+$(VENV)/.bench: $(VENV)/.runtime requirements-bench.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+# wrk, the HTTP load generator, from Debian.
+install-wrk:
+	@if ! command -v wrk >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
+		else \
+			echo "make bench needs wrk: install it (Debian: apt-get install wrk)" >&2; exit 1; \
+		fi; \
+	fi
