@@ -195,9 +195,8 @@ def stop_gracefully_on(*signums: int) -> None:
         signal.signal(signum, lambda signum, frame: None)  # the wakeup socket does the work
 
 
-def stop_when_orphaned() -> None:
+def stop_when_orphaned(supervisor: int) -> None:
     """A worker whose supervisor is gone (killed, say) stops as on SIGTERM."""
-    supervisor = os.getppid()
 
     def watch() -> None:
         while os.getppid() == supervisor:
@@ -229,6 +228,7 @@ def main(argv: Optional[list] = None) -> int:
     if args.workers < 1:
         parser.error(f"argument --workers: {args.workers} is not 1 or more")
     worker = args.ready_fd is not None
+    supervisor = os.getppid()  # before saying it is ready: it may die any time after that
 
     logging.basicConfig(level=logging.INFO, format=(
         "%(asctime)s %(name)s[%(process)d] %(message)s" if worker
@@ -241,14 +241,17 @@ def main(argv: Optional[list] = None) -> int:
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", args.host, args.port, e.strerror or e)
         return 1
+    stop_gracefully_on(signal.SIGINT, signal.SIGTERM)  # before anyone is told to call
     if worker:
-        with open(args.ready_fd, "wb") as ready:
-            ready.write(b"1")
-        stop_when_orphaned()
+        try:
+            with open(args.ready_fd, "wb") as ready:
+                ready.write(b"1")
+        except BrokenPipeError:  # the supervisor died before this worker was ready
+            return 1
+        stop_when_orphaned(supervisor)
     else:
         host, port = listener.getsockname()[:2]
         log.info("AvroEcho server listening on http://%s:%d/", host, port)
-    stop_gracefully_on(signal.SIGINT, signal.SIGTERM)
     serve(listener, make_application(max_body_bytes=args.max_body_bytes),
           access_log=args.access_log)
     log.info("stopped")
