@@ -56,11 +56,9 @@ class EchoResponder(avro_fixes.FixedResponder):
 
     def __init__(self) -> None:
         super().__init__(EchoProtocol)
-        self.handlers = {name: getattr(self, f"handle_{name}", None)
-                         for name in EchoProtocol.messages}
 
     def invoke(self, message, request: dict) -> object:
-        handler = self.handlers[message.name]
+        handler = getattr(self, f"handle_{message.name}", None)
         if handler is None:
             raise avro.errors.AvroRemoteException(f"Not implemented: {message.name}")
         return handler(**request)
