@@ -216,4 +216,31 @@ def test_readers_read_what_avro_reads(type_name, data):
         expected = avro.io.DatumReader(schema, schema).read(
             avro.io.BinaryDecoder(io.BytesIO(encoded.getvalue())))
         read = avro_fixes._reader_for(schema, schema)
-        assert read(avro.io.BinaryDecoder(io.BytesIO(encoded.getvalue()))) == expected
+        assert read(avro_fixes._Decoder(io.BytesIO(encoded.getvalue()))) == expected
+
+
+@given(values=st.lists(st.one_of(st.integers(-2**63, 2**63 - 1), st.binary(max_size=200),
+                                 st.text(max_size=100))))
+def test_encoder_and_decoder_agree_with_avros(values):
+    def encode(encoder_class) -> bytes:
+        buffer = io.BytesIO()
+        encoder = encoder_class(buffer)
+        for value in values:
+            {int: encoder.write_long, bytes: encoder.write_bytes,
+             str: encoder.write_utf8}[type(value)](value)
+        return buffer.getvalue()
+
+    encoded = encode(avro.io.BinaryEncoder)
+    assert encode(avro_fixes._Encoder) == encoded
+    decoder = avro_fixes._Decoder(io.BytesIO(encoded))
+    decoded = [{int: decoder.read_long, bytes: decoder.read_bytes,
+                str: decoder.read_utf8}[type(value)]() for value in values]
+    assert decoded == values
+
+
+@pytest.mark.parametrize("data", [b"", b"\x80", b"\xff\xff", b"\x80" * 11])
+def test_decoder_fails_where_avros_fails(data):
+    with pytest.raises(Exception) as avros:
+        avro.io.BinaryDecoder(io.BytesIO(data)).read_long()
+    with pytest.raises(type(avros.value)):
+        avro_fixes._Decoder(io.BytesIO(data)).read_long()
