@@ -18,8 +18,10 @@ with warnings.catch_warnings():
 eventlet.monkey_patch()
 
 import argparse
+import functools
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -40,15 +42,33 @@ MAX_BODY_BYTES = 1024 * 1024
 # eventlet.listen's default backlog of 50 overflows under a burst of connections, and the
 # kernel then drops SYNs: clients wait a second or more before they retry.
 LISTEN_BACKLOG = 2048
-# Seconds a connection may sit idle (between keep-alive requests, or in the middle of one)
-# before it is closed. eventlet's default is to wait forever.
+# eventlet's defaults wait forever for a slow or silent client, and take 1,024 connections.
+# Seconds that each read or write on a connection may wait for the client:
 SOCKET_TIMEOUT = 30.0
+# Seconds that a keep-alive connection may wait for its next request:
+IDLE_TIMEOUT = 30.0
+# Seconds that a request (its line, headers and body) may take to arrive, from its first byte.
+# Without this, a client that sends a byte every few seconds holds a connection forever.
+REQUEST_TIMEOUT = 20.0
+# Connections served at once. Past it, new ones wait in the listen backlog; each costs a
+# green thread and a file descriptor, a few tens of kilobytes in all.
+MAX_CONNECTIONS = 5000
+# Seconds that a stop (SIGTERM, Ctrl-C) waits for the calls in flight.
+DRAIN_TIMEOUT = 30.0
 
 log = logging.getLogger("server")
 
 
 class BodyTooLarge(Exception):
     """The body is over the limit: HTTP 413."""
+
+
+class RequestTimeout(socket.timeout):
+    """The request did not arrive within REQUEST_TIMEOUT of its first byte."""
+
+
+# Where _Protocol puts the request's deadline in the WSGI environ, for the application.
+DEADLINE = "avroecho.request_deadline"
 
 
 class EchoResponder(avro_fixes.FixedResponder):
@@ -98,9 +118,15 @@ def make_application(responder: Optional[avro.ipc.Responder] = None,
             # The rest of the body is not wanted: ask the client to close the connection.
             return _plain(start_response, "413 Content Too Large",
                           f"Body is larger than {max_body_bytes} bytes", [("Connection", "close")])
+        except RequestTimeout as e:
+            log.warning("%s: %s", environ.get("REMOTE_ADDR", "a client"), e)
+            return _plain(start_response, "408 Request Timeout", "The body came too slowly",
+                          [("Connection", "close")])
         except (OSError, ValueError):  # the client stalled, hung up, or broke the chunking
             return _plain(start_response, "400 Bad Request", "Body could not be read",
                           [("Connection", "close")])
+        if environ.get(DEADLINE):
+            environ[DEADLINE].cancel()  # the request is in: the rest is the server's time
         try:
             call_response = responder.respond(avro_fixes.unframe(body))
         except (avro_fixes.BadFraming, avro_fixes.BadRequest) as e:
@@ -152,8 +178,59 @@ def listen(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     return eventlet.listen((host, port), family, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
 
 
+class _Protocol(eventlet.wsgi.HttpProtocol):
+    """eventlet.wsgi's HTTP handling, with a deadline for each request to arrive.
+
+    eventlet's socket_timeout bounds each read, not the request: a client that sends a byte
+    every few seconds keeps its connection, and a green thread, forever. Here the request
+    line, the headers and the body must arrive within request_timeout of the request's first
+    byte. The application cancels the deadline (environ[DEADLINE]) once it has the body.
+    """
+
+    deadline: Optional[eventlet.Timeout] = None
+
+    def __init__(self, conn_state: list, server, request_timeout: float) -> None:
+        self.request_timeout = request_timeout
+        super().__init__(conn_state, server)  # this serves the whole connection
+
+    def _read_request_line(self) -> bytes:
+        if not self.rfile.closed:
+            try:  # an idle keep-alive connection: wait for the next request's first byte
+                self.connection.settimeout(self.server.keepalive)
+                self.rfile.peek(1)
+            except socket.timeout:
+                return b""  # idle too long: eventlet closes the connection
+            except OSError:
+                pass  # the read below meets the error again, and eventlet handles it
+        self.deadline = eventlet.Timeout(self.request_timeout, RequestTimeout(
+            f"the request did not arrive within {self.request_timeout:g} s"))
+        return super()._read_request_line()
+
+    def get_environ(self) -> dict:
+        environ = super().get_environ()
+        environ[DEADLINE] = self.deadline
+        return environ
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except RequestTimeout as e:  # in the request line or headers: no application yet
+            log.warning("%s: %s", self.client_address[0], e)
+            self.close_connection = 1
+            try:
+                self.wfile.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                                 b"Content-Length: 0\r\n\r\n")
+            except OSError:
+                pass  # the client is gone as well
+        finally:
+            if self.deadline is not None:
+                self.deadline.cancel()
+
+
 def serve(listener: socket.socket, app: Callable = application,
-          socket_timeout: float = SOCKET_TIMEOUT, access_log: bool = False) -> None:
+          socket_timeout: float = SOCKET_TIMEOUT, access_log: bool = False,
+          idle_timeout: float = IDLE_TIMEOUT, request_timeout: float = REQUEST_TIMEOUT,
+          max_connections: int = MAX_CONNECTIONS) -> None:
     """Serve app on listener until the accept loop is interrupted, then drain."""
     # eventlet.wsgi logs its own start-up and exit lines at INFO, next to the access log.
     access = logging.getLogger("server.access")
@@ -164,31 +241,62 @@ def serve(listener: socket.socket, app: Callable = application,
         log_output=access_log,
         debug=False,  # True (eventlet's default) sends tracebacks to clients
         socket_timeout=socket_timeout,
+        keepalive=idle_timeout,
+        max_size=max_connections,
+        protocol=functools.partial(_Protocol, request_timeout=request_timeout),
     )
 
 
-def stop_gracefully_on(*signums: int) -> None:
+def allow_open_files(connections: int) -> int:
+    """Raise this process's limit on open files to fit `connections`; how many fit."""
+    spare = 64  # the listener, the log, the wakeup sockets, and some to spare
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < connections + spare:
+        soft = connections + spare
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft - spare < connections:
+        log.warning("the open-file limit (%d) allows %d connections at once, not %d",
+                    soft, soft - spare, connections)
+        return soft - spare
+    return connections
+
+
+def stop_gracefully_on(listener: socket.socket, *signums: int,
+                       drain_timeout: float = DRAIN_TIMEOUT) -> None:
     """On these signals, stop accepting, answer the calls in flight, then return from serve().
 
-    A second signal stops at once, with exit status 1.
+    A second signal, or drain_timeout seconds without the calls in flight all answered,
+    stops at once, with exit status 1.
     """
     serving = greenlet.getcurrent()
     # A Python signal handler runs in whichever green thread the signal interrupts, where
     # raising would kill a call in flight, and it does not wake eventlet's hub. So let Python
     # write the signal to a socket instead; a green thread reads it, and asks the hub to
-    # interrupt the green thread that serves. eventlet.wsgi then stops accepting, closes idle
-    # connections and waits for the active ones.
+    # interrupt the green thread that serves. eventlet.wsgi then closes idle connections and
+    # waits for the active ones.
     wakeup, wakeup_writer = socket.socketpair()
     signal.set_wakeup_fd(wakeup_writer.fileno())
+
+    def stop(status: int) -> None:
+        eventlet.hubs.get_hub().schedule_call_global(0, serving.throw, SystemExit(status))
 
     def watch() -> None:
         with wakeup, wakeup_writer:  # both stay open while this green thread lives
             wakeup.recv(1)
             log.info("stopping: answering the calls in flight")
-            eventlet.hubs.get_hub().schedule_call_global(0, serving.throw, SystemExit)
-            wakeup.recv(1)
-            log.warning("stopping now, without waiting for the calls in flight")
-            eventlet.hubs.get_hub().schedule_call_global(0, serving.throw, SystemExit(1))
+            # Closed now, not when the calls in flight are answered: meanwhile, new
+            # connections are refused at once, and a balancer tries another server.
+            listener.close()
+            stop(0)
+            with eventlet.Timeout(drain_timeout, False):
+                wakeup.recv(1)
+                log.warning("stopping now, without waiting for the calls in flight")
+                return stop(1)
+            log.warning("calls still in flight after %g s (--drain-timeout): stopping now",
+                        drain_timeout)
+            stop(1)
 
     eventlet.spawn_n(watch)
     for signum in signums:
@@ -218,6 +326,17 @@ def main(argv: Optional[list] = None) -> int:
                              "(default: %(default)s)")
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
                         help="larger request bodies get 413 (default: %(default)s)")
+    parser.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT,
+                        help="seconds in which a request's headers and body must arrive, "
+                             "from its first byte (default: %(default)s)")
+    parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT,
+                        help="seconds a keep-alive connection may wait for its next request "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                        help="connections served at once (default: %(default)s)")
+    parser.add_argument("--drain-timeout", type=float, default=DRAIN_TIMEOUT,
+                        help="seconds a stop waits for the calls in flight "
+                             "(default: %(default)s)")
     parser.add_argument("--access-log", action="store_true",
                         help="log one line per request")
     # Given by the supervisor to each worker: the pipe on which to say it listens.
@@ -225,8 +344,13 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"argument --port: {args.port} is not a port number (0 to 65535)")
-    if args.workers < 1:
-        parser.error(f"argument --workers: {args.workers} is not 1 or more")
+    for flag in ("workers", "max_body_bytes", "max_connections"):
+        if getattr(args, flag) < 1:
+            parser.error(f"argument --{flag.replace('_', '-')}: {getattr(args, flag)} is not "
+                         "1 or more")
+    for flag in ("request_timeout", "idle_timeout", "drain_timeout"):
+        if not getattr(args, flag) > 0:  # also refuses nan
+            parser.error(f"argument --{flag.replace('_', '-')}: must be more than 0 seconds")
     worker = args.ready_fd is not None
     supervisor = os.getppid()  # before saying it is ready: it may die any time after that
 
@@ -235,13 +359,16 @@ def main(argv: Optional[list] = None) -> int:
         else "%(asctime)s %(name)s %(message)s"))
     if args.workers > 1:
         argv = sys.argv[1:] if argv is None else argv
-        return workers.run(__file__, argv, args.host, args.port, args.workers)
+        return workers.run(__file__, argv, args.host, args.port, args.workers,
+                           args.drain_timeout)
     try:
         listener = listen(args.host, args.port, reuse_port=worker)
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", args.host, args.port, e.strerror or e)
         return 1
-    stop_gracefully_on(signal.SIGINT, signal.SIGTERM)  # before anyone is told to call
+    max_connections = allow_open_files(args.max_connections)
+    # Before anyone is told to call:
+    stop_gracefully_on(listener, signal.SIGINT, signal.SIGTERM, drain_timeout=args.drain_timeout)
     if worker:
         try:
             with open(args.ready_fd, "wb") as ready:
@@ -253,7 +380,8 @@ def main(argv: Optional[list] = None) -> int:
         host, port = listener.getsockname()[:2]
         log.info("AvroEcho server listening on http://%s:%d/", host, port)
     serve(listener, make_application(max_body_bytes=args.max_body_bytes),
-          access_log=args.access_log)
+          access_log=args.access_log, idle_timeout=args.idle_timeout,
+          request_timeout=args.request_timeout, max_connections=max_connections)
     log.info("stopped")
     return 0
 

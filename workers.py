@@ -24,6 +24,8 @@ READY_TIMEOUT = 15.0
 # A worker that dies sooner than this after its start is restarted only this long after it
 # started, so that a worker that cannot start does not become a busy loop.
 RESTART_INTERVAL = 1.0
+# Seconds past the workers' drain timeout after which the supervisor kills a worker.
+KILL_GRACE = 5.0
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -48,9 +50,10 @@ def reserve_port(host: str, port: int) -> socket.socket:
 class Supervisor:
     """Keeps `count` workers running `command`, each told to report on a pipe when ready."""
 
-    def __init__(self, command: List[str], count: int) -> None:
+    def __init__(self, command: List[str], count: int, drain_timeout: float) -> None:
         self.command = command
         self.count = count
+        self.drain_timeout = drain_timeout
         self.workers: List[Optional[subprocess.Popen]] = []  # None: a worker that did not start
         self.started: List[float] = []
         # From the start, so that a signal while the workers start is not lost.
@@ -89,16 +92,22 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until a signal stops the workers; the exit status is 0 if all drained."""
-        stopping = False
+        stopping = None  # when the first signal came
         while not (stopping and not self._running()):
             if self.signals:
                 self.signals.pop()
                 if not stopping:
                     log.info("stopping: the workers answer the calls in flight")
+                    stopping = time.monotonic()
                 else:
                     log.warning("stopping now, without waiting for the calls in flight")
-                stopping = True
                 self._signal_all(signal.SIGTERM)  # a worker's second one stops it at once
+            # Each worker keeps to its drain timeout; this is for one that hangs regardless.
+            if stopping and time.monotonic() > stopping + self.drain_timeout + KILL_GRACE:
+                for worker in self._running():
+                    log.error("worker %d did not stop in time; killing it", worker.pid)
+                    worker.kill()
+                    worker.wait()
             for slot, worker in enumerate(self.workers):
                 if not stopping and (worker is None or worker.poll() is not None):
                     self._replace(slot)
@@ -132,7 +141,8 @@ class Supervisor:
                 worker.wait()
 
 
-def run(script: str, argv: List[str], host: str, port: int, count: int) -> int:
+def run(script: str, argv: List[str], host: str, port: int, count: int,
+        drain_timeout: float) -> int:
     """Serve with `count` workers, each `script` with these arguments: the exit status."""
     try:
         reservation = reserve_port(host, port)
@@ -144,7 +154,7 @@ def run(script: str, argv: List[str], host: str, port: int, count: int) -> int:
         # argparse keeps the last of a repeated option, so these override the user's.
         command = [sys.executable, os.path.abspath(script), *argv,
                    "--workers", "1", "--port", str(port)]
-        supervisor = Supervisor(command, count)
+        supervisor = Supervisor(command, count, drain_timeout)
         if not supervisor.start():
             return 1
         log.info("AvroEcho server listening on http://%s:%d/ (%d workers)", host, port, count)
