@@ -1,0 +1,158 @@
+"""server.py as a program against slow clients, and stopped under load: real sockets."""
+
+import resource
+import signal
+import socket
+import time
+
+import eventlet
+import pytest
+
+import client
+from conftest import read_http_response, server_program
+from wire import call_body, read_answer
+
+TRICKLERS = 1500  # more than eventlet's default limit of 1,024 connections
+
+
+@pytest.fixture(autouse=True)
+def enough_open_files():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = TRICKLERS + 500
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"the open-file limit ({hard}) is below {wanted}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+def trickle(port: int) -> str:
+    """Start a request, then send one more byte of an endless header every 0.5 s.
+
+    Returns how the server ended it: "408", "closed" (without a word), or "reset".
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sock.settimeout(0.5)
+        while True:
+            try:
+                answer = sock.recv(1024)
+            except socket.timeout:
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    return "reset"
+                continue
+            except OSError:
+                return "reset"
+            return "408" if answer.startswith(b"HTTP/1.1 408 ") else "closed"
+
+
+def test_many_slow_clients_do_not_stop_real_ones():
+    with server_program("--request-timeout", "3") as running:
+        # It logs a line for each of them: read those as they come, lest the pipe fill up.
+        log = eventlet.spawn(running.process.stderr.read)
+        pool = eventlet.GreenPool(TRICKLERS)
+        ended = [pool.spawn(trickle, running.port) for _ in range(TRICKLERS)]
+        eventlet.sleep(1.0)  # all of them connected, and trickling
+        assert not any(thread.dead for thread in ended)
+        answered = 0
+        for n in range(20):  # real clients, each on a new connection, meanwhile
+            with client.EchoClient("127.0.0.1", running.port, timeout=2) as echo:
+                assert echo.echo(f"real client {n}") == f"real client {n}"
+                answered += 1
+        started = time.monotonic()
+        outcomes = [thread.wait() for thread in ended]
+        waited = time.monotonic() - started
+        running.process.send_signal(signal.SIGTERM)
+        running.process.wait(timeout=30)
+        log = log.wait()
+    print(f"\n{TRICKLERS} trickling connections: {outcomes.count('408')} got 408, "
+          f"{outcomes.count('closed')} closed, {outcomes.count('reset')} reset, all within "
+          f"{waited + 1:.1f} s of starting; {answered} real calls answered meanwhile")
+    assert answered == 20
+    assert outcomes.count("408") == TRICKLERS
+    assert log.count("the request did not arrive within 3 s") == TRICKLERS  # each once
+    assert "Traceback" not in log, log[log.find("Traceback") - 300:log.find("Traceback") + 2500]
+
+
+def start_calls_in_flight(port: int, count: int) -> tuple:
+    """Open `count` connections, each with a whole call but for its last 10 bytes."""
+    body = call_body("split", "Hello World")
+    request = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(request[:-10])
+        socks.append(sock)
+    return socks, request[-10:]
+
+
+def load(port: int, outcomes: list, stop: list) -> None:
+    """Call echo over and over on a keep-alive connection until the server is gone."""
+    n = 0
+    while True:
+        with client.EchoClient("127.0.0.1", port, timeout=10) as echo:
+            try:
+                while True:
+                    n += 1
+                    assert echo.echo(f"load {n}") == f"load {n}"
+                    outcomes.append(("ok", stop[0]))
+            except client.CallFailed as e:
+                outcomes.append((str(e), stop[0]))
+                if stop[0]:
+                    return
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_stop_under_load_answers_every_call_in_flight(workers):
+    with server_program("--workers", workers, "--access-log") as running:
+        log = eventlet.spawn(running.process.stderr.read)  # lest the pipe fill up
+        stop = [False]
+        outcomes = []
+        pool = eventlet.GreenPool()
+        for _ in range(8):
+            pool.spawn(load, running.port, outcomes, stop)
+        eventlet.sleep(0.5)  # a load of calls going on
+        in_flight, rest = start_calls_in_flight(running.port, 16)
+        eventlet.sleep(0.3)  # the servers have read all but the end of those calls
+        stop[0] = True
+        running.process.send_signal(signal.SIGTERM)
+        eventlet.sleep(0.3)
+        answers = []
+        for sock in in_flight:
+            with sock:
+                sock.sendall(rest)
+                status, _, payload = read_http_response(sock)
+                answers.append((status, read_answer(payload, "split").datum))
+        assert pool.waitall() is None
+        running.process.wait(timeout=30)
+        log = log.wait()
+    served = [ok for ok, after_stop in outcomes if ok == "ok"]
+    failed = [(error, after_stop) for error, after_stop in outcomes if error != "ok"]
+    print(f"\nworkers={workers}: {len(served)} load calls answered, {len(failed)} refused "
+          f"after the stop, {len(answers)} calls in flight at the stop all answered")
+    assert answers == [("HTTP/1.1 200 OK", "Hello")] * 16
+    assert running.process.returncode == 0
+    assert served and failed
+    for error, after_stop in failed:  # only new calls fail, once the server has stopped
+        assert after_stop and error.startswith("cannot reach the server"), error
+        assert "timed out" not in error
+    assert "Traceback" not in log, log[log.find("Traceback") - 300:log.find("Traceback") + 2500]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_drain_timeout_bounds_a_stop(workers):
+    with server_program("--workers", workers, "--drain-timeout", "1") as running:
+        in_flight, _ = start_calls_in_flight(running.port, 4)  # never finished
+        eventlet.sleep(0.3)
+        started = time.monotonic()
+        running.process.send_signal(signal.SIGTERM)
+        _, log = running.process.communicate(timeout=30)
+        stopped_after = time.monotonic() - started
+        for sock in in_flight:
+            sock.close()
+    assert running.process.returncode == 1
+    assert stopped_after < 10  # not the 20 s of --request-timeout, nor forever
+    assert "calls still in flight after 1 s (--drain-timeout): stopping now" in log
+    assert "Traceback" not in log, log[log.find("Traceback") - 300:log.find("Traceback") + 2500]
