@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from typing import Callable, Iterable, Optional
 
@@ -152,6 +153,52 @@ def listen(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     return eventlet.listen((host, port), family, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
 
 
+class CannotServeTLS(Exception):
+    """The certificate or key file is missing, unreadable, or not what --certfile and
+    --keyfile need."""
+
+
+def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """The TLS settings to serve HTTPS with this certificate (chain) and key, both PEM files.
+
+    Raises CannotServeTLS, with a message that names the file at fault where it can.
+    """
+    for path in (certfile, keyfile):  # load_cert_chain would not say which one is missing
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise CannotServeTLS(f"cannot read {path}: {e.strerror}") from e
+
+    def no_password() -> bytes:  # OpenSSL would otherwise ask for one on the terminal
+        raise CannotServeTLS(f"{keyfile} is protected by a password: give a key without one")
+
+    # Python's recommended settings for a server: TLS 1.2 or later, no weak ciphers.
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile, password=no_password)
+    except ssl.SSLError as e:  # OpenSSL's reason, if it has one: KEY_VALUES_MISMATCH, say
+        raise CannotServeTLS(f"{certfile} and {keyfile} are not a PEM certificate and its "
+                             f"key ({e.reason or 'bad PEM data'})") from e
+    return context
+
+
+class _HttpProtocol(eventlet.wsgi.HttpProtocol):
+    """eventlet.wsgi's protocol, with a TLS failure logged in one line.
+
+    eventlet does each TLS handshake on the connection's first read, and lets its ssl.SSLError
+    escape; the hub then prints a traceback, one for each client that speaks plain HTTP to
+    the port or does not trust the certificate (eventlet issue 620).
+    """
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except ssl.SSLError as e:  # the reason names the problem: HTTP_REQUEST, say
+            host, port = self.client_address[:2]
+            log.info("TLS error with client %s:%s: %s", host, port, e.reason or type(e).__name__)
+
+
 def serve(listener: socket.socket, app: Callable = application,
           socket_timeout: float = SOCKET_TIMEOUT, access_log: bool = False) -> None:
     """Serve app on listener until the accept loop is interrupted, then drain."""
@@ -164,6 +211,7 @@ def serve(listener: socket.socket, app: Callable = application,
         log_output=access_log,
         debug=False,  # True (eventlet's default) sends tracebacks to clients
         socket_timeout=socket_timeout,
+        protocol=_HttpProtocol,
     )
 
 
@@ -213,6 +261,9 @@ def main(argv: Optional[list] = None) -> int:
                         help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="port to listen on, 0 for any free port (default: %(default)s)")
+    parser.add_argument("--certfile", help="serve HTTPS with this certificate, a PEM file "
+                        "(the server's certificate first, then any intermediate ones)")
+    parser.add_argument("--keyfile", help="the certificate's private key, a PEM file")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes serving the port, one per core is a good start "
                              "(default: %(default)s)")
@@ -227,20 +278,33 @@ def main(argv: Optional[list] = None) -> int:
         parser.error(f"argument --port: {args.port} is not a port number (0 to 65535)")
     if args.workers < 1:
         parser.error(f"argument --workers: {args.workers} is not 1 or more")
+    if (args.certfile is None) != (args.keyfile is None):
+        parser.error("--certfile and --keyfile go together: give both, or neither")
     worker = args.ready_fd is not None
     supervisor = os.getppid()  # before saying it is ready: it may die any time after that
 
     logging.basicConfig(level=logging.INFO, format=(
         "%(asctime)s %(name)s[%(process)d] %(message)s" if worker
         else "%(asctime)s %(name)s %(message)s"))
+    context = None
+    if args.certfile:
+        try:  # here, before any worker starts, so that a bad file is reported once
+            context = tls_context(args.certfile, args.keyfile)
+        except CannotServeTLS as e:
+            log.error("cannot serve HTTPS: %s", e)
+            return 1
     if args.workers > 1:
         argv = sys.argv[1:] if argv is None else argv
-        return workers.run(__file__, argv, args.host, args.port, args.workers)
+        return workers.run(__file__, argv, args.host, args.port, args.workers,
+                           "https" if context else "http")
     try:
         listener = listen(args.host, args.port, reuse_port=worker)
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", args.host, args.port, e.strerror or e)
         return 1
+    if context:
+        # Each connection's handshake then happens in its own green thread, on first read.
+        listener = context.wrap_socket(listener, server_side=True)
     stop_gracefully_on(signal.SIGINT, signal.SIGTERM)  # before anyone is told to call
     if worker:
         try:
@@ -251,7 +315,8 @@ def main(argv: Optional[list] = None) -> int:
         stop_when_orphaned(supervisor)
     else:
         host, port = listener.getsockname()[:2]
-        log.info("AvroEcho server listening on http://%s:%d/", host, port)
+        log.info("AvroEcho server listening on %s://%s:%d/", "https" if context else "http",
+                 host, port)
     serve(listener, make_application(max_body_bytes=args.max_body_bytes),
           access_log=args.access_log)
     log.info("stopped")

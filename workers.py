@@ -132,7 +132,8 @@ class Supervisor:
                 worker.wait()
 
 
-def run(script: str, argv: List[str], host: str, port: int, count: int) -> int:
+def run(script: str, argv: List[str], host: str, port: int, count: int,
+        scheme: str = "http") -> int:
     """Serve with `count` workers, each `script` with these arguments: the exit status."""
     try:
         reservation = reserve_port(host, port)
@@ -147,7 +148,8 @@ def run(script: str, argv: List[str], host: str, port: int, count: int) -> int:
         supervisor = Supervisor(command, count)
         if not supervisor.start():
             return 1
-        log.info("AvroEcho server listening on http://%s:%d/ (%d workers)", host, port, count)
+        log.info("AvroEcho server listening on %s://%s:%d/ (%d workers)", scheme, host, port,
+                 count)
         status = supervisor.run()
     log.info("stopped")
     return status
