@@ -184,19 +184,33 @@ def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
 
 
 class _HttpProtocol(eventlet.wsgi.HttpProtocol):
-    """eventlet.wsgi's protocol, with a TLS failure logged in one line.
+    """eventlet.wsgi's protocol, with each failure of a client logged once, in one line.
 
     eventlet does each TLS handshake on the connection's first read, and lets its ssl.SSLError
     escape; the hub then prints a traceback, one for each client that speaks plain HTTP to
-    the port or does not trust the certificate (eventlet issue 620).
+    the port or does not trust the certificate (eventlet issue 620). And a request line that
+    does not parse is reported by the standard library's http.server, in two lines written
+    straight to stderr.
     """
 
     def handle(self) -> None:
         try:
             super().handle()
         except ssl.SSLError as e:  # the reason names the problem: HTTP_REQUEST, say
-            host, port = self.client_address[:2]
-            log.info("TLS error with client %s:%s: %s", host, port, e.reason or type(e).__name__)
+            self.log_error("TLS failed: %s", e.reason or type(e).__name__)
+        except ValueError:
+            # When eventlet.wsgi stops, it shuts down the idle connections under their green
+            # threads (and marks them STATE_CLOSE). A plain socket then reads as closed; a
+            # TLS one raises ValueError.
+            if self.conn_state[2] != eventlet.wsgi.STATE_CLOSE:
+                raise
+
+    def log_error(self, format: str, *args) -> None:
+        host, port = self.client_address[:2]
+        log.info("client %s:%s: %s", host, port, format % args)
+
+    def log_request(self, code="-", size="-") -> None:
+        pass  # http.server's send_error would log the same bad request again
 
 
 def serve(listener: socket.socket, app: Callable = application,

@@ -47,8 +47,12 @@ def test_client_prints_the_answer_and_the_time(server_process, flags, expected):
      "client.py: error: argument --port: invalid int value: 'x' (see --help)"),
     (["-e", "-q", "hi", "--port", "99999"],
      "client.py: error: argument --port: 99999 is not a port number (1 to 65535) (see --help)"),
-    (["-e", "-q", "hi", "--timeout", "0"],
-     "client.py: error: argument --timeout: must be more than 0 seconds (see --help)"),
+    (["-e", "-q", "hi", "--timeout", "0"], "client.py: error: argument --timeout: "
+     "must be more than 0 seconds, and at most a day (see --help)"),
+    (["-e", "-q", "hi", "--timeout", "1e300"], "client.py: error: argument --timeout: "
+     "must be more than 0 seconds, and at most a day (see --help)"),
+    (["-e", "-q", "hi", "--connect-timeout", "nan"], "client.py: error: argument "
+     "--connect-timeout: must be more than 0 seconds, and at most a day (see --help)"),
     (["-e", "-q", "\udcff"], "client.py: error: argument -q/--query: not valid UTF-8 (see --help)"),
 ])
 def test_client_usage_errors_are_one_line(flags, message):
