@@ -68,6 +68,16 @@ def test_client_says_in_one_line_when_the_server_is_unreachable():
                              "[Errno 111] Connection refused\n")
 
 
+def test_client_says_in_one_line_when_the_server_does_not_answer_in_time():
+    listener = server.listen("127.0.0.1", 0)  # accepts (via the backlog) but never answers
+    port = listener.getsockname()[1]
+    result = run("client.py", "--port", str(port), "--timeout", "0.3", "-e", "-q", "hi")
+    listener.close()
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (f"client.py: error: cannot reach the server at 127.0.0.1:{port}: "
+                             "timed out waiting for the answer (after 0.3 s)\n")
+
+
 def test_client_says_in_one_line_when_the_server_answers_with_an_avro_error(capsys):
     class Failing(server.EchoResponder):
         def handle_split(self, query):
