@@ -126,7 +126,7 @@ class _Transceiver(avro.ipc.HTTPTransceiver):
             raise CallFailed(f"server answered with a broken Avro body: {e}") from e
 
 
-def _describe(error: Exception) -> str:
+def _describe(error: Exception, tls: bool) -> str:
     """What went wrong, in words, without OpenSSL's source locations."""
     if isinstance(error, ssl.SSLCertVerificationError):
         return f"its TLS certificate is not trusted ({error.verify_message})"
@@ -134,10 +134,12 @@ def _describe(error: Exception) -> str:
         if error.reason == "WRONG_VERSION_NUMBER":  # the server's first bytes are not TLS
             return "TLS failed: the server does not speak TLS here"
         return "TLS failed: " + re.sub(r" \(_ssl\.c:\d+\)", "", error.strerror or str(error))
+    # What a server that expects TLS does with plain HTTP: it hangs up, or sends a TLS alert.
+    hint = "" if tls else " (if the server serves HTTPS, call it with TLS)"
     if isinstance(error, http.client.RemoteDisconnected):
-        return f"{error} (if the server serves HTTPS, call it with TLS)"
+        return f"{error}{hint}"
     if isinstance(error, http.client.BadStatusLine):
-        return "the answer is not HTTP (if the server serves HTTPS, call it with TLS)"
+        return f"the answer is not HTTP{hint}"
     return str(error)
 
 
@@ -174,7 +176,8 @@ class EchoClient:
         except (OSError, http.client.HTTPException, avro.errors.ConnectionClosedException) as e:
             self.close()  # the next call starts on a fresh connection
             host, port = self._transceiver.remote_name
-            raise CallFailed(f"cannot reach the server at {host}:{port}: {_describe(e)}") from e
+            reason = _describe(e, tls=self._transceiver.ssl_context is not None)
+            raise CallFailed(f"cannot reach the server at {host}:{port}: {reason}") from e
         except CallFailed:
             self.close()
             raise
@@ -211,8 +214,8 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--tls", action="store_true",
                         help="call over HTTPS, trusting the system's certificate authorities")
     parser.add_argument("--cafile", metavar="FILE",
-                        help="call over HTTPS, trusting the certificate authority (or the "
-                             "self-signed certificate) in this PEM file")
+                        help="call over HTTPS, trusting only the certificate authority in "
+                             "this PEM file")
     args = parser.parse_args(argv)
     if not (args.echo or args.split):
         parser.error("choose a message: --echo, --split, or both")

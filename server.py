@@ -225,7 +225,7 @@ def serve(listener: socket.socket, app: Callable = application,
         log_output=access_log,
         debug=False,  # True (eventlet's default) sends tracebacks to clients
         socket_timeout=socket_timeout,
-        protocol=_HttpProtocol,
+        protocol=_HttpProtocol,  # a client's TLS or HTTP failure logged in one line
     )
 
 

@@ -136,7 +136,7 @@ def test_a_tls_client_of_a_plain_server_fails_cleanly(pki, caplog, capfd):
     eventlet.sleep(0.1)
     # The server sees a request line that does not parse: one line in its log.
     [line] = server_log(caplog)
-    assert "code 400, message Bad request version" in line
+    assert "code 400, message Bad request" in line  # its version or syntax: the bytes vary
     assert "Traceback" not in capfd.readouterr().err
 
 
