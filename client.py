@@ -20,7 +20,7 @@ from protocol import EchoProtocol
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8130
-DEFAULT_TIMEOUT = 10.0  # seconds to wait for each read of an answer
+DEFAULT_TIMEOUT = 10.0  # seconds to wait for the answer, or for the next part of it
 # Seconds to connect, TLS handshake included, unless the timeout above is shorter. A server
 # that is up connects in milliseconds; a host that drops the attempt should not hold the
 # caller for as long as a slow answer may take.
@@ -146,11 +146,14 @@ def _describe(error: Exception, tls: bool) -> str:
 class EchoClient:
     """Calls an AvroEcho server over one keep-alive HTTP connection.
 
-    timeout: seconds to wait for each read of an answer. connect_timeout: seconds to
-    connect, TLS handshake included (by default DEFAULT_CONNECT_TIMEOUT, or timeout if that
-    is shorter). ssl_context: call over HTTPS, trusting the certificates that it trusts;
-    ssl.create_default_context() trusts the system's certificate authorities, and
-    ssl.create_default_context(cafile=...) the one in that file.
+    timeout: seconds to wait for the answer, or for the next part of it.
+    connect_timeout: seconds to wait for the connection, TLS handshake included; by default
+        DEFAULT_CONNECT_TIMEOUT, or timeout if that is shorter.
+    ssl_context: call over HTTPS, trusting what this context trusts:
+        ssl.create_default_context() trusts the system's certificate authorities, and
+        ssl.create_default_context(cafile=...) only the one in that file.
+    A call that fails on a kept-alive connection that the server has closed is sent once
+    more, on a new connection (see _Transceiver.transceive).
 
     Raises CallFailed when the server cannot be reached or gives no Avro answer, and
     avro.errors.AvroRemoteException when the server answers with an Avro error.
@@ -206,9 +209,10 @@ def main(argv: Optional[list] = None) -> int:
                         help="server address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="server port (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                        help="seconds to wait for each read of an answer (default: %(default)s)")
-    parser.add_argument("--connect-timeout", type=float,
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="seconds to wait for the answer, or for the next part of it "
+                             "(default: %(default)g)")
+    parser.add_argument("--connect-timeout", type=float, metavar="SECONDS",
                         help="seconds to wait for the connection, TLS handshake included "
                              f"(default: {DEFAULT_CONNECT_TIMEOUT:g}, or --timeout if shorter)")
     parser.add_argument("--tls", action="store_true",

@@ -275,9 +275,11 @@ def main(argv: Optional[list] = None) -> int:
                         help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="port to listen on, 0 for any free port (default: %(default)s)")
-    parser.add_argument("--certfile", help="serve HTTPS with this certificate, a PEM file "
+    parser.add_argument("--certfile", metavar="FILE",
+                        help="serve HTTPS with this certificate, a PEM file "
                         "(the server's certificate first, then any intermediate ones)")
-    parser.add_argument("--keyfile", help="the certificate's private key, a PEM file")
+    parser.add_argument("--keyfile", metavar="FILE",
+                        help="the certificate's private key, a PEM file")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes serving the port, one per core is a good start "
                              "(default: %(default)s)")

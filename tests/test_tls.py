@@ -8,6 +8,7 @@ certificates, and nothing has to be kept secret.
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -137,6 +138,14 @@ def test_a_tls_client_of_a_plain_server_fails_cleanly(pki, caplog, capfd):
     # The server sees a request line that does not parse: one line in its log.
     [line] = server_log(caplog)
     assert "code 400, message Bad request" in line  # its version or syntax: the bytes vary
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_handshake_that_never_comes_is_let_go(pki, capfd):
+    with serving_tls(pki.cert, pki.key, socket_timeout=0.3) as address, \
+            socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and no more
+        assert sock.recv(1024) == b""  # closed by the server, with nothing said
     assert "Traceback" not in capfd.readouterr().err
 
 
