@@ -24,6 +24,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import sys
 from typing import Callable, Iterable, Optional
 
@@ -119,7 +120,7 @@ def make_application(responder: Optional[avro.ipc.Responder] = None,
             return _plain(start_response, "413 Content Too Large",
                           f"Body is larger than {max_body_bytes} bytes", [("Connection", "close")])
         except RequestTimeout as e:
-            log.warning("%s: %s", environ.get("REMOTE_ADDR", "a client"), e)
+            log.info("client %s:%s: %s", environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT"), e)
             return _plain(start_response, "408 Request Timeout", "The body came too slowly",
                           [("Connection", "close")])
         except (OSError, ValueError):  # the client stalled, hung up, or broke the chunking
@@ -178,13 +179,50 @@ def listen(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     return eventlet.listen((host, port), family, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
 
 
-class _Protocol(eventlet.wsgi.HttpProtocol):
-    """eventlet.wsgi's HTTP handling, with a deadline for each request to arrive.
+class CannotServeTLS(Exception):
+    """The certificate or key file is missing, unreadable, or not what --certfile and
+    --keyfile need."""
 
-    eventlet's socket_timeout bounds each read, not the request: a client that sends a byte
-    every few seconds keeps its connection, and a green thread, forever. Here the request
-    line, the headers and the body must arrive within request_timeout of the request's first
-    byte. The application cancels the deadline (environ[DEADLINE]) once it has the body.
+
+def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """The TLS settings to serve HTTPS with this certificate (chain) and key, both PEM files.
+
+    Raises CannotServeTLS, with a message that names the file at fault where it can.
+    """
+    for path in (certfile, keyfile):  # load_cert_chain would not say which one is missing
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise CannotServeTLS(f"cannot read {path}: {e.strerror}") from e
+
+    def no_password() -> bytes:  # OpenSSL would otherwise ask for one on the terminal
+        raise CannotServeTLS(f"{keyfile} is protected by a password: give a key without one")
+
+    # Python's recommended settings for a server: TLS 1.2 or later, no weak ciphers.
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile, password=no_password)
+    except ssl.SSLError as e:  # OpenSSL's reason, if it has one: KEY_VALUES_MISMATCH, say
+        raise CannotServeTLS(f"{certfile} and {keyfile} are not a PEM certificate and its "
+                             f"key ({e.reason or 'bad PEM data'})") from e
+    return context
+
+
+class _Protocol(eventlet.wsgi.HttpProtocol):
+    """eventlet.wsgi's HTTP handling, with a deadline for each request to arrive, and each
+    failure of a client logged once, in one line.
+
+    - eventlet's socket_timeout bounds each read, not the request: a client that sends a
+      byte every few seconds keeps its connection, and a green thread, forever. Here the
+      request line, the headers and the body must arrive within request_timeout of the
+      request's first byte. The application cancels the deadline (environ[DEADLINE]) once it
+      has the body.
+    - eventlet does each TLS handshake on the connection's first read, and lets its
+      ssl.SSLError escape; the hub then prints a traceback, one for each client that speaks
+      plain HTTP to the port or does not trust the certificate (eventlet issue 620). And a
+      request line that does not parse is reported by the standard library's http.server, in
+      two lines written straight to stderr.
     """
 
     deadline: Optional[eventlet.Timeout] = None
@@ -193,18 +231,37 @@ class _Protocol(eventlet.wsgi.HttpProtocol):
         self.request_timeout = request_timeout
         super().__init__(conn_state, server)  # this serves the whole connection
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except ssl.SSLError as e:  # the reason names the problem: HTTP_REQUEST, say
+            self.log_error("TLS failed: %s", e.reason or type(e).__name__)
+        except ValueError:
+            # When eventlet.wsgi stops, it shuts down the idle connections under their green
+            # threads (and marks them STATE_CLOSE). A plain socket then reads as closed; a
+            # TLS one raises ValueError.
+            if self.conn_state[2] != eventlet.wsgi.STATE_CLOSE:
+                raise
+
     def _read_request_line(self) -> bytes:
-        if not self.rfile.closed:
-            try:  # an idle keep-alive connection: wait for the next request's first byte
+        # A new connection's first request (and its TLS handshake) must come within the
+        # deadline. Between requests, a keep-alive connection may idle for the idle timeout.
+        if self.deadline is None:
+            self._start_deadline()
+        elif not self.rfile.closed:
+            try:
                 self.connection.settimeout(self.server.keepalive)
-                self.rfile.peek(1)
+                self.rfile.peek(1)  # the next request's first byte
             except socket.timeout:
                 return b""  # idle too long: eventlet closes the connection
             except OSError:
                 pass  # the read below meets the error again, and eventlet handles it
+            self._start_deadline()
+        return super()._read_request_line()
+
+    def _start_deadline(self) -> None:
         self.deadline = eventlet.Timeout(self.request_timeout, RequestTimeout(
             f"the request did not arrive within {self.request_timeout:g} s"))
-        return super()._read_request_line()
 
     def get_environ(self) -> dict:
         environ = super().get_environ()
@@ -215,16 +272,54 @@ class _Protocol(eventlet.wsgi.HttpProtocol):
         try:
             super().handle_one_request()
         except RequestTimeout as e:  # in the request line or headers: no application yet
-            log.warning("%s: %s", self.client_address[0], e)
+            self.log_error("%s", e)
             self.close_connection = 1
-            try:
-                self.wfile.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
-                                 b"Content-Length: 0\r\n\r\n")
-            except OSError:
-                pass  # the client is gone as well
+            if getattr(self, "raw_requestline", None) or not isinstance(self.connection,
+                                                                        ssl.SSLSocket):
+                try:  # a courtesy, not worth waiting for; not for a TLS handshake left halfway
+                    self.connection.settimeout(1.0)
+                    self.wfile.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                                     b"Content-Length: 0\r\n\r\n")
+                except OSError:
+                    pass  # the client is gone as well
         finally:
             if self.deadline is not None:
                 self.deadline.cancel()
+
+    def log_error(self, format: str, *args) -> None:
+        host, port = self.client_address[:2]
+        log.info("client %s:%s: %s", host, port, format % args)
+
+    def log_request(self, code="-", size="-") -> None:
+        pass  # http.server's send_error would log the same bad request again
+
+
+class _EventletLog:
+    """Where eventlet.wsgi logs: each failure once, in the server's log; access lines if asked.
+
+    eventlet logs everything at INFO to one log: access lines, its own start and stop lines,
+    and the whole traceback of any error on a connection, even a client that hung up before
+    its answer was sent. Without log_output, it drops all of that, errors too.
+    """
+
+    def __init__(self, access_log: bool) -> None:
+        self.access = logging.getLogger("server.access") if access_log else None
+
+    def info(self, message: str, *args) -> None:
+        if message.startswith("Traceback"):
+            error = message.rstrip().rsplit("\n", 1)[-1]
+            if error.startswith(("BrokenPipeError", "ConnectionResetError")):
+                log.info("a connection closed before its answer was sent (%s)", error)
+            else:  # not the client: a bug, here or in eventlet
+                log.error("eventlet.wsgi: %s", message.rstrip())
+        elif self.access:
+            self.access.info(message, *args)
+
+    def error(self, message: str, *args) -> None:  # a client's broken chunked body, say
+        log.info(message, *args)
+
+    def debug(self, message: str, *args) -> None:
+        pass
 
 
 def serve(listener: socket.socket, app: Callable = application,
@@ -232,13 +327,10 @@ def serve(listener: socket.socket, app: Callable = application,
           idle_timeout: float = IDLE_TIMEOUT, request_timeout: float = REQUEST_TIMEOUT,
           max_connections: int = MAX_CONNECTIONS) -> None:
     """Serve app on listener until the accept loop is interrupted, then drain."""
-    # eventlet.wsgi logs its own start-up and exit lines at INFO, next to the access log.
-    access = logging.getLogger("server.access")
-    access.setLevel(logging.INFO if access_log else logging.WARNING)
     eventlet.wsgi.server(
         listener, app,
-        log=access,
-        log_output=access_log,
+        log=_EventletLog(access_log),
+        log_output=True,  # to _EventletLog, which drops what is not wanted
         debug=False,  # True (eventlet's default) sends tracebacks to clients
         socket_timeout=socket_timeout,
         keepalive=idle_timeout,
@@ -321,6 +413,11 @@ def main(argv: Optional[list] = None) -> int:
                         help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="port to listen on, 0 for any free port (default: %(default)s)")
+    parser.add_argument("--certfile", metavar="FILE",
+                        help="serve HTTPS with this certificate, a PEM file "
+                        "(the server's certificate first, then any intermediate ones)")
+    parser.add_argument("--keyfile", metavar="FILE",
+                        help="the certificate's private key, a PEM file")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes serving the port, one per core is a good start "
                              "(default: %(default)s)")
@@ -351,21 +448,33 @@ def main(argv: Optional[list] = None) -> int:
     for flag in ("request_timeout", "idle_timeout", "drain_timeout"):
         if not getattr(args, flag) > 0:  # also refuses nan
             parser.error(f"argument --{flag.replace('_', '-')}: must be more than 0 seconds")
+    if (args.certfile is None) != (args.keyfile is None):
+        parser.error("--certfile and --keyfile go together: give both, or neither")
     worker = args.ready_fd is not None
     supervisor = os.getppid()  # before saying it is ready: it may die any time after that
 
     logging.basicConfig(level=logging.INFO, format=(
         "%(asctime)s %(name)s[%(process)d] %(message)s" if worker
         else "%(asctime)s %(name)s %(message)s"))
+    context = None
+    if args.certfile:
+        try:  # here, before any worker starts, so that a bad file is reported once
+            context = tls_context(args.certfile, args.keyfile)
+        except CannotServeTLS as e:
+            log.error("cannot serve HTTPS: %s", e)
+            return 1
     if args.workers > 1:
         argv = sys.argv[1:] if argv is None else argv
         return workers.run(__file__, argv, args.host, args.port, args.workers,
-                           args.drain_timeout)
+                           args.drain_timeout, "https" if context else "http")
     try:
         listener = listen(args.host, args.port, reuse_port=worker)
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", args.host, args.port, e.strerror or e)
         return 1
+    if context:
+        # Each connection's handshake then happens in its own green thread, on first read.
+        listener = context.wrap_socket(listener, server_side=True)
     max_connections = allow_open_files(args.max_connections)
     # Before anyone is told to call:
     stop_gracefully_on(listener, signal.SIGINT, signal.SIGTERM, drain_timeout=args.drain_timeout)
@@ -378,7 +487,8 @@ def main(argv: Optional[list] = None) -> int:
         stop_when_orphaned(supervisor)
     else:
         host, port = listener.getsockname()[:2]
-        log.info("AvroEcho server listening on http://%s:%d/", host, port)
+        log.info("AvroEcho server listening on %s://%s:%d/", "https" if context else "http",
+                 host, port)
     serve(listener, make_application(max_body_bytes=args.max_body_bytes),
           access_log=args.access_log, idle_timeout=args.idle_timeout,
           request_timeout=args.request_timeout, max_connections=max_connections)

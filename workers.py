@@ -142,7 +142,7 @@ class Supervisor:
 
 
 def run(script: str, argv: List[str], host: str, port: int, count: int,
-        drain_timeout: float) -> int:
+        drain_timeout: float, scheme: str = "http") -> int:
     """Serve with `count` workers, each `script` with these arguments: the exit status."""
     try:
         reservation = reserve_port(host, port)
@@ -157,7 +157,8 @@ def run(script: str, argv: List[str], host: str, port: int, count: int,
         supervisor = Supervisor(command, count, drain_timeout)
         if not supervisor.start():
             return 1
-        log.info("AvroEcho server listening on http://%s:%d/ (%d workers)", host, port, count)
+        log.info("AvroEcho server listening on %s://%s:%d/ (%d workers)", scheme, host, port,
+                 count)
         status = supervisor.run()
     log.info("stopped")
     return status

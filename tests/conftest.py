@@ -117,7 +117,7 @@ def server_program(*args: str):
     try:
         # Workers (--workers) may log their own start before the supervisor's line.
         for line in iter(process.stderr.readline, ""):
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+            match = re.search(r"listening on https?://127\.0\.0\.1:(\d+)/", line)
             if match:
                 break
         assert match, f"no startup line from server.py: {line!r}"

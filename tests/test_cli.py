@@ -47,8 +47,12 @@ def test_client_prints_the_answer_and_the_time(server_process, flags, expected):
      "client.py: error: argument --port: invalid int value: 'x' (see --help)"),
     (["-e", "-q", "hi", "--port", "99999"],
      "client.py: error: argument --port: 99999 is not a port number (1 to 65535) (see --help)"),
-    (["-e", "-q", "hi", "--timeout", "0"],
-     "client.py: error: argument --timeout: must be more than 0 seconds (see --help)"),
+    (["-e", "-q", "hi", "--timeout", "0"], "client.py: error: argument --timeout: "
+     "must be more than 0 seconds, and at most a day (see --help)"),
+    (["-e", "-q", "hi", "--timeout", "1e300"], "client.py: error: argument --timeout: "
+     "must be more than 0 seconds, and at most a day (see --help)"),
+    (["-e", "-q", "hi", "--connect-timeout", "nan"], "client.py: error: argument "
+     "--connect-timeout: must be more than 0 seconds, and at most a day (see --help)"),
     (["-e", "-q", "\udcff"], "client.py: error: argument -q/--query: not valid UTF-8 (see --help)"),
 ])
 def test_client_usage_errors_are_one_line(flags, message):
@@ -62,6 +66,16 @@ def test_client_says_in_one_line_when_the_server_is_unreachable():
     assert result.returncode == 1
     assert result.stderr == (f"client.py: error: cannot reach the server at 127.0.0.1:{port}: "
                              "[Errno 111] Connection refused\n")
+
+
+def test_client_says_in_one_line_when_the_server_does_not_answer_in_time():
+    listener = server.listen("127.0.0.1", 0)  # accepts (via the backlog) but never answers
+    port = listener.getsockname()[1]
+    result = run("client.py", "--port", str(port), "--timeout", "0.3", "-e", "-q", "hi")
+    listener.close()
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (f"client.py: error: cannot reach the server at 127.0.0.1:{port}: "
+                             "timed out waiting for the answer (after 0.3 s)\n")
 
 
 def test_client_says_in_one_line_when_the_server_answers_with_an_avro_error(capsys):

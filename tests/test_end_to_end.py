@@ -1,6 +1,8 @@
 """End-to-end tests: EchoClient against the real eventlet.wsgi server on a free port."""
 
+import contextlib
 import json
+import logging
 import socket
 import time
 
@@ -13,7 +15,7 @@ import pytest
 import client
 import avro_fixes
 import server
-from conftest import free_port, read_http_response, serving
+from conftest import call_app, free_port, read_http_response, serving
 from wire import call_body
 from protocol import PROTOCOL_JSON
 
@@ -94,7 +96,8 @@ def test_server_that_never_answers_times_out():
     listener = server.listen("127.0.0.1", 0)  # accepts (via the backlog) but never answers
     with client.EchoClient(*listener.getsockname(), timeout=0.3) as echo_client:
         started = time.monotonic()
-        with pytest.raises(client.CallFailed, match="timed out"):
+        with pytest.raises(client.CallFailed,
+                           match=r"timed out waiting for the answer \(after 0\.3 s\)"):
             echo_client.echo("hi")
     assert time.monotonic() - started < 5
     listener.close()
@@ -164,6 +167,7 @@ def trickle(sock, data: bytes, seconds: float) -> bytes:
     ("body", b"The body came too slowly\n"),
 ])
 def test_a_request_that_trickles_in_gets_408_and_is_let_go(part, reason, caplog):
+    caplog.set_level(logging.INFO, logger="server")
     body = call_body()
     request = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
                b"Content-Length: %d\r\n\r\n" % len(body) + body)
@@ -178,3 +182,167 @@ def test_a_request_that_trickles_in_gets_408_and_is_let_go(part, reason, caplog)
     assert status == b"HTTP/1.1 408 Request Timeout"
     assert rest.endswith(b"\r\n\r\n" + reason)
     assert caplog.text.count("did not arrive within 1 s") == 1  # logged once
+
+
+def test_connecting_has_its_own_timeout():
+    # A listener whose queue is full: the kernel drops further connection attempts, as a
+    # firewall would, so connecting hangs until the connect timeout.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        waiting = []
+        try:
+            while True:  # fill the queue
+                sock = socket.socket()
+                waiting.append(sock)
+                sock.settimeout(0.3)
+                sock.connect(listener.getsockname())
+        except TimeoutError:
+            pass
+        with client.EchoClient(*listener.getsockname(), timeout=60,
+                               connect_timeout=0.3) as echo_client:
+            with pytest.raises(client.CallFailed,
+                               match=r"timed out connecting \(after 0\.3 s\)"):
+                echo_client.echo("hi")
+        for sock in waiting:
+            sock.close()
+
+
+class Counts:
+    connections = 0
+    requests = 0
+
+
+@contextlib.contextmanager
+def scripted_server(*plans):
+    """An HTTP server on raw sockets, for what eventlet.wsgi would not do on its own.
+
+    Connection n follows plans[n] (the last plan for any after those): (answers, then) is
+    to answer that many calls with the real application, then to read one more request
+    and "close" the connection or "hang" (never answer). Yields (address, counts).
+    """
+    app = server.make_application()
+    counts = Counts()
+    listener = eventlet.listen(("127.0.0.1", 0))
+
+    def handle(connection, answers, then):
+        with connection:
+            for n in range(answers + 1):
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = connection.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                head, _, body = head.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += connection.recv(65536)
+                counts.requests += 1
+                if n == answers:
+                    if then == "hang":
+                        eventlet.sleep(60)
+                    return
+                answer = call_app(app, body).body
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: avro/binary\r\n"
+                                   b"Content-Length: %d\r\n\r\n" % len(answer) + answer)
+
+    def accept():
+        while True:
+            connection, _ = listener.accept()
+            plan = plans[min(counts.connections, len(plans) - 1)]
+            counts.connections += 1
+            pool.spawn(handle, connection, *plan)
+
+    pool = eventlet.GreenPool()
+    acceptor = eventlet.spawn(accept)
+    try:
+        yield listener.getsockname(), counts
+    finally:
+        acceptor.kill()
+        for thread in list(pool.coroutines_running):
+            thread.kill()
+        listener.close()
+
+
+def test_a_kept_alive_connection_that_the_server_closed_is_retried_on_a_new_one():
+    # Each connection answers one call, then is closed by the server when the next arrives.
+    with scripted_server((1, "close")) as (address, counts), \
+            client.EchoClient(*address, timeout=5) as echo_client:
+        assert echo_client.echo("one") == "one"
+        assert echo_client.echo("two") == "two"  # sent twice: on the old connection, then anew
+        assert echo_client.split("three") == "th"
+    assert (counts.connections, counts.requests) == (3, 5)
+
+
+def test_the_retry_is_made_once_only():
+    # The first connection answers one call; every later one closes without an answer.
+    with scripted_server((1, "close"), (0, "close")) as (address, counts), \
+            client.EchoClient(*address, timeout=5) as echo_client:
+        assert echo_client.echo("one") == "one"
+        with pytest.raises(client.CallFailed, match="Remote end closed connection"):
+            echo_client.echo("two")
+        assert (counts.connections, counts.requests) == (2, 3)
+        # A failure on a new connection is not retried at all.
+        with pytest.raises(client.CallFailed, match="Remote end closed connection"):
+            echo_client.echo("three")
+        assert (counts.connections, counts.requests) == (3, 4)
+
+
+def test_a_timeout_is_not_retried():
+    with scripted_server((1, "hang")) as (address, counts), \
+            client.EchoClient(*address, timeout=0.3) as echo_client:
+        assert echo_client.echo("one") == "one"
+        with pytest.raises(client.CallFailed, match="timed out waiting for the answer"):
+            echo_client.echo("two")
+        assert (counts.connections, counts.requests) == (1, 2)
+
+
+def test_an_idle_connection_closed_by_the_real_server_is_retried():
+    with serving(server.make_application(), idle_timeout=0.2) as address, \
+            client.EchoClient(*address, timeout=5) as echo_client:
+        assert echo_client.echo("one") == "one"
+        first = echo_client._transceiver.conn.sock
+        eventlet.sleep(0.6)  # the server closes the idle connection after 0.2 s
+        assert echo_client.echo("two") == "two"
+        assert echo_client._transceiver.conn.sock is not first
+
+
+def test_an_answer_over_the_limit_is_a_call_failed(live_server, monkeypatch):
+    monkeypatch.setattr(client, "MAX_ANSWER_BYTES", 1000)
+    with client.EchoClient(*live_server, timeout=5) as echo_client:
+        assert echo_client.echo("x" * 900) == "x" * 900
+        with pytest.raises(client.CallFailed, match="server answered with more than 1000 bytes"):
+            echo_client.echo("x" * 1000)
+        assert echo_client.echo("still fine") == "still fine"  # on a new connection
+
+
+def test_a_chunked_answer_is_read_up_to_the_limit_only(monkeypatch):
+    monkeypatch.setattr(client, "MAX_ANSWER_BYTES", 1000)
+
+    def long_answer(environ, start_response):  # no Content-Length: eventlet sends it chunked
+        start_response("200 OK", [("Content-Type", "avro/binary")])
+        for _ in range(1000):
+            yield b"\x00" * 1000
+
+    with serving(long_answer) as address, \
+            client.EchoClient(*address, timeout=5) as echo_client:
+        with pytest.raises(client.CallFailed, match="server answered with more than 1000 bytes"):
+            echo_client.echo("hi")
+
+
+def test_a_request_line_that_does_not_parse_is_logged_once_and_leaks_nothing(caplog, capfd):
+    caplog.set_level(logging.INFO, logger="server")
+    with serving(server.make_application()) as address, \
+            socket.create_connection(address, timeout=5) as sock:
+        port = sock.getsockname()[1]
+        sock.sendall(b"\x16\x03\x01 not / HTTP at all\r\n\r\n")
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    # http.server's answer to what it takes for HTTP/0.9: an HTML page, with no status line.
+    assert b"Error code: 400" in answer
+    assert b"Traceback" not in answer and b".py" not in answer
+    [line] = [record.getMessage() for record in caplog.records if record.name == "server"]
+    assert line.startswith(f"client 127.0.0.1:{port}: code 400, message ")
+    assert "Traceback" not in capfd.readouterr().err

@@ -1,0 +1,267 @@
+"""HTTPS: server.py --certfile/--keyfile, and the client's ssl_context, --tls and --cafile.
+
+Each test run makes a throwaway certificate authority and a server certificate for
+127.0.0.1 and localhost with trustme, so nothing here depends on the machine's own
+certificates, and nothing has to be kept secret.
+"""
+
+import contextlib
+import logging
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+
+import eventlet
+import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
+
+import client
+import server
+from conftest import ROOT, server_program, serving
+
+
+class Files:
+    def __init__(self, directory, name: str, ca: trustme.CA, *identities: str) -> None:
+        issued = ca.issue_cert(*identities)
+        self.cert = directory / f"{name}-cert.pem"
+        self.key = directory / f"{name}-key.pem"
+        issued.cert_chain_pems[0].write_to_path(self.cert)
+        issued.private_key_pem.write_to_path(self.key)
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory, ca):
+    """The CA's certificate, a certificate and key for 127.0.0.1 and localhost, and one for
+    another name only."""
+    directory = tmp_path_factory.mktemp("pki")
+    ca.cert_pem.write_to_path(directory / "ca.pem")
+    files = Files(directory, "server", ca, "127.0.0.1", "localhost")
+    files.ca = directory / "ca.pem"
+    files.other = Files(directory, "other", ca, "elsewhere.example")
+    return files
+
+
+def trusting(pki) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(pki.ca))
+
+
+@contextlib.contextmanager
+def serving_tls(cert, key, app=None, **serve_options):
+    """The real server, over TLS, in a green thread on a free port: yields (host, port)."""
+    plain = server.listen("127.0.0.1", 0)
+    listener = server.tls_context(str(cert), str(key)).wrap_socket(plain, server_side=True)
+    thread = eventlet.spawn(server.serve, listener, app or server.make_application(),
+                            **serve_options)
+    try:
+        yield listener.getsockname()[:2]
+    finally:
+        thread.kill()
+
+
+@pytest.fixture
+def tls_server(pki):
+    with serving_tls(pki.cert, pki.key) as address:
+        yield address
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def server_log(caplog) -> list:
+    return [record.getMessage() for record in caplog.records if record.name == "server"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_call_over_tls_succeeds(pki, tls_server, host):
+    with client.EchoClient(host, tls_server[1], timeout=5, ssl_context=trusting(pki)) as echo:
+        assert echo.echo("Hello World") == "Hello World"
+        assert echo.split("Hello World") == "Hello"
+        connection = echo._transceiver.conn.sock
+        assert isinstance(connection, ssl.SSLSocket) and connection.version() >= "TLSv1.2"
+
+
+def test_a_client_that_does_not_trust_the_certificate_is_refused(tls_server, caplog, capfd):
+    caplog.set_level(logging.INFO, logger="server")
+    untrusting = ssl.create_default_context()  # the system's CAs: not this test's own CA
+    with client.EchoClient(*tls_server, timeout=5, ssl_context=untrusting) as echo:
+        with pytest.raises(client.CallFailed) as raised:
+            echo.echo("hi")
+    host, port = tls_server
+    assert str(raised.value) == (
+        f"cannot reach the server at {host}:{port}: its TLS certificate is not trusted "
+        "(unable to get local issuer certificate)")
+    eventlet.sleep(0.1)  # let the server's green thread see the client's alert
+    [line] = server_log(caplog)
+    assert line.endswith("TLS failed: TLSV1_ALERT_UNKNOWN_CA")
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_certificate_for_another_name_is_refused(pki):
+    with serving_tls(pki.other.cert, pki.other.key) as address, \
+            client.EchoClient(*address, timeout=5, ssl_context=trusting(pki)) as echo:
+        with pytest.raises(client.CallFailed, match=r"its TLS certificate is not trusted "
+                           r"\(IP address mismatch, certificate is not valid for '127\.0\.0\.1'"):
+            echo.echo("hi")
+
+
+def test_a_plain_http_client_fails_cleanly_and_the_server_keeps_serving(
+        pki, tls_server, caplog, capfd):
+    caplog.set_level(logging.INFO, logger="server")
+    with client.EchoClient(*tls_server, timeout=5) as plain:
+        with pytest.raises(client.CallFailed, match="call it with TLS"):
+            plain.echo("hi")
+    with client.EchoClient(*tls_server, timeout=5, ssl_context=trusting(pki)) as echo:
+        assert echo.echo("still here") == "still here"
+    [line] = server_log(caplog)
+    assert line.endswith("TLS failed: HTTP_REQUEST")
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_tls_client_of_a_plain_server_fails_cleanly(pki, caplog, capfd):
+    caplog.set_level(logging.INFO, logger="server")
+    with serving(server.make_application()) as address, \
+            client.EchoClient(*address, timeout=5, ssl_context=trusting(pki)) as echo:
+        with pytest.raises(client.CallFailed,
+                           match="TLS failed: the server does not speak TLS here"):
+            echo.echo("hi")
+    eventlet.sleep(0.1)
+    # The server sees a request line that does not parse: one line in its log.
+    [line] = server_log(caplog)
+    assert "code 400, message Bad request" in line  # its version or syntax: the bytes vary
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_handshake_that_never_comes_is_let_go(pki, capfd):
+    with serving_tls(pki.cert, pki.key, request_timeout=0.3) as address, \
+            socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01")  # the start of a ClientHello, and no more
+        assert sock.recv(1024) == b""  # closed by the server, with nothing said
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_kept_alive_tls_connection_closed_by_the_server_is_retried(pki):
+    with serving_tls(pki.cert, pki.key, idle_timeout=0.2) as address, \
+            client.EchoClient(*address, timeout=5, ssl_context=trusting(pki)) as echo:
+        assert echo.echo("one") == "one"
+        first = echo._transceiver.conn.sock
+        eventlet.sleep(0.6)  # the server closes the idle connection after 0.2 s
+        assert echo.echo("two") == "two"
+        assert echo._transceiver.conn.sock is not first
+
+
+def test_the_command_lines_over_tls(pki):
+    with server_program("--certfile", str(pki.cert), "--keyfile", str(pki.key)) as running:
+        assert running.startup_line.rstrip().endswith(
+            f"server AvroEcho server listening on https://127.0.0.1:{running.port}/")
+        port = str(running.port)
+        trusted = run("client.py", "--port", port, "--cafile", str(pki.ca), "-e", "-s",
+                      "-q", "Hello World")
+        untrusted = run("client.py", "--port", port, "--tls", "-e", "-q", "hi")
+        plain = run("client.py", "--port", port, "-e", "-q", "hi")
+        running.process.send_signal(signal.SIGTERM)
+        _, log = running.process.communicate(timeout=10)
+    assert (trusted.returncode, trusted.stderr) == (0, "")
+    assert trusted.stdout.splitlines()[0::2] == [">>> Echo: Hello World", ">>> Split: Hello"]
+    assert (untrusted.returncode, untrusted.stdout) == (1, "")
+    assert untrusted.stderr == (
+        f"client.py: error: cannot reach the server at 127.0.0.1:{port}: its TLS certificate "
+        "is not trusted (unable to get local issuer certificate)\n")
+    assert (plain.returncode, plain.stdout) == (1, "")
+    assert plain.stderr == (
+        f"client.py: error: cannot reach the server at 127.0.0.1:{port}: Remote end closed "
+        "connection without response (if the server serves HTTPS, call it with TLS)\n")
+    assert running.process.returncode == 0
+    assert "Traceback" not in log
+    tls_lines = [line for line in log.splitlines() if "TLS failed" in line]
+    assert [line.split(": ", 1)[1] for line in tls_lines] == [
+        "TLS failed: TLSV1_ALERT_UNKNOWN_CA", "TLS failed: HTTP_REQUEST"]
+
+
+def test_the_server_stops_cleanly_with_an_idle_tls_client(pki):
+    with server_program("--certfile", str(pki.cert), "--keyfile", str(pki.key)) as running, \
+            client.EchoClient("127.0.0.1", running.port, ssl_context=trusting(pki)) as echo:
+        assert echo.echo("keep this connection open") == "keep this connection open"
+        running.process.send_signal(signal.SIGTERM)
+        _, log = running.process.communicate(timeout=10)
+    assert running.process.returncode == 0
+    assert "Traceback" not in log and log.rstrip().endswith("server stopped")
+
+
+def test_two_workers_serve_tls(pki):
+    with server_program("--workers", "2", "--certfile", str(pki.cert),
+                        "--keyfile", str(pki.key)) as running:
+        assert running.startup_line.rstrip().endswith(
+            f"listening on https://127.0.0.1:{running.port}/ (2 workers)")
+        for n in range(20):  # new connections, so that both workers take some
+            with client.EchoClient("127.0.0.1", running.port, timeout=10,
+                                   ssl_context=trusting(pki)) as echo:
+                assert echo.echo(f"call {n}") == f"call {n}"
+        running.process.send_signal(signal.SIGTERM)
+        _, log = running.process.communicate(timeout=20)
+    assert running.process.returncode == 0
+    assert "Traceback" not in log
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, pki):
+    directory = tmp_path_factory.mktemp("bad")
+    (directory / "junk.pem").write_text("not a certificate\n")
+    key = serialization.load_pem_private_key(pki.key.read_bytes(), password=None)
+    (directory / "locked-key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    return directory
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("cert, key, message", [
+    ("missing.pem", "{key}", "cannot read missing.pem: No such file or directory"),
+    ("{cert}", "missing.pem", "cannot read missing.pem: No such file or directory"),
+    ("{junk}", "{key}", "{junk} and {key} are not a PEM certificate and its key (bad PEM data)"),
+    ("{cert}", "{other_key}",
+     "{cert} and {other_key} are not a PEM certificate and its key (KEY_VALUES_MISMATCH)"),
+    ("{cert}", "{locked_key}",
+     "{locked_key} is protected by a password: give a key without one"),
+])
+def test_server_refuses_bad_certificate_files_in_one_line(pki, bad_files, workers, cert, key,
+                                                          message):
+    names = {"cert": pki.cert, "key": pki.key, "other_key": pki.other.key,
+             "junk": bad_files / "junk.pem", "locked_key": bad_files / "locked-key.pem"}
+    cert, key, message = (text.format(**names) for text in (cert, key, message))
+    result = run("server.py", "--port", "0", "--workers", workers,
+                 "--certfile", cert, "--keyfile", key)
+    assert (result.returncode, result.stdout) == (1, "")
+    [line] = result.stderr.splitlines()  # once, even with two workers
+    assert line.endswith(f" server cannot serve HTTPS: {message}")
+
+
+@pytest.mark.parametrize("flags", [["--certfile", "a.pem"], ["--keyfile", "a.pem"]])
+def test_server_wants_both_certfile_and_keyfile(flags):
+    result = run("server.py", *flags)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "server.py: error: --certfile and --keyfile go together: give both, or neither")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("missing.pem", None, "cannot read {path}: No such file or directory"),
+    ("junk.pem", "not a certificate\n", "{path} holds no PEM certificate"),
+])
+def test_client_refuses_a_bad_cafile_in_one_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    result = run("client.py", "--cafile", str(path), "-e", "-q", "hi")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"client.py: error: argument --cafile: {message.format(path=path)} (see --help)\n")
