@@ -78,9 +78,10 @@ nginx:
 
 # `make bench` measures the servers and the client (bench/run.py says how) and writes
 # bench/results.json and bench/results.png. `make bench BENCH_SECONDS=2` for a quicker run;
-# BENCH_ARGS passes more options, e.g. BENCH_ARGS=--with-stdlib (see bench/run.py --help).
+# BENCH_ARGS passes options (see bench/run.py --help): by default each point is run three
+# times and the median run reported, since one 5 s run on a shared machine varies by 5%.
 BENCH_SECONDS ?= 5
-BENCH_ARGS ?=
+BENCH_ARGS ?= --repeat 3
 
 bench: $(VENV)/.bench $(INTEROP)/node_modules/.installed install-wrk
 	$(PY) bench/run.py --seconds $(BENCH_SECONDS) $(BENCH_ARGS)

@@ -93,7 +93,7 @@ class EchoResponder(avro_fixes.FixedResponder):
 
 def make_application(responder: Optional[avro.ipc.Responder] = None,
                      max_body_bytes: int = MAX_BODY_BYTES) -> Callable:
-    """Return a WSGI application that answers Avro calls POSTed to any path."""
+    """Return a WSGI application that answers Avro calls POSTed to any path but /health."""
     responder = responder or EchoResponder()
 
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:

@@ -6,7 +6,6 @@ nginx (Debian's package); without it these tests skip, saying so.
 """
 
 import http.client
-import json
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from client import EchoClient
 from conftest import ROOT
 from deploy import fleet as fleet_module
 from deploy.fleet import Fleet, Load, failover
-from test_interop import EXPECTED_ANSWERS, INTEROP
+from test_interop import EXPECTED_ANSWERS, run_avsc_client
 from wire import call_body, read_answer
 
 
@@ -64,18 +63,7 @@ def test_echo_client_calls_through_nginx(fleet, query):
 
 @pytest.mark.parametrize("variant", ["same", "evolved"])
 def test_avsc_calls_through_nginx(fleet, variant):
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the avsc tests need Node.js")
-    if not (INTEROP / "node_modules" / "avsc").is_dir():
-        pytest.skip("avsc is not installed: run `npm ci` in tests/interop")
-    protocol = subprocess.run([sys.executable, str(ROOT / "protocol.py")], capture_output=True,
-                              text=True, check=True, timeout=60).stdout
-    result = subprocess.run([node, "avsc_client.js", str(fleet.port), variant],
-                            input=protocol, cwd=INTEROP, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, f"avsc_client.js {variant} failed:\n{result.stderr}"
-    results = json.loads(result.stdout)
+    results = run_avsc_client(fleet.port, variant)
     assert {key: results[key] for key in EXPECTED_ANSWERS} == EXPECTED_ANSWERS
     assert "Unknown message: shout" in results["unknown"]
     # Each server learns avsc's protocol on its own: a call that reaches one that does not

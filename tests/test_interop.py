@@ -26,9 +26,8 @@ EXPECTED_ANSWERS = {
 }
 
 
-@pytest.fixture(scope="module", params=["same", "evolved"])
-def avsc_results(request, server_process) -> dict:
-    """Run avsc_client.js once per variant against the module's server: its JSON output."""
+def run_avsc_client(port: int, variant: str) -> dict:
+    """Run avsc_client.js (`same` or `evolved`) against a server on this port: its results."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed: the avsc interop tests need Node.js")
@@ -37,11 +36,17 @@ def avsc_results(request, server_process) -> dict:
     # The protocol lives only in protocol.py; the client reads it from there.
     protocol = subprocess.run([sys.executable, str(ROOT / "protocol.py")], capture_output=True,
                               text=True, check=True, timeout=60).stdout
-    result = subprocess.run([node, "avsc_client.js", str(server_process), request.param],
+    result = subprocess.run([node, "avsc_client.js", str(port), variant],
                             input=protocol, cwd=INTEROP, capture_output=True, text=True,
                             timeout=60)
-    assert result.returncode == 0, f"avsc_client.js {request.param} failed:\n{result.stderr}"
+    assert result.returncode == 0, f"avsc_client.js {variant} failed:\n{result.stderr}"
     return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module", params=["same", "evolved"])
+def avsc_results(request, server_process) -> dict:
+    """avsc_client.js's results, once per variant, against the module's server."""
+    return run_avsc_client(server_process, request.param)
 
 
 def test_answers(avsc_results):
