@@ -12,6 +12,7 @@ them.
 import hashlib
 import io
 import logging
+import operator
 import struct
 from typing import Callable, Optional
 
@@ -136,11 +137,23 @@ class _Encoder(avro.io.BinaryEncoder):
 
 
 class _Decoder(avro.io.BinaryDecoder):
-    """avro.io.BinaryDecoder that reads a one-byte varint at once.
+    """avro.io.BinaryDecoder that reads a one-byte varint, and a string under 64 bytes, at once.
 
-    Saves: read_long reads a varint byte by byte, each through read() and its checks. A varint
-    of one byte (a length under 64, say) is taken in one step; longer ones go through avro.
+    Saves: read_long reads a varint byte by byte, each through read() and its checks, and
+    read_utf8 goes through read_bytes, read_long and read(). A varint of one byte, and a
+    string whose length fits in one, are taken in one step; the rest goes through avro.
     """
+
+    def read_utf8(self) -> str:
+        reader = self.reader
+        start = reader.tell()
+        length = reader.read(1)
+        if length and length[0] < 0x80 and not length[0] & 1:  # 0 to 63, in one byte
+            data = reader.read(length[0] >> 1)
+            if len(data) == length[0] >> 1:
+                return data.decode("utf-8")
+        reader.seek(start)  # longer, or cut short: avro reads it, or says what is wrong
+        return super().read_utf8()
 
     def read_long(self) -> int:
         byte = self.reader.read(1)
@@ -148,12 +161,6 @@ class _Decoder(avro.io.BinaryDecoder):
             return (byte[0] >> 1) ^ -(byte[0] & 1)
         self.reader.seek(-len(byte), io.SEEK_CUR)
         return super().read_long()
-
-
-def _encode(write: Callable, datum: object) -> bytes:
-    buffer = io.BytesIO()
-    write(datum, _Encoder(buffer))
-    return buffer.getvalue()
 
 
 # The primitive types for which validate() checks only isinstance(datum, <these types>), and
@@ -174,48 +181,59 @@ def _self_checking(schema: avro.schema.Schema) -> bool:
             and getattr(schema, "logical_type", None) is None)
 
 
-def _writer_for(schema: avro.schema.Schema) -> Callable[[object, avro.io.BinaryEncoder], None]:
-    """A function that writes a datum of `schema`, like avro.io.DatumWriter(schema).write.
+def _encoder_for(schema: avro.schema.Schema) -> Callable[[object], bytes]:
+    """A function that encodes a datum of `schema`: the bytes avro.io.DatumWriter would write.
 
     Saves: DatumWriter.write walks the datum once to validate it, then again to write it,
-    finding anew for each value how to write it. For the types above, validate() makes only
-    the isinstance() check that write_data makes too: here that one check is made, and the
-    value goes straight to the encoder method that write_data would pick. That is a third of
-    the cost of writing a string. A record made of such fields (the parameters of echo and
-    split) needs one more check first, the one validate() makes on the record itself: a dict,
-    with no unknown keys. Every other schema keeps avro's validation.
+    finding anew for each value how to write it, into a file object. For the types above,
+    validate() makes only the isinstance() check that write_data makes too: here that one
+    check is made, and the value goes straight to the encoder method that write_data would
+    pick. A string, the answer of echo and split, is encoded without any file object at all.
+    A record made of such fields (the parameters of echo and split) needs one more check
+    first, the one validate() makes on the record itself: a dict, with no unknown keys. Every
+    other schema keeps avro's validation.
     """
     writer = avro.io.DatumWriter(schema)
+
+    def encode_with(write: Callable[[avro.io.BinaryEncoder], None]) -> bytes:
+        buffer = io.BytesIO()
+        write(_Encoder(buffer))
+        return buffer.getvalue()
+
+    def encode_validated(datum: object) -> bytes:
+        return encode_with(lambda encoder: writer.write(datum, encoder))
+
     if _self_checking(schema):
         types, write = _SELF_CHECKING_WRITES[schema.type]
 
-        def write_primitive(datum: object, encoder: avro.io.BinaryEncoder) -> None:
+        def encode_primitive(datum: object) -> bytes:
             if not isinstance(datum, types):
                 raise avro.errors.AvroTypeException(schema, datum)  # as write_data would
-            write(encoder, datum)
-        return write_primitive
+            if types is str:
+                data = datum.encode("utf-8")
+                if len(data) < len(_SMALL_LONGS):  # a length that takes one byte
+                    return _SMALL_LONGS[len(data)] + data
+            return encode_with(lambda encoder: write(encoder, datum))
+        return encode_primitive
     if (isinstance(schema, avro.schema.RecordSchema)
             and all(_self_checking(field.type) for field in schema.fields)):
         names = frozenset(field.name for field in schema.fields)
-        fields = [(field.name, _writer_for(field.type)) for field in schema.fields]
+        fields = [(field.name, _encoder_for(field.type)) for field in schema.fields]
 
-        def write_record(datum: object, encoder: avro.io.BinaryEncoder) -> None:
+        def encode_record(datum: object) -> bytes:
             if isinstance(datum, dict) and names.issuperset(datum):
-                for name, write_field in fields:
-                    write_field(datum.get(name), encoder)
-            else:
-                writer.write(datum, encoder)  # fails in validate(), with avro's own message
-        return write_record
-    return writer.write
+                return b"".join(encode_field(datum.get(name)) for name, encode_field in fields)
+            return encode_validated(datum)  # fails, with avro's own message
+        return encode_record
+    return encode_validated
 
 
-# How avro.io.DatumReader reads each primitive type without a logical type.
+# How avro.io.DatumReader reads each primitive type without a logical type: the decoder
+# method it calls.
 _PRIMITIVE_READS = {
-    "null": avro.io.BinaryDecoder.read_null, "boolean": avro.io.BinaryDecoder.read_boolean,
-    "string": avro.io.BinaryDecoder.read_utf8, "bytes": avro.io.BinaryDecoder.read_bytes,
-    "int": avro.io.BinaryDecoder.read_int, "long": avro.io.BinaryDecoder.read_long,
-    "float": avro.io.BinaryDecoder.read_float, "double": avro.io.BinaryDecoder.read_double,
-}
+    name: operator.methodcaller(f"read_{method}") for name, method in [
+        ("null", "null"), ("boolean", "boolean"), ("string", "utf8"), ("bytes", "bytes"),
+        ("int", "int"), ("long", "long"), ("float", "float"), ("double", "double")]}
 
 
 def _primitive(schema: avro.schema.Schema) -> bool:
@@ -280,7 +298,7 @@ class FixedResponder(avro.ipc.Responder):
     - The first bytes of a call (handshake, metadata, message name) that were seen before
       are looked up instead of being read again (_remember_head).
     - Readers for each client message (_reader_for) and writers for each of our messages
-      (_writer_for) are made once and kept, readers with the client protocol they belong to,
+      (_encoder_for) are made once and kept, readers with the client protocol they belong to,
       instead of once per call; both skip avro's generic dispatch where it adds nothing.
     """
 
@@ -298,7 +316,7 @@ class FixedResponder(avro.ipc.Responder):
         self._handshake_responses = {
             match: self._encode_handshake_response(match) for match in ("BOTH", "CLIENT", "NONE")}
         self._response_writers = {
-            name: (_writer_for(message.response), _writer_for(message.errors))
+            name: (_encoder_for(message.response), _encoder_for(message.errors))
             for name, message in local_protocol.messages.items()}
 
     def _encode_handshake_response(self, match: str) -> bytes:
@@ -306,7 +324,7 @@ class FixedResponder(avro.ipc.Responder):
         if match != "BOTH":
             response["serverProtocol"] = str(self.local_protocol)
             response["serverHash"] = self.local_hash
-        return _encode(avro.ipc.HANDSHAKE_RESPONDER_WRITER.write, response)
+        return _encoder_for(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA)(response)
 
     # A dict keeps insertion order, so re-inserting on every hit makes it an LRU cache.
     def get_protocol_cache(self, hash: bytes) -> Optional[avro.protocol.Protocol]:
@@ -437,18 +455,15 @@ class FixedResponder(avro.ipc.Responder):
             log.exception("handler for %r failed", name)
             return self._system_error(f"Internal error in {name}")
 
-    def _call_result(self, write: Callable, datum, is_error: bool) -> bytes:
+    def _call_result(self, encode: Callable, datum, is_error: bool) -> bytes:
         """A call response: empty metadata, the error flag, then the answer or the error."""
-        buffer = io.BytesIO()
-        buffer.write(_EMPTY_META + (_TRUE if is_error else _FALSE))
-        write(datum, _Encoder(buffer))
-        return buffer.getvalue()
+        return _EMPTY_META + (_TRUE if is_error else _FALSE) + encode(datum)
 
     def _system_error(self, message: str) -> bytes:
         return self._call_result(_SYSTEM_ERROR_WRITER, message[:MAX_ERROR_CHARS], is_error=True)
 
 
-_SYSTEM_ERROR_WRITER = _writer_for(avro.ipc.SYSTEM_ERROR_SCHEMA)
+_SYSTEM_ERROR_WRITER = _encoder_for(avro.ipc.SYSTEM_ERROR_SCHEMA)
 
 
 class FixedRequestor(avro.ipc.Requestor):
@@ -464,7 +479,7 @@ class FixedRequestor(avro.ipc.Requestor):
     - After the first call the handshake request never changes; it is encoded once per
       (server hash, whether to send our protocol) instead of on every call.
     - The start of each call request (empty metadata, message name) is encoded once.
-    - Parameters are written by a writer made once per message (_writer_for).
+    - Parameters are written by a writer made once per message (_encoder_for).
     - A BOTH handshake response (four zero bytes) is recognised without avro's generic
       reader, and the empty response metadata is skipped likewise.
     - Response readers (_reader_for) are made once per server protocol, not once per call.
@@ -476,7 +491,7 @@ class FixedRequestor(avro.ipc.Requestor):
         self._call_heads = {}
         self._request_writers = {}
         self._response_readers = {}
-        self._both = _encode(avro.ipc.HANDSHAKE_RESPONDER_WRITER.write, {"match": "BOTH"})
+        self._both = _encoder_for(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA)({"match": "BOTH"})
 
     @property
     def remote_protocol(self) -> Optional[avro.protocol.Protocol]:
@@ -506,7 +521,7 @@ class FixedRequestor(avro.ipc.Requestor):
             datum = {"clientHash": self.local_protocol.md5, "serverHash": server_hash}
             if self.send_protocol:
                 datum["clientProtocol"] = str(self.local_protocol)
-            request = _encode(avro.ipc.HANDSHAKE_REQUESTOR_WRITER.write, datum)
+            request = _encoder_for(avro.ipc.HANDSHAKE_REQUEST_SCHEMA)(datum)
             self._handshake_requests[key] = request
         encoder.write(request)
 
@@ -521,9 +536,8 @@ class FixedRequestor(avro.ipc.Requestor):
             buffer.seek(0, io.SEEK_END)
             avro.io.BinaryEncoder(buffer).write_utf8(message.name)
             head = self._call_heads[message_name] = buffer.getvalue()
-            self._request_writers[message_name] = _writer_for(message.request)
-        encoder.write(head)
-        self._request_writers[message_name](request_datum, encoder)
+            self._request_writers[message_name] = _encoder_for(message.request)
+        encoder.write(head + self._request_writers[message_name](request_datum))
 
     def read_handshake_response(self, decoder: avro.io.BinaryDecoder) -> bool:
         reader = decoder.reader

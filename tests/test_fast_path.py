@@ -171,15 +171,18 @@ def test_requests_are_the_bytes_avro_ipc_sends(server_protocol, calls):
 def test_request_writer_accepts_and_refuses_what_avro_does(datum):
     schema = EchoProtocol.messages["echo"].request
 
-    def outcome(write):
+    def avros(datum):
         buffer = io.BytesIO()
-        try:
-            write(datum, avro.io.BinaryEncoder(buffer))
-        except avro.errors.AvroTypeException:
-            return "refused"
+        avro.io.DatumWriter(schema).write(datum, avro.io.BinaryEncoder(buffer))
         return buffer.getvalue()
 
-    assert outcome(avro_fixes._writer_for(schema)) == outcome(avro.io.DatumWriter(schema).write)
+    def outcome(encode):
+        try:
+            return encode(datum)
+        except avro.errors.AvroTypeException:
+            return "refused"
+
+    assert outcome(avro_fixes._encoder_for(schema)) == outcome(avros)
 
 
 @pytest.mark.parametrize("schema, datum", [
@@ -188,9 +191,9 @@ def test_request_writer_accepts_and_refuses_what_avro_does(datum):
     ('{"type": "string", "logicalType": "uuid"}', "not a uuid"),
 ])
 def test_request_writer_keeps_avros_validation_where_it_matters(schema, datum):
-    write = avro_fixes._writer_for(avro.schema.parse(schema))
+    encode = avro_fixes._encoder_for(avro.schema.parse(schema))
     with pytest.raises(avro.errors.AvroTypeException):
-        write(datum, avro.io.BinaryEncoder(io.BytesIO()))
+        encode(datum)
 
 
 PRIMITIVES = {
@@ -203,7 +206,7 @@ PRIMITIVES = {
 
 @pytest.mark.parametrize("type_name", PRIMITIVES)
 @given(data=st.data())
-def test_readers_read_what_avro_reads(type_name, data):
+def test_readers_and_encoders_agree_with_avros(type_name, data):
     record = avro.schema.parse(json.dumps({"type": "record", "name": "R", "fields": [
         {"name": "a", "type": type_name}, {"name": "b", "type": "string"}]}))
     primitive = avro.schema.parse(json.dumps(type_name))
@@ -217,6 +220,7 @@ def test_readers_read_what_avro_reads(type_name, data):
             avro.io.BinaryDecoder(io.BytesIO(encoded.getvalue())))
         read = avro_fixes._reader_for(schema, schema)
         assert read(avro_fixes._Decoder(io.BytesIO(encoded.getvalue()))) == expected
+        assert avro_fixes._encoder_for(schema)(datum) == encoded.getvalue()
 
 
 @given(values=st.lists(st.one_of(st.integers(-2**63, 2**63 - 1), st.binary(max_size=200),
@@ -238,9 +242,15 @@ def test_encoder_and_decoder_agree_with_avros(values):
     assert decoded == values
 
 
-@pytest.mark.parametrize("data", [b"", b"\x80", b"\xff\xff", b"\x80" * 11])
-def test_decoder_fails_where_avros_fails(data):
+@pytest.mark.parametrize("read, data", [
+    ("read_long", b""), ("read_long", b"\x80"), ("read_long", b"\xff\xff"),
+    ("read_long", b"\x80" * 11),
+    ("read_utf8", b""), ("read_utf8", b"\x16abc"),  # 11 bytes said, 3 sent
+    ("read_utf8", b"\x03"), ("read_utf8", b"\x04\xff\xfe"),  # a negative length; not UTF-8
+])
+def test_decoder_fails_where_avros_fails(read, data):
     with pytest.raises(Exception) as avros:
-        avro.io.BinaryDecoder(io.BytesIO(data)).read_long()
-    with pytest.raises(type(avros.value)):
-        avro_fixes._Decoder(io.BytesIO(data)).read_long()
+        getattr(avro.io.BinaryDecoder(io.BytesIO(data)), read)()
+    with pytest.raises(type(avros.value)) as ours:
+        getattr(avro_fixes._Decoder(io.BytesIO(data)), read)()
+    assert str(ours.value) == str(avros.value)
