@@ -4,23 +4,22 @@ Two kinds of flaw. Bugs: on the server, a lost system error, leaked handler erro
 and an unbounded protocol cache that a client can poison; on the client, the server's
 protocol cached under the local socket name. Waste: on both sides avro.ipc rebuilds, re-checks
 and re-encodes the same things on every call, which costs more than eventlet's whole HTTP
-round trip. Each class and function says what it fixes or saves, and why; the tests in
-tests/test_app.py, tests/test_end_to_end.py and tests/test_fast_path.py would fail without
-them.
+round trip; the pieces that do that work for less are in avro_speed.py. Each class says what
+it fixes or saves, and why; the tests in tests/test_app.py, tests/test_end_to_end.py and
+tests/test_fast_path.py would fail without them.
 """
 
 import hashlib
 import io
 import logging
-import operator
-import struct
 from typing import Callable, Optional
 
 import avro.errors
 import avro.io
 import avro.ipc
 import avro.protocol
-import avro.schema
+
+import avro_speed
 
 # Client protocols remembered by hash; the least recently used is forgotten first.
 MAX_CACHED_PROTOCOLS = 256
@@ -54,226 +53,12 @@ DECODING_ERRORS = (avro.errors.AvroException, ValueError, RecursionError)
 # Every call after the first one looks like this, on both sides.
 _HASH = 16
 _SHORT_HANDSHAKE = 2 * _HASH + 2
-# An empty metadata map: how every call request and call response of this example starts.
-_EMPTY_META = b"\x00"
+# The error flag of a call response.
 _FALSE, _TRUE = b"\x00", b"\x01"
-_FRAME_LENGTH = struct.Struct(">I")
-_END_OF_MESSAGE = _FRAME_LENGTH.pack(0)
 
 
 class BadRequest(Exception):
     """The body is not an Avro call at all, so there is no Avro way to answer: HTTP 400."""
-
-
-class BadFraming(ValueError):
-    """The body is not a sequence of Avro frames ending with an empty one."""
-
-
-def frame(message: bytes) -> bytes:
-    """The message in Avro frames, the bytes avro.ipc.FramedWriter would write.
-
-    Saves: FramedWriter writes each frame and each length into a file object, and the
-    transceivers then copy that file's contents out. A message that fits in one frame (every
-    message of this protocol below 8 KiB) is framed here with a single join.
-    """
-    if len(message) > avro.ipc.BUFFER_SIZE:
-        out = io.BytesIO()
-        avro.ipc.FramedWriter(out).write_framed_message(message)
-        return out.getvalue()
-    if not message:
-        return _END_OF_MESSAGE
-    return b"".join((_FRAME_LENGTH.pack(len(message)), message, _END_OF_MESSAGE))
-
-
-def unframe(body: bytes) -> bytes:
-    """The message inside an Avro-framed body, as avro.ipc.FramedReader reads it.
-
-    Saves: FramedReader reads from a file object, through a BytesIO per frame. Here the frames
-    are sliced out of the body, and a one-frame body costs one slice. Like FramedReader, it
-    ignores anything after the end-of-message frame. Raises BadFraming.
-    """
-    if not body:
-        raise BadFraming("empty body")
-    if len(body) >= 8:  # the usual body: one frame, then the end-of-message frame
-        (length,) = _FRAME_LENGTH.unpack_from(body)
-        if length and body[4 + length:8 + length] == _END_OF_MESSAGE:
-            return body[4:4 + length]
-    frames = []
-    position = 0
-    while True:
-        if position + 4 > len(body):
-            raise BadFraming("body ends inside a frame or before the end-of-message frame")
-        (length,) = _FRAME_LENGTH.unpack_from(body, position)
-        position += 4
-        if length == 0:
-            return frames[0] if len(frames) == 1 else b"".join(frames)
-        if position + length > len(body):
-            raise BadFraming("body ends inside a frame or before the end-of-message frame")
-        frames.append(body[position:position + length])
-        position += length
-
-
-# The varints of 0 to 63 (the length of most strings): zigzag coding doubles them.
-_SMALL_LONGS = [bytes([n << 1]) for n in range(64)]
-
-
-class _Encoder(avro.io.BinaryEncoder):
-    """avro.io.BinaryEncoder with less waste per value.
-
-    Saves: write_bytes (and so write_utf8) copies each value through struct.pack before it
-    writes it, and write_long makes a bytearray for each byte of a varint. Here a value is
-    written as it is, and a length under 64 is one byte from a table.
-    """
-
-    def write_long(self, datum: int) -> None:
-        if 0 <= datum < 64:
-            self.write(_SMALL_LONGS[datum])
-        else:
-            super().write_long(datum)
-
-    def write_bytes(self, datum: bytes) -> None:
-        self.write_long(len(datum))
-        self.write(datum)
-
-
-class _Decoder(avro.io.BinaryDecoder):
-    """avro.io.BinaryDecoder that reads a one-byte varint, and a string under 64 bytes, at once.
-
-    Saves: read_long reads a varint byte by byte, each through read() and its checks, and
-    read_utf8 goes through read_bytes, read_long and read(). A varint of one byte, and a
-    string whose length fits in one, are taken in one step; the rest goes through avro.
-    """
-
-    def read_utf8(self) -> str:
-        reader = self.reader
-        start = reader.tell()
-        length = reader.read(1)
-        if length and length[0] < 0x80 and not length[0] & 1:  # 0 to 63, in one byte
-            data = reader.read(length[0] >> 1)
-            if len(data) == length[0] >> 1:
-                return data.decode("utf-8")
-        reader.seek(start)  # longer, or cut short: avro reads it, or says what is wrong
-        return super().read_utf8()
-
-    def read_long(self) -> int:
-        byte = self.reader.read(1)
-        if byte and byte[0] < 0x80:
-            return (byte[0] >> 1) ^ -(byte[0] & 1)
-        self.reader.seek(-len(byte), io.SEEK_CUR)
-        return super().read_long()
-
-
-# The primitive types for which validate() checks only isinstance(datum, <these types>), and
-# the encoder method that avro.io.DatumWriter.write_data calls for them. (Not int and long:
-# validate() also checks their range.)
-_SELF_CHECKING_WRITES = {
-    "null": (type(None), avro.io.BinaryEncoder.write_null),
-    "boolean": (bool, avro.io.BinaryEncoder.write_boolean),
-    "string": (str, avro.io.BinaryEncoder.write_utf8),
-    "bytes": (bytes, avro.io.BinaryEncoder.write_bytes),
-    "float": ((int, float), avro.io.BinaryEncoder.write_float),
-    "double": ((int, float), avro.io.BinaryEncoder.write_double),
-}
-
-
-def _self_checking(schema: avro.schema.Schema) -> bool:
-    return (schema.type in _SELF_CHECKING_WRITES
-            and getattr(schema, "logical_type", None) is None)
-
-
-def _encoder_for(schema: avro.schema.Schema) -> Callable[[object], bytes]:
-    """A function that encodes a datum of `schema`: the bytes avro.io.DatumWriter would write.
-
-    Saves: DatumWriter.write walks the datum once to validate it, then again to write it,
-    finding anew for each value how to write it, into a file object. For the types above,
-    validate() makes only the isinstance() check that write_data makes too: here that one
-    check is made, and the value goes straight to the encoder method that write_data would
-    pick. A string, the answer of echo and split, is encoded without any file object at all.
-    A record made of such fields (the parameters of echo and split) needs one more check
-    first, the one validate() makes on the record itself: a dict, with no unknown keys. Every
-    other schema keeps avro's validation.
-    """
-    writer = avro.io.DatumWriter(schema)
-
-    def encode_with(write: Callable[[avro.io.BinaryEncoder], None]) -> bytes:
-        buffer = io.BytesIO()
-        write(_Encoder(buffer))
-        return buffer.getvalue()
-
-    def encode_validated(datum: object) -> bytes:
-        return encode_with(lambda encoder: writer.write(datum, encoder))
-
-    if _self_checking(schema):
-        types, write = _SELF_CHECKING_WRITES[schema.type]
-
-        def encode_primitive(datum: object) -> bytes:
-            if not isinstance(datum, types):
-                raise avro.errors.AvroTypeException(schema, datum)  # as write_data would
-            if types is str:
-                data = datum.encode("utf-8")
-                if len(data) < len(_SMALL_LONGS):  # a length that takes one byte
-                    return _SMALL_LONGS[len(data)] + data
-            return encode_with(lambda encoder: write(encoder, datum))
-        return encode_primitive
-    if (isinstance(schema, avro.schema.RecordSchema)
-            and all(_self_checking(field.type) for field in schema.fields)):
-        names = frozenset(field.name for field in schema.fields)
-        fields = [(field.name, _encoder_for(field.type)) for field in schema.fields]
-
-        def encode_record(datum: object) -> bytes:
-            if isinstance(datum, dict) and names.issuperset(datum):
-                return b"".join(encode_field(datum.get(name)) for name, encode_field in fields)
-            return encode_validated(datum)  # fails, with avro's own message
-        return encode_record
-    return encode_validated
-
-
-# How avro.io.DatumReader reads each primitive type without a logical type: the decoder
-# method it calls.
-_PRIMITIVE_READS = {
-    name: operator.methodcaller(f"read_{method}") for name, method in [
-        ("null", "null"), ("boolean", "boolean"), ("string", "utf8"), ("bytes", "bytes"),
-        ("int", "int"), ("long", "long"), ("float", "float"), ("double", "double")]}
-
-
-def _primitive(schema: avro.schema.Schema) -> bool:
-    return schema.type in _PRIMITIVE_READS and getattr(schema, "logical_type", None) is None
-
-
-def _reader_for(writers_schema: avro.schema.Schema,
-                readers_schema: avro.schema.Schema) -> Callable[[avro.io.BinaryDecoder], object]:
-    """A function that reads a datum, like avro.io.DatumReader(writers, readers).read.
-
-    Saves: DatumReader matches the writer's schema against the reader's, and finds how to read
-    each value, anew for every value of every call. When both schemas are the same primitive,
-    or the same record of primitive fields (the parameters of echo and split, from a client
-    on our protocol), the values are read straight off the decoder, at a third of the cost.
-    Any other pair, a schema evolved on one side for one, goes through avro.
-    """
-    if writers_schema == readers_schema and _primitive(writers_schema):
-        return _PRIMITIVE_READS[writers_schema.type]
-    if (writers_schema == readers_schema and isinstance(writers_schema, avro.schema.RecordSchema)
-            and all(_primitive(field.type) for field in writers_schema.fields)):
-        fields = [(field.name, _PRIMITIVE_READS[field.type.type])
-                  for field in writers_schema.fields]
-        return lambda decoder: {name: read(decoder) for name, read in fields}
-    return avro.io.DatumReader(writers_schema, readers_schema).read
-
-
-def _read_empty_or_meta(decoder: avro.io.BinaryDecoder) -> bool:
-    """Skip a metadata map, taking the one-byte empty map without avro's generic reader.
-
-    Saves: META_READER.read costs about as much as reading the parameters, for a map that is
-    empty in every call this example sees. A non-empty map goes through avro as before.
-    Returns whether the map was empty.
-    """
-    reader = decoder.reader
-    start = reader.tell()
-    if reader.read(1) == _EMPTY_META:
-        return True
-    reader.seek(start)
-    avro.ipc.META_READER.read(decoder)
-    return False
 
 
 class FixedResponder(avro.ipc.Responder):
@@ -297,9 +82,9 @@ class FixedResponder(avro.ipc.Responder):
       instead of by avro's generic reader.
     - The first bytes of a call (handshake, metadata, message name) that were seen before
       are looked up instead of being read again (_remember_head).
-    - Readers for each client message (_reader_for) and writers for each of our messages
-      (_encoder_for) are made once and kept, readers with the client protocol they belong to,
-      instead of once per call; both skip avro's generic dispatch where it adds nothing.
+    - Readers for each client message and encoders for each of our messages
+      (avro_speed.reader_for and encoder_for) are made once and kept, readers with the client
+      protocol they belong to, instead of once per call.
     """
 
     def __init__(self, local_protocol: avro.protocol.Protocol,
@@ -315,8 +100,8 @@ class FixedResponder(avro.ipc.Responder):
         super().__init__(local_protocol)
         self._handshake_responses = {
             match: self._encode_handshake_response(match) for match in ("BOTH", "CLIENT", "NONE")}
-        self._response_writers = {
-            name: (_encoder_for(message.response), _encoder_for(message.errors))
+        self._response_encoders = {
+            name: (avro_speed.encoder_for(message.response), avro_speed.encoder_for(message.errors))
             for name, message in local_protocol.messages.items()}
 
     def _encode_handshake_response(self, match: str) -> bytes:
@@ -324,7 +109,7 @@ class FixedResponder(avro.ipc.Responder):
         if match != "BOTH":
             response["serverProtocol"] = str(self.local_protocol)
             response["serverHash"] = self.local_hash
-        return _encoder_for(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA)(response)
+        return avro_speed.encoder_for(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA)(response)
 
     # A dict keeps insertion order, so re-inserting on every hit makes it an LRU cache.
     def get_protocol_cache(self, hash: bytes) -> Optional[avro.protocol.Protocol]:
@@ -350,7 +135,7 @@ class FixedResponder(avro.ipc.Responder):
 
         Raises BadRequest when the body does not even start with a handshake request.
         """
-        decoder = _Decoder(io.BytesIO(call_request))
+        decoder = avro_speed.Decoder(io.BytesIO(call_request))
         # Saves: reading the handshake, the metadata and the message name, for a call that
         # starts with the same bytes as an earlier one (see _remember_head).
         for length in self._head_lengths:
@@ -386,7 +171,7 @@ class FixedResponder(avro.ipc.Responder):
                        client_protocol: avro.protocol.Protocol,
                        decoder: avro.io.BinaryDecoder) -> bytes:
         try:
-            no_meta = _read_empty_or_meta(decoder)
+            no_meta = avro_speed.skip_metadata(decoder)
             name = decoder.read_utf8()
         except DECODING_ERRORS as e:
             return self._system_error(f"Invalid call request: {e}")
@@ -399,7 +184,8 @@ class FixedResponder(avro.ipc.Responder):
         readers = self._request_readers.get(handshake["clientHash"])
         reader = readers.get(name) if readers is not None else None
         if reader is None:
-            reader = _reader_for(client_protocol.messages[name].request, local_message.request)
+            reader = avro_speed.reader_for(client_protocol.messages[name].request,
+                                           local_message.request)
             if readers is not None:  # the client's protocol is cached: keep its readers too
                 readers[name] = reader
         if (readers is not None and no_meta and handshake["clientProtocol"] is None
@@ -413,7 +199,7 @@ class FixedResponder(avro.ipc.Responder):
     def _remember_head(self, head: bytes, call: tuple) -> None:
         """Remember what a call's first bytes mean: a client whose protocol is cached, that
         guessed our hash, sent no metadata, and called this message with this reader."""
-        if len(self._call_heads) >= self.max_cached_protocols * len(self._response_writers):
+        if len(self._call_heads) >= self.max_cached_protocols * len(self._response_encoders):
             self._call_heads.clear()  # only a cache: what it forgets is read again
         self._call_heads[head] = call
         self._head_lengths = tuple({len(head) for head in self._call_heads})
@@ -445,7 +231,7 @@ class FixedResponder(avro.ipc.Responder):
             request = reader(decoder)
         except DECODING_ERRORS as e:
             return self._system_error(f"Invalid parameters for {name}: {e}")
-        response_writer, error_writer = self._response_writers[name]
+        response_writer, error_writer = self._response_encoders[name]
         try:
             response = self.invoke(local_message, request)
             return self._call_result(response_writer, response, is_error=False)
@@ -457,13 +243,13 @@ class FixedResponder(avro.ipc.Responder):
 
     def _call_result(self, encode: Callable, datum, is_error: bool) -> bytes:
         """A call response: empty metadata, the error flag, then the answer or the error."""
-        return _EMPTY_META + (_TRUE if is_error else _FALSE) + encode(datum)
+        return avro_speed.EMPTY_META + (_TRUE if is_error else _FALSE) + encode(datum)
 
     def _system_error(self, message: str) -> bytes:
-        return self._call_result(_SYSTEM_ERROR_WRITER, message[:MAX_ERROR_CHARS], is_error=True)
+        return self._call_result(_SYSTEM_ERROR_ENCODER, message[:MAX_ERROR_CHARS], is_error=True)
 
 
-_SYSTEM_ERROR_WRITER = _encoder_for(avro.ipc.SYSTEM_ERROR_SCHEMA)
+_SYSTEM_ERROR_ENCODER = avro_speed.encoder_for(avro.ipc.SYSTEM_ERROR_SCHEMA)
 
 
 class FixedRequestor(avro.ipc.Requestor):
@@ -479,19 +265,19 @@ class FixedRequestor(avro.ipc.Requestor):
     - After the first call the handshake request never changes; it is encoded once per
       (server hash, whether to send our protocol) instead of on every call.
     - The start of each call request (empty metadata, message name) is encoded once.
-    - Parameters are written by a writer made once per message (_encoder_for).
+    - Parameters are written by a writer made once per message (avro_speed.encoder_for).
     - A BOTH handshake response (four zero bytes) is recognised without avro's generic
       reader, and the empty response metadata is skipped likewise.
-    - Response readers (_reader_for) are made once per server protocol, not once per call.
+    - Response readers (avro_speed.reader_for) are made once per server protocol, not once per call.
     """
 
     def __init__(self, local_protocol: avro.protocol.Protocol, transceiver) -> None:
         super().__init__(local_protocol, transceiver)
         self._handshake_requests = {}
         self._call_heads = {}
-        self._request_writers = {}
+        self._request_encoders = {}
         self._response_readers = {}
-        self._both = _encoder_for(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA)({"match": "BOTH"})
+        self._both = avro_speed.encoder_for(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA)({"match": "BOTH"})
 
     @property
     def remote_protocol(self) -> Optional[avro.protocol.Protocol]:
@@ -521,7 +307,7 @@ class FixedRequestor(avro.ipc.Requestor):
             datum = {"clientHash": self.local_protocol.md5, "serverHash": server_hash}
             if self.send_protocol:
                 datum["clientProtocol"] = str(self.local_protocol)
-            request = _encoder_for(avro.ipc.HANDSHAKE_REQUEST_SCHEMA)(datum)
+            request = avro_speed.encoder_for(avro.ipc.HANDSHAKE_REQUEST_SCHEMA)(datum)
             self._handshake_requests[key] = request
         encoder.write(request)
 
@@ -532,12 +318,12 @@ class FixedRequestor(avro.ipc.Requestor):
             message = self.local_protocol.messages.get(message_name)
             if message is None:
                 raise avro.errors.AvroException(f"Unknown message: {message_name}")
-            buffer = io.BytesIO(_EMPTY_META)
+            buffer = io.BytesIO(avro_speed.EMPTY_META)
             buffer.seek(0, io.SEEK_END)
             avro.io.BinaryEncoder(buffer).write_utf8(message.name)
             head = self._call_heads[message_name] = buffer.getvalue()
-            self._request_writers[message_name] = _encoder_for(message.request)
-        encoder.write(head + self._request_writers[message_name](request_datum))
+            self._request_encoders[message_name] = avro_speed.encoder_for(message.request)
+        encoder.write(head + self._request_encoders[message_name](request_datum))
 
     def read_handshake_response(self, decoder: avro.io.BinaryDecoder) -> bool:
         reader = decoder.reader
@@ -556,9 +342,9 @@ class FixedRequestor(avro.ipc.Requestor):
                 raise avro.errors.AvroException(f"Unknown remote message: {message_name}")
             local = self.local_protocol.messages[message_name]
             readers = self._response_readers[message_name] = (
-                _reader_for(remote.response, local.response),
-                _reader_for(remote.errors, local.errors))
-        _read_empty_or_meta(decoder)
+                avro_speed.reader_for(remote.response, local.response),
+                avro_speed.reader_for(remote.errors, local.errors))
+        avro_speed.skip_metadata(decoder)
         response_reader, error_reader = readers
         if decoder.read_boolean():
             raise avro.errors.AvroRemoteException(error_reader(decoder))

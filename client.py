@@ -16,6 +16,7 @@ import avro.errors
 import avro.ipc
 
 import avro_fixes
+import avro_speed
 from protocol import EchoProtocol
 
 DEFAULT_HOST = "127.0.0.1"
@@ -45,7 +46,7 @@ class CallFailed(Exception):
 class _Transceiver(avro.ipc.HTTPTransceiver):
     """avro.ipc.HTTPTransceiver with timeouts, TLS, one retry on a connection that the
     server has closed, a clear error for a non-Avro answer, and framing without copies
-    (avro_fixes.frame and unframe)."""
+    (avro_speed.frame and unframe)."""
 
     def __init__(self, host: str, port: int, timeout: float, connect_timeout: float,
                  ssl_context: Optional[ssl.SSLContext]) -> None:
@@ -59,7 +60,7 @@ class _Transceiver(avro.ipc.HTTPTransceiver):
         self.ssl_context = ssl_context
 
     def transceive(self, request: bytes) -> bytes:
-        body = avro_fixes.frame(request)
+        body = avro_speed.frame(request)
         if self.conn.sock is None:
             self._connect()
             return self._read_answer(self._send(body))
@@ -121,8 +122,8 @@ class _Transceiver(avro.ipc.HTTPTransceiver):
         if len(body) > MAX_ANSWER_BYTES:
             raise CallFailed(f"server answered with more than {MAX_ANSWER_BYTES} bytes")
         try:
-            return avro_fixes.unframe(body)
-        except avro_fixes.BadFraming as e:
+            return avro_speed.unframe(body)
+        except avro_speed.BadFraming as e:
             raise CallFailed(f"server answered with a broken Avro body: {e}") from e
 
 

@@ -31,6 +31,7 @@ import avro.ipc
 import eventlet.wsgi
 
 import avro_fixes
+import avro_speed
 import workers
 from protocol import EchoProtocol
 from serving import (DEADLINE, DRAIN_TIMEOUT, CannotServeTLS, EventletLog, Protocol,
@@ -119,13 +120,13 @@ def make_application(responder: Optional[avro.ipc.Responder] = None,
         if environ.get(DEADLINE):
             environ[DEADLINE].cancel()  # the request is in: the rest is the server's time
         try:
-            call_response = responder.respond(avro_fixes.unframe(body))
-        except (avro_fixes.BadFraming, avro_fixes.BadRequest) as e:
+            call_response = responder.respond(avro_speed.unframe(body))
+        except (avro_speed.BadFraming, avro_fixes.BadRequest) as e:
             return _plain(start_response, "400 Bad Request", f"Bad Avro request: {e}")
         except Exception:  # a bug, not bad input: log it here, where eventlet would not
             log.exception("unexpected error while answering a call")
             return _plain(start_response, "500 Internal Server Error", "Internal server error")
-        payload = avro_fixes.frame(call_response)
+        payload = avro_speed.frame(call_response)
         start_response("200 OK", [("Content-Type", "avro/binary"),
                                   ("Content-Length", str(len(payload)))])
         return [payload]

@@ -65,14 +65,20 @@ def read_http_response(sock) -> tuple:
     """Read one HTTP/1.1 response with a Content-Length: (status line, headers, body)."""
     data = b""
     while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
+        data += receive(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     status, *header_lines = head.decode().split("\r\n")
     headers = {name.lower(): value for name, value in
                (line.split(": ", 1) for line in header_lines)}
     while len(body) < int(headers["content-length"]):
-        body += sock.recv(65536)
+        body += receive(sock)
     return status, headers, body
+
+
+def receive(sock) -> bytes:
+    data = sock.recv(65536)
+    assert data, "the connection closed before the whole response came"
+    return data
 
 
 @pytest.fixture

@@ -108,14 +108,16 @@ def load(port: int, outcomes: list, stop: list) -> None:
 def test_a_stop_under_load_answers_every_call_in_flight(workers):
     with server_program("--workers", workers, "--access-log") as running:
         log = eventlet.spawn(running.process.stderr.read)  # lest the pipe fill up
+        # Calls in flight: the servers read them before the load starts. (A connection that
+        # a server has accepted but not yet read from counts as idle, and a stop closes it.)
+        in_flight, rest = start_calls_in_flight(running.port, 16)
+        eventlet.sleep(0.5)
         stop = [False]
         outcomes = []
         pool = eventlet.GreenPool()
         for _ in range(8):
             pool.spawn(load, running.port, outcomes, stop)
         eventlet.sleep(0.5)  # a load of calls going on
-        in_flight, rest = start_calls_in_flight(running.port, 16)
-        eventlet.sleep(0.3)  # the servers have read all but the end of those calls
         stop[0] = True
         running.process.send_signal(signal.SIGTERM)
         eventlet.sleep(0.3)
