@@ -111,10 +111,11 @@ def make_application(responder: Optional[avro.ipc.Responder] = None,
             return _plain(start_response, "413 Content Too Large",
                           f"Body is larger than {max_body_bytes} bytes", [("Connection", "close")])
         except RequestTimeout as e:
-            log.info("client %s:%s: %s", environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT"), e)
+            _log_client(environ, e)
             return _plain(start_response, "408 Request Timeout", "The body came too slowly",
                           [("Connection", "close")])
-        except (OSError, ValueError):  # the client stalled, hung up, or broke the chunking
+        except (OSError, ValueError) as e:  # the client stalled, hung up, or broke the chunking
+            _log_client(environ, f"the body could not be read: {e}")
             return _plain(start_response, "400 Bad Request", "Body could not be read",
                           [("Connection", "close")])
         if environ.get(DEADLINE):
@@ -145,6 +146,11 @@ def _read_body(environ: dict, limit: int) -> bytes:
     if len(body) > limit:
         raise BodyTooLarge()
     return body
+
+
+def _log_client(environ: dict, problem: object) -> None:
+    """One line in the log for a client's failure (not the server's: that is an ERROR)."""
+    log.info("client %s:%s: %s", environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT"), problem)
 
 
 def _plain(start_response: Callable, status: str, reason: str,

@@ -23,7 +23,8 @@ DRAIN_TIMEOUT = 30.0
 
 
 class RequestTimeout(socket.timeout):
-    """The request did not arrive within REQUEST_TIMEOUT of its first byte."""
+    """The request did not arrive within the request timeout (--request-timeout) of its
+    first byte."""
 
 
 # Where Protocol puts the request's deadline in the WSGI environ, for the application.
