@@ -16,8 +16,13 @@ import avro.protocol
 import avro_fixes
 import server
 import wire
-from bench import baseline_server
-from bench import run as bench
+from bench import baseline_server, run
+from bench.load import (CLIENTS, calls_per_second, client_results, make_point, median_points,
+                        parse_wrk_output, wrk_command)
+from bench.report import add_ratios, busy_machine_note, evaluate_targets, format_table
+from bench.servers import (ServerSpec, avsc_missing, check_server, descendants, handshake_call,
+                           rss_bytes, server_specs, start_server, stop_server)
+from bench.settings import BenchError, Unavailable
 from conftest import ROOT, call_app, free_port, serving
 from protocol import PROTOCOL_JSON, EchoProtocol
 
@@ -38,19 +43,19 @@ def log_dir(tmp_path):
     return tmp_path
 
 
-def started(spec: bench.ServerSpec, log_dir):
+def started(spec: ServerSpec, log_dir):
     """Start a server as the benchmark does, and check it as the benchmark does."""
-    running = bench.start_server(spec, log_dir)
+    running = start_server(spec, log_dir)
     try:
-        bench.check_server(running)
+        check_server(running)
     except BaseException:
-        bench.stop_server(running.process)
+        stop_server(running.process)
         raise
     return running
 
 
-def spec_named(name: str) -> bench.ServerSpec:
-    return next(spec for spec in bench.server_specs(2, with_stdlib=True) if spec.name == name)
+def spec_named(name: str) -> ServerSpec:
+    return next(spec for spec in server_specs(2, with_stdlib=True) if spec.name == name)
 
 
 def test_baseline_program_answers_like_server_py(log_dir):
@@ -59,22 +64,22 @@ def test_baseline_program_answers_like_server_py(log_dir):
         assert baseline.body == wire.call_body()
         assert baseline.answer == call_app(server.make_application(), baseline.body).body
     finally:
-        bench.stop_server(baseline.process)
+        stop_server(baseline.process)
     assert baseline.process.returncode is not None
 
 
 def test_stdlib_server_answers_a_call(log_dir):
     stdlib = started(spec_named("stdlib"), log_dir)
-    bench.stop_server(stdlib.process)
+    stop_server(stdlib.process)
     assert wire.read_answer(stdlib.answer).datum == "Hello World"
 
 
 def test_avsc_server_answers_a_call_after_the_full_handshake(log_dir):
-    missing = bench.avsc_missing()
+    missing = avsc_missing()
     if missing:
         pytest.skip(f"{missing}: the avsc benchmark server cannot run")
     avsc = started(spec_named("avsc"), log_dir)
-    bench.stop_server(avsc.process)
+    stop_server(avsc.process)
     # avsc hashes its protocol's JSON text its own way, so the call that the benchmark
     # settles on names avsc's hash, not ours.
     assert avsc.body != wire.call_body()
@@ -92,7 +97,7 @@ def test_handshake_goes_through_none_and_client_to_both():
             avro_fixes.FixedResponder.__init__(self, extended)
 
     with serving(server.make_application(ExtendedResponder())) as (host, port):
-        body, answer = bench.handshake_call(host, port)
+        body, answer = handshake_call(host, port)
     assert body == wire.call_body(server_hash=extended.md5)
     assert wire.read_answer(answer).handshake["match"] == "BOTH"
 
@@ -106,33 +111,33 @@ def test_wrong_answer_is_an_error():
         return [payload]
 
     with serving(application) as (host, port):
-        with pytest.raises(bench.BenchError, match="answered 'Hi'"):
-            bench.handshake_call(host, port)
+        with pytest.raises(BenchError, match="answered 'Hi'"):
+            handshake_call(host, port)
 
 
 def test_server_without_a_flag_is_unavailable_with_the_reason(log_dir):
-    spec = bench.ServerSpec("workers", "server.py --no-such-flag",
-                            lambda: [sys.executable, str(ROOT / "server.py"), "--port", "0",
-                                     "--no-such-flag"])
-    with pytest.raises(bench.Unavailable, match="status 2: .*unrecognized arguments"):
-        bench.start_server(spec, log_dir)
+    spec = ServerSpec("workers", "server.py --no-such-flag",
+                      lambda: [sys.executable, str(ROOT / "server.py"), "--port", "0",
+                               "--no-such-flag"])
+    with pytest.raises(Unavailable, match="status 2: .*unrecognized arguments"):
+        start_server(spec, log_dir)
 
 
 def test_rss_counts_children_and_is_none_once_gone():
     child = subprocess.Popen(["sleep", "30"])
     try:
-        assert child.pid in bench.descendants(os.getpid())
-        assert bench.rss_bytes(child.pid) > 0
+        assert child.pid in descendants(os.getpid())
+        assert rss_bytes(child.pid) > 0
     finally:
         child.kill()
         child.wait()
-    assert child.pid not in bench.descendants(os.getpid())
-    assert bench.rss_bytes(child.pid) is None
+    assert child.pid not in descendants(os.getpid())
+    assert rss_bytes(child.pid) is None
 
 
 def test_wrk_gets_no_more_threads_than_connections(tmp_path):
-    one = bench.wrk_command("http://127.0.0.1:1/", tmp_path / "body", 1, 5, threads=2)
-    many = bench.wrk_command("http://127.0.0.1:1/", tmp_path / "body", 50, 5, threads=2)
+    one = wrk_command("http://127.0.0.1:1/", tmp_path / "body", 1, 5, threads=2)
+    many = wrk_command("http://127.0.0.1:1/", tmp_path / "body", 50, 5, threads=2)
     assert "--threads=1" in one and "--threads=2" in many
 
 
@@ -144,15 +149,14 @@ def test_each_client_loop_makes_calls(monkeypatch):
     body = wire.call_body()
     answer = baseline_server.answer_in_process(server.make_application(), body)
     with serving(baseline_server.make_fixed_application(answer)) as (host, port):
-        for name, make_call in bench.CLIENTS.items():
-            assert bench.calls_per_second(make_call, host, port, body, 0.05) > 0, name
+        for name, make_call in CLIENTS.items():
+            assert calls_per_second(make_call, host, port, body, 0.05) > 0, name
 
 
-@pytest.mark.parametrize("name", list(bench.CLIENTS))
+@pytest.mark.parametrize("name", list(CLIENTS))
 def test_a_client_that_cannot_connect_is_a_bench_error(name):
-    with pytest.raises(bench.BenchError, match="failed"):
-        bench.calls_per_second(bench.CLIENTS[name], "127.0.0.1", free_port(),
-                               wire.call_body(), 0.05)
+    with pytest.raises(BenchError, match="failed"):
+        calls_per_second(CLIENTS[name], "127.0.0.1", free_port(), wire.call_body(), 0.05)
 
 
 def wrk_output(requests: int, p50_us: int, p99_us: int, timeouts: int = 0) -> str:
@@ -169,8 +173,7 @@ def wrk_output(requests: int, p50_us: int, p99_us: int, timeouts: int = 0) -> st
 def sample_results() -> list:
     def server(name, points):
         return {"name": name, "label": name, "available": True, "reason": None, "note": "",
-                "points": [bench.make_point(connections, bench.parse_wrk_output(text),
-                                            rss_mib * 2**20)
+                "points": [make_point(connections, parse_wrk_output(text), rss_mib * 2**20)
                            for connections, text, rss_mib in points]}
 
     servers = [
@@ -181,7 +184,7 @@ def sample_results() -> list:
         server("workers", []),
     ]
     servers[2].update(available=False, reason="exited with status 2")
-    bench.add_ratios(servers)
+    add_ratios(servers)
     return servers
 
 
@@ -197,7 +200,7 @@ def test_points_and_ratios_from_wrk_output():
 
 
 def test_table_shows_ratios_errors_and_missing_servers():
-    table = bench.format_table(sample_results())
+    table = format_table(sample_results())
     assert "9,000 (0.90)" in table
     assert "10.00 (1.25)" in table
     assert "note: server at 1,000 connections: errors timeout 3" in table
@@ -207,23 +210,23 @@ def test_table_shows_ratios_errors_and_missing_servers():
 def test_targets_met_missed_or_not_measured():
     servers = sample_results()
     # Per round, EchoClient makes 0.90, 0.895 and 0.5 as many calls as the bare loop.
-    clients = bench.client_results({"http.client loop": [100, 200, 400],
-                                    "EchoClient": [90, 179, 200],
-                                    "avro.ipc.Requestor": [90, 100, 100]})
+    clients = client_results({"http.client loop": [100, 200, 400],
+                              "EchoClient": [90, 179, 200],
+                              "avro.ipc.Requestor": [90, 100, 100]})
     assert clients["median_calls_per_s"]["EchoClient"] == 179
     assert clients["ratio_to_http_client"]["EchoClient"] == 0.895
-    verdicts = [target["met"] for target in bench.evaluate_targets(servers, clients)]
+    verdicts = [target["met"] for target in evaluate_targets(servers, clients)]
     # 0.90 of the baseline is met; p99 is under 1.5 x but 3 timeouts miss the 1,000 target;
     # there is no --workers row; EchoClient's 0.895 misses 0.90.
     assert verdicts == [True, False, None, False]
-    assert [t["met"] for t in bench.evaluate_targets(servers, None)][3] is None
+    assert [t["met"] for t in evaluate_targets(servers, None)][3] is None
 
 
 def test_repeated_runs_keep_the_median_run_whole():
-    runs = [bench.make_point(50, bench.parse_wrk_output(wrk_output(requests, 1_000, p99)), 1)
+    runs = [make_point(50, parse_wrk_output(wrk_output(requests, 1_000, p99)), 1)
             for requests, p99 in ((500, 9_000), (1_500, 7_000), (1_000, 8_000))]
-    runs.append(bench.make_point(1, bench.parse_wrk_output(wrk_output(50, 1_000, 2_000)), 1))
-    one, fifty = bench.median_points(runs)
+    runs.append(make_point(1, parse_wrk_output(wrk_output(50, 1_000, 2_000)), 1))
+    one, fifty = median_points(runs)
     assert (one["connections"], one["requests_per_s"]) == (1, 10)
     assert "requests_per_s_of_runs" not in one
     assert (fifty["requests_per_s"], fifty["p99_ms"]) == (200, 8.0)
@@ -232,23 +235,23 @@ def test_repeated_runs_keep_the_median_run_whole():
 
 @pytest.mark.parametrize("load, busy", [(0.9, False), (1.1, True)])
 def test_busy_machine_is_noted(load, busy):
-    note = bench.busy_machine_note({"cores": 2, "load_average_at_start": [load, 0, 0]})
+    note = busy_machine_note({"cores": 2, "load_average_at_start": [load, 0, 0]})
     assert (note is not None) == busy
 
 
 def test_wrk_output_without_a_result_is_an_error():
-    with pytest.raises(bench.BenchError, match="wrk printed no result"):
-        bench.parse_wrk_output("unable to connect to 127.0.0.1:1 Connection refused\n")
+    with pytest.raises(BenchError, match="wrk printed no result"):
+        parse_wrk_output("unable to connect to 127.0.0.1:1 Connection refused\n")
 
 
 def test_bad_connections_are_refused(capsys):
     with pytest.raises(SystemExit) as exited:
-        bench.parse_args(["--connections", "1,x"])
+        run.parse_args(["--connections", "1,x"])
     assert exited.value.code == 2
     assert "not a comma-separated list" in capsys.readouterr().err
 
 
 def test_missing_wrk_is_a_clear_error(monkeypatch, capsys):
-    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
-    assert bench.main(["--seconds", "1", "--no-client"]) == 1
+    monkeypatch.setattr(run.shutil, "which", lambda name: None)
+    assert run.main(["--seconds", "1", "--no-client"]) == 1
     assert "wrk is not installed" in capsys.readouterr().err

@@ -1,0 +1,247 @@
+"""The benchmark's report: ratios to the baseline, the table, the targets, the plot, and the
+facts about the machine that the results are saved with.
+"""
+
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+from bench.settings import (QUERY, ROOT, TARGET_CLIENT_RATIO, TARGET_P99_RATIO,
+                            TARGET_THROUGHPUT_RATIO)
+
+
+# --- Report ----------------------------------------------------------------------------------
+
+def ratio(value: Optional[float], base: Optional[float]) -> Optional[float]:
+    if value is None or not base:
+        return None
+    return value / base
+
+
+def add_ratios(servers: list) -> None:
+    """Each point's figures as ratios to the baseline's at the same number of connections."""
+    baseline = next(server for server in servers if server["name"] == "baseline")
+    base_points = {point["connections"]: point for point in baseline["points"]}
+    for server in servers:
+        for point in server["points"]:
+            base = base_points.get(point["connections"], {})
+            point["ratio_to_baseline"] = {
+                key: None if (r := ratio(point[key], base.get(key))) is None else round(r, 3)
+                for key in ("requests_per_s", "p50_ms", "p99_ms", "rss_bytes")}
+
+
+def connections_text(count: int) -> str:
+    return f"{count:,} connection{'' if count == 1 else 's'}"
+
+
+def _cell(value: Optional[float], ratio_value: Optional[float], digits: int) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:,.{digits}f}"
+    return f"{text} ({ratio_value:.2f})" if ratio_value is not None else text
+
+
+def format_table(servers: list) -> str:
+    """The results, one row per server and number of connections; (ratio to the baseline)."""
+    header = ("conns", "server", "req/s", "p50 ms", "p99 ms", "errors", "RSS MiB")
+    rows = []
+    notes = []
+    for count in sorted({p["connections"] for s in servers for p in s["points"]}):
+        for server in servers:
+            point = next((p for p in server["points"] if p["connections"] == count), None)
+            if point is None:
+                continue
+            ratios = point.get("ratio_to_baseline", {})
+            rss = point["rss_bytes"] / 2**20 if point["rss_bytes"] else None
+            if point["error_total"]:
+                kinds = ", ".join(f"{kind} {n}" for kind, n in point["errors"].items() if n)
+                notes.append(f"{server['label']} at {connections_text(count)}: errors {kinds}")
+            rows.append((f"{count:,}", server["label"],
+                         _cell(point["requests_per_s"], ratios.get("requests_per_s"), 0),
+                         _cell(point["p50_ms"], ratios.get("p50_ms"), 2),
+                         _cell(point["p99_ms"], ratios.get("p99_ms"), 2),
+                         f"{point['error_total']:,}",
+                         _cell(rss, ratios.get("rss_bytes"), 1)))
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = []
+    for row in (header, *rows):
+        cells = [f"{row[0]:>{widths[0]}}", f"{row[1]:<{widths[1]}}"]
+        cells += [f"{cell:>{width}}" for cell, width in zip(row[2:], widths[2:])]
+        lines.append("  ".join(cells))
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append("(in brackets: the ratio to the baseline at the same number of connections)")
+    for server in servers:
+        if not server["available"]:
+            lines.append(f"{server['label']}: not available: {server['reason']}")
+        if server["note"]:
+            notes.append(f"{server['label']} {server['note']}")
+    lines.extend(f"note: {note}" for note in notes)
+    return "\n".join(lines)
+
+
+def _point(servers: list, name: str, connections: int) -> Optional[dict]:
+    for server in servers:
+        if server["name"] == name:
+            return next((p for p in server["points"] if p["connections"] == connections), None)
+    return None
+
+
+def evaluate_targets(servers: list, clients: Optional[dict]) -> list:
+    """The issue's targets, each met (True), missed (False) or not measured (None)."""
+    targets = []
+
+    def add(text: str, met: Optional[bool], measured: str) -> None:
+        targets.append({"target": text, "met": met, "measured": measured})
+
+    ours, base = _point(servers, "server", 50), _point(servers, "baseline", 50)
+    text = f"server.py at 50 connections: req/s >= {TARGET_THROUGHPUT_RATIO:.2f} x baseline"
+    if ours and base:
+        r = ratio(ours["requests_per_s"], base["requests_per_s"])
+        add(text, r is not None and r >= TARGET_THROUGHPUT_RATIO, f"{r or 0:.2f} x baseline")
+    else:
+        add(text, None, "not measured")
+
+    ours, base = _point(servers, "server", 1000), _point(servers, "baseline", 1000)
+    text = (f"server.py at 1,000 connections: no errors or timeouts, "
+            f"p99 <= {TARGET_P99_RATIO} x baseline p99")
+    if ours and base:
+        r = ratio(ours["p99_ms"], base["p99_ms"])
+        met = ours["error_total"] == 0 and r is not None and r <= TARGET_P99_RATIO
+        add(text, met, f"{ours['error_total']} errors, p99 {ours['p99_ms']:.1f} ms = "
+                       f"{r or 0:.2f} x baseline")
+    else:
+        add(text, None, "not measured")
+
+    workers, avsc = _point(servers, "workers", 50), _point(servers, "avsc", 50)
+    label = next((s["label"] for s in servers if s["name"] == "workers"), "--workers")
+    text = f"{label} at 50 connections: req/s >= avsc"
+    if workers and avsc:
+        r = ratio(workers["requests_per_s"], avsc["requests_per_s"])
+        add(text, r is not None and r >= 1.0, f"{workers['requests_per_s']:,.0f} against "
+                                              f"{avsc['requests_per_s']:,.0f} ({r or 0:.2f})")
+    else:
+        missing = [n for n, p in (("--workers", workers), ("avsc", avsc)) if p is None]
+        add(text, None, f"not measured ({' and '.join(missing)} not available)")
+
+    text = f"EchoClient: calls/s >= {TARGET_CLIENT_RATIO:.2f} x a bare http.client loop"
+    if clients:
+        r = clients["ratio_to_http_client"]["EchoClient"]
+        add(text, r is not None and r >= TARGET_CLIENT_RATIO, f"{r:.2f} x")
+    else:
+        add(text, None, "not measured")
+    return targets
+
+
+def format_targets(targets: list) -> str:
+    verdicts = {True: "met", False: "MISSED", None: "not measured"}
+    return "\n".join(f"  [{verdicts[t['met']]}] {t['target']}: {t['measured']}"
+                     for t in targets)
+
+
+def format_clients(clients: dict) -> str:
+    lines = []
+    for name, median in clients["median_calls_per_s"].items():
+        r = clients["ratio_to_http_client"][name]
+        lines.append(f"  {name:<20} {median:>7,.0f} calls/s  ({r:.2f} of the http.client loop; "
+                     f"best round {clients['best_calls_per_s'][name]:,.0f})")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    """Two panels against connections: req/s, and p99 latency (log scale); a line per server."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display is needed, or wanted, here
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for server in results["servers"]:
+        points = sorted(server["points"], key=lambda p: p["connections"])
+        if not points:
+            continue
+        x = [p["connections"] for p in points]
+        style = {"color": "black", "linestyle": "--"} if server["name"] == "baseline" else {}
+        throughput.plot(x, [p["requests_per_s"] for p in points], marker="o",
+                        label=server["label"], **style)
+        latency.plot(x, [p["p99_ms"] for p in points], marker="o", label=server["label"],
+                     **style)
+    connections = sorted({p["connections"] for s in results["servers"] for p in s["points"]})
+    for axes, title, unit in ((throughput, "Throughput", "requests/s"),
+                              (latency, "Latency, 99th percentile", "p99 (ms, log scale)")):
+        axes.set_xscale("log")
+        axes.set_xticks(connections)
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        axes.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        axes.set_xlabel("connections (log scale)")
+        axes.set_ylabel(unit)
+        axes.set_title(title)
+        axes.grid(True, which="both", alpha=0.3)
+    throughput.set_ylim(bottom=0)
+    throughput.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    latency.set_yscale("log")
+    latency.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    throughput.legend(fontsize="small")
+    machine = results["machine"]
+    settings = results["settings"]
+    runs = f", median of {settings['repeat']} runs" if settings["repeat"] > 1 else ""
+    figure.suptitle(f"AvroEcho echo(\"{QUERY}\") under wrk: {machine['cores']} cores, "
+                    f"{settings['seconds']} s per point{runs}, {machine['date'][:10]}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+# --- Machine facts ---------------------------------------------------------------------------
+
+def first_line(command: list) -> Optional[str]:
+    """The first line a command prints (a version, say), or None if it cannot run."""
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    return lines[0] if lines else None
+
+
+def machine_facts() -> dict:
+    model = None
+    with contextlib.suppress(OSError):
+        model = next((line.split(":", 1)[1].strip() for line in
+                      Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), None)
+    avsc = None
+    with contextlib.suppress(OSError, ValueError):
+        avsc = json.loads((ROOT / "tests" / "interop" / "node_modules" / "avsc" /
+                           "package.json").read_text())["version"]
+    commit = first_line(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "eventlet": importlib.metadata.version("eventlet"),
+        "avro": importlib.metadata.version("avro"),
+        "node": first_line(["node", "--version"]),
+        "avsc": avsc,
+        "wrk": first_line(["wrk", "--version"]),
+        "commit": commit,
+    }
+
+
+def busy_machine_note(facts: dict) -> Optional[str]:
+    """A warning when other work kept the machine busy before the run (the benchmark's own
+    load shows in the load average at the end, so only the start says something)."""
+    load = facts["load_average_at_start"][0]
+    if facts["cores"] and load > facts["cores"] / 2:
+        return (f"the machine was busy when the run started (load average {load:g} on "
+                f"{facts['cores']} cores): the figures are noisier than usual; run it again "
+                "when the machine is quiet")
+    return None
