@@ -184,12 +184,13 @@ def serve(listener: socket.socket, app: Callable = application,
     eventlet.wsgi.server(
         listener, app,
         log=EventletLog(access_log),
-        log_output=True,  # to EventletLog, which drops what is not wanted
+        log_output=True,  # to EventletLog; Protocol then turns access lines off, or on
         debug=False,  # True (eventlet's default) sends tracebacks to clients
         socket_timeout=socket_timeout,
         keepalive=idle_timeout,
         max_size=max_connections,
-        protocol=functools.partial(Protocol, request_timeout=request_timeout),
+        protocol=functools.partial(Protocol, request_timeout=request_timeout,
+                                   access_log=access_log),
     )
 
 

@@ -79,8 +79,13 @@ class Protocol(eventlet.wsgi.HttpProtocol):
 
     deadline: Optional[eventlet.Timeout] = None
 
-    def __init__(self, conn_state: list, server, request_timeout: float) -> None:
+    def __init__(self, conn_state: list, server, request_timeout: float,
+                 access_log: bool) -> None:
         self.request_timeout = request_timeout
+        # eventlet keeps its log (EventletLog) only if log_output is set when it starts, but
+        # while it is set, formats an access line for every request, a few µs each. Once
+        # started, log_output decides only that: so it says whether access lines are wanted.
+        server.log_output = access_log
         super().__init__(conn_state, server)  # this serves the whole connection
 
     def handle(self) -> None:
