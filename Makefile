@@ -56,7 +56,7 @@ clean:
 FUZZ_EXAMPLES ?= 3000
 
 fuzz: $(VENV)/.dev
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_fuzz.py -s --hypothesis-show-statistics
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/avrohttp/test_fuzz.py -s --hypothesis-show-statistics
 
 # `make fleet`: three servers behind nginx (deploy/nginx.conf), a short load through nginx
 # with the real client, how many calls each server answered; then everything is stopped.

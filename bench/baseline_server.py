@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import server  # first: it monkey-patches the standard library for eventlet
+import avrohttp.options
+import avrohttp.serve
 
 import argparse
 import io
@@ -61,27 +63,27 @@ def make_fixed_application(answer: FixedAnswer) -> Callable:
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(
         description="Answer every POST with server.py's answer to the benchmark's echo call.")
-    parser.add_argument("--host", default=server.DEFAULT_HOST,
+    parser.add_argument("--host", default=avrohttp.options.DEFAULT_HOST,
                         help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=0,
                         help="port to listen on, 0 for any free port (default: %(default)s)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    answer = answer_in_process(server.make_application(), wire.call_body())
+    answer = answer_in_process(server.application, wire.call_body())
     if not answer.status.startswith("200"):
         log.error("server.py's application answered %s to the benchmark's request: %r",
                   answer.status, answer.body[:200])
         return 1
     try:
-        listener = server.listen(args.host, args.port)
+        listener = avrohttp.serve.listen(args.host, args.port)
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", args.host, args.port, e.strerror or e)
         return 1
     host, port = listener.getsockname()[:2]
     log.info("baseline server listening on http://%s:%d/", host, port)
     try:
-        server.serve(listener, make_fixed_application(answer))
+        avrohttp.serve.serve(listener, make_fixed_application(answer))
     except KeyboardInterrupt:
         pass
     return 0

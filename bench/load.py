@@ -16,6 +16,7 @@ import avro.errors
 import avro.ipc
 
 # First of the project's modules: it puts the repository's root and tests/ on sys.path.
+import avrohttp
 from bench.settings import (BENCH, CONTENT_TYPE, QUERY, WRK_RESULT, WRK_THREADS,
                             WRK_TIMEOUT_SECONDS, BenchError, progress)
 
@@ -143,7 +144,7 @@ def calls_per_second(make_call: Callable, host: str, port: int, body: bytes,
                      seconds: float) -> float:
     try:
         return _calls_per_second(make_call, host, port, body, seconds)
-    except (OSError, http.client.HTTPException, client.CallFailed,
+    except (OSError, http.client.HTTPException, avrohttp.CallFailed,
             avro.errors.AvroException) as e:
         raise BenchError(f"{make_call.__name__} failed: {e}") from e
 

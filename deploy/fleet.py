@@ -26,7 +26,8 @@ from typing import Callable, NamedTuple, Optional
 
 import avro.errors
 
-from client import CallFailed, EchoClient
+from avrohttp import CallFailed
+from client import EchoClient
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "deploy" / "nginx.conf"

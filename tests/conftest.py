@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import server  # first: it monkey-patches the standard library for eventlet
+import avrohttp
+import avrohttp.serve
 
 import eventlet
 import pytest
@@ -81,17 +83,22 @@ def receive(sock) -> bytes:
     return data
 
 
+def echo_app(**options):
+    """A fresh AvroEcho application, so that no test sees another's protocol cache."""
+    return avrohttp.make_application(server.EchoResponder(), **options)
+
+
 @pytest.fixture
 def app():
     """A fresh application, so that no test sees another's protocol cache."""
-    return server.make_application(server.EchoResponder())
+    return echo_app()
 
 
 @contextlib.contextmanager
 def serving(app, **serve_options):
     """The real eventlet.wsgi server in a green thread on a free port: yields (host, port)."""
-    listener = server.listen("127.0.0.1", 0)
-    thread = eventlet.spawn(server.serve, listener, app, **serve_options)
+    listener = avrohttp.serve.listen("127.0.0.1", 0)
+    thread = eventlet.spawn(avrohttp.serve.serve, listener, app, **serve_options)
     try:
         yield listener.getsockname()[:2]
     finally:
@@ -100,7 +107,7 @@ def serving(app, **serve_options):
 
 @pytest.fixture
 def live_server():
-    with serving(server.make_application()) as address:
+    with serving(echo_app()) as address:
         yield address
 
 

@@ -13,7 +13,9 @@ import pytest
 
 import avro.ipc
 import avro.protocol
-import avro_fixes
+import avrohttp
+import avrohttp.requestor
+import avrohttp.responder
 import server
 import wire
 from bench import baseline_server, run
@@ -23,15 +25,15 @@ from bench.report import add_ratios, busy_machine_note, evaluate_targets, format
 from bench.servers import (ServerSpec, avsc_missing, check_server, descendants, handshake_call,
                            rss_bytes, server_specs, start_server, stop_server)
 from bench.settings import BenchError, Unavailable
-from conftest import ROOT, call_app, free_port, serving
+from conftest import ROOT, call_app, echo_app, free_port, serving
 from protocol import PROTOCOL_JSON, EchoProtocol
 
 
 def test_baseline_sends_exactly_what_server_answers():
     body = wire.call_body()
-    answer = baseline_server.answer_in_process(server.make_application(), body)
+    answer = baseline_server.answer_in_process(echo_app(), body)
     fixed = call_app(baseline_server.make_fixed_application(answer), body)
-    real = call_app(server.make_application(), body)
+    real = call_app(echo_app(), body)
     assert fixed == real
     assert wire.read_answer(fixed.body) == wire.Answer({"match": "BOTH", "serverProtocol": None,
                                                         "serverHash": None, "meta": None},
@@ -62,7 +64,7 @@ def test_baseline_program_answers_like_server_py(log_dir):
     baseline = started(spec_named("baseline"), log_dir)
     try:
         assert baseline.body == wire.call_body()
-        assert baseline.answer == call_app(server.make_application(), baseline.body).body
+        assert baseline.answer == call_app(echo_app(), baseline.body).body
     finally:
         stop_server(baseline.process)
     assert baseline.process.returncode is not None
@@ -94,9 +96,9 @@ def test_handshake_goes_through_none_and_client_to_both():
 
     class ExtendedResponder(server.EchoResponder):
         def __init__(self):
-            avro_fixes.FixedResponder.__init__(self, extended)
+            avrohttp.responder.Responder.__init__(self, extended)
 
-    with serving(server.make_application(ExtendedResponder())) as (host, port):
+    with serving(avrohttp.make_application(ExtendedResponder())) as (host, port):
         body, answer = handshake_call(host, port)
     assert body == wire.call_body(server_hash=extended.md5)
     assert wire.read_answer(answer).handshake["match"] == "BOTH"
@@ -147,7 +149,7 @@ def test_each_client_loop_makes_calls(monkeypatch):
     monkeypatch.setattr(avro.ipc, "REMOTE_HASHES", {})
     monkeypatch.setattr(avro.ipc, "REMOTE_PROTOCOLS", {})
     body = wire.call_body()
-    answer = baseline_server.answer_in_process(server.make_application(), body)
+    answer = baseline_server.answer_in_process(echo_app(), body)
     with serving(baseline_server.make_fixed_application(answer)) as (host, port):
         for name, make_call in CLIENTS.items():
             assert calls_per_second(make_call, host, port, body, 0.05) > 0, name

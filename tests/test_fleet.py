@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-import server
+import avrohttp.wsgi
 from client import EchoClient
 from conftest import ROOT
 from deploy import fleet as fleet_module
@@ -102,7 +102,7 @@ def echo_body_of_size(size: int) -> tuple:
 
 
 def test_a_call_as_large_as_the_server_allows_passes_through_nginx(fleet):
-    body, query = echo_body_of_size(server.MAX_BODY_BYTES)
+    body, query = echo_body_of_size(avrohttp.wsgi.MAX_BODY_BYTES)
     status, answer = post(fleet.port, body)
     assert status == 200
     assert read_answer(answer).datum == query
@@ -110,7 +110,7 @@ def test_a_call_as_large_as_the_server_allows_passes_through_nginx(fleet):
 
 def test_a_body_over_the_servers_limit_is_refused_by_nginx_itself(fleet):
     before = fleet.answered()
-    status, answer = post(fleet.port, b"\0" * (server.MAX_BODY_BYTES + 1))
+    status, answer = post(fleet.port, b"\0" * (avrohttp.wsgi.MAX_BODY_BYTES + 1))
     assert status == 413
     # nginx's own page, not server.py's "Body is larger than ..." passed on: nginx did not
     # buffer a body that the server would refuse anyway.

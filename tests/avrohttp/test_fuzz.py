@@ -25,9 +25,11 @@ import avro.protocol
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import avro_fixes
+import avrohttp
+import avrohttp.requestor
+import avrohttp.responder
 import server
-from conftest import Response, call_app
+from conftest import Response, call_app, echo_app
 from fuzz_inputs import framed, handshakes, http_options, mutated, valid_calls
 from protocol import EchoProtocol
 from wire import STRING, call_body, call_head, encode, frame, handshake_request
@@ -112,7 +114,7 @@ def check_avro_answer(body: bytes, request_body: bytes) -> str:
     assert stream.tell() == len(payload), "bytes after the call response"
     if not is_error:
         return "200 answer"
-    assert 0 < len(datum) <= avro_fixes.MAX_ERROR_CHARS, datum
+    assert 0 < len(datum) <= avrohttp.responder.MAX_ERROR_CHARS, datum
     assert_no_leak(datum, request_body)
     return "200 system error"
 
@@ -141,7 +143,7 @@ def fuzz(request, caplog):
     tally = Tally(request.node.name)
 
     def try_body(body: bytes, **options) -> Response:
-        app = server.make_application(server.EchoResponder())
+        app = echo_app()
         caplog.clear()
         response = call_app(app, body, **options)  # an exception escaping fails the test
         outcome = check_answer(response, body)
@@ -251,7 +253,7 @@ def error_answer(text: str) -> bytes:
     (200, AVRO, answer(b"")[:-1]),
     (200, AVRO, answer(b"") + b"\x00"),
     (200, AVRO, answer(encode(avro.ipc.META_SCHEMA, {}) + b"\x00" + encode(STRING, "x") + b"?")),
-    (200, AVRO, error_answer("x" * (avro_fixes.MAX_ERROR_CHARS + 1))),
+    (200, AVRO, error_answer("x" * (avrohttp.responder.MAX_ERROR_CHARS + 1))),
     (200, AVRO, error_answer('Invalid parameters: File "server.py", line 3')),
     (200, PLAIN, answer(b"")),
 ])
@@ -281,7 +283,7 @@ def test_fuzz_fails_on_a_bug(fuzz, monkeypatch):
 def test_fuzz_fails_on_an_error_logged_for_bad_input(fuzz, monkeypatch):
     class Alarmed(server.EchoResponder):
         def respond(self, call_request):
-            logging.getLogger("avro_fixes").error("bad input treated as a bug")
+            logging.getLogger("avrohttp.responder").error("bad input treated as a bug")
             return super().respond(call_request)
 
     monkeypatch.setattr(server, "EchoResponder", Alarmed)

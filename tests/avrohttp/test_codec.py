@@ -1,4 +1,4 @@
-"""The fast paths in avro_fixes.py give the very bytes that plain avro.ipc gives.
+"""The fast paths of avrohttp (codec, Responder, Requestor) give the bytes avro.ipc gives.
 
 avro.ipc is the reference: for generated queries and every handshake case, the server's
 response and the client's request are compared byte for byte with what avro.ipc's own
@@ -17,8 +17,10 @@ import avro.schema
 import pytest
 from hypothesis import given, strategies as st
 
-import avro_fixes
-import avro_speed
+import avrohttp
+import avrohttp.requestor
+import avrohttp.responder
+from avrohttp import codec
 import server
 from conftest import call_app
 from protocol import PROTOCOL_JSON, EchoProtocol
@@ -91,21 +93,21 @@ def test_http_bodies_are_the_bytes_avro_ipc_frames(case, query):
     expected = io.BytesIO()
     avro.ipc.FramedWriter(expected).write_framed_message(
         PLAIN.respond(avro.ipc.FramedReader(io.BytesIO(body)).read_framed_message()))
-    assert call_app(server.make_application(FAST), body).body == expected.getvalue()
+    assert call_app(avrohttp.make_application(FAST), body).body == expected.getvalue()
 
 
 @given(message=st.binary(max_size=30_000))
 def test_frame_writes_what_framed_writer_writes(message):
     expected = io.BytesIO()
     avro.ipc.FramedWriter(expected).write_framed_message(message)
-    assert avro_speed.frame(message) == expected.getvalue()
+    assert codec.frame(message) == expected.getvalue()
 
 
 @given(chunks=st.lists(st.binary(min_size=1, max_size=300), max_size=5),
        trailing=st.binary(max_size=10))
 def test_unframe_reads_what_framed_reader_reads(chunks, trailing):
     body = b"".join(len(c).to_bytes(4, "big") + c for c in chunks) + bytes(4) + trailing
-    assert avro_speed.unframe(body) == avro.ipc.FramedReader(io.BytesIO(body)).read_framed_message()
+    assert codec.unframe(body) == avro.ipc.FramedReader(io.BytesIO(body)).read_framed_message()
 
 
 @given(body=st.binary(max_size=40))
@@ -113,10 +115,10 @@ def test_unframe_fails_where_framed_reader_fails(body):
     try:
         expected = avro.ipc.FramedReader(io.BytesIO(body)).read_framed_message()
     except (avro.errors.ConnectionClosedException, struct.error):  # struct: a short length
-        with pytest.raises(avro_speed.BadFraming):
-            avro_speed.unframe(body)
+        with pytest.raises(codec.BadFraming):
+            codec.unframe(body)
     else:
-        assert avro_speed.unframe(body) == expected
+        assert codec.unframe(body) == expected
 
 
 # --- The client ------------------------------------------------------------------------------
@@ -150,8 +152,8 @@ class PlainRequestor(avro.ipc.Requestor):
 def test_requests_are_the_bytes_avro_ipc_sends(server_protocol, calls):
     """From the first call (a guess, maybe NONE or CLIENT, then a resend) to the last."""
     transceivers = []
-    for requestor_class in (avro_fixes.FixedRequestor, PlainRequestor):
-        transceiver = Recording(avro_fixes.FixedResponder(server_protocol))
+    for requestor_class in (avrohttp.requestor.Requestor, PlainRequestor):
+        transceiver = Recording(avrohttp.responder.Responder(server_protocol))
         transceiver.responder.invoke = lambda message, request: request["query"][::-1]
         requestor = requestor_class(EchoProtocol, transceiver)
         answers = [requestor.request(message, {"query": query}) for message, query in calls]
@@ -183,7 +185,7 @@ def test_request_writer_accepts_and_refuses_what_avro_does(datum):
         except avro.errors.AvroTypeException:
             return "refused"
 
-    assert outcome(avro_speed.encoder_for(schema)) == outcome(avros)
+    assert outcome(codec.encoder_for(schema)) == outcome(avros)
 
 
 @pytest.mark.parametrize("schema, datum", [
@@ -192,7 +194,7 @@ def test_request_writer_accepts_and_refuses_what_avro_does(datum):
     ('{"type": "string", "logicalType": "uuid"}', "not a uuid"),
 ])
 def test_request_writer_keeps_avros_validation_where_it_matters(schema, datum):
-    encode = avro_speed.encoder_for(avro.schema.parse(schema))
+    encode = codec.encoder_for(avro.schema.parse(schema))
     with pytest.raises(avro.errors.AvroTypeException):
         encode(datum)
 
@@ -219,9 +221,9 @@ def test_readers_and_encoders_agree_with_avros(type_name, data):
         avro.io.DatumWriter(schema).write(datum, avro.io.BinaryEncoder(encoded))
         expected = avro.io.DatumReader(schema, schema).read(
             avro.io.BinaryDecoder(io.BytesIO(encoded.getvalue())))
-        read = avro_speed.reader_for(schema, schema)
-        assert read(avro_speed.Decoder(io.BytesIO(encoded.getvalue()))) == expected
-        assert avro_speed.encoder_for(schema)(datum) == encoded.getvalue()
+        read = codec.reader_for(schema, schema)
+        assert read(codec.Decoder(io.BytesIO(encoded.getvalue()))) == expected
+        assert codec.encoder_for(schema)(datum) == encoded.getvalue()
 
 
 @given(values=st.lists(st.one_of(st.integers(-2**63, 2**63 - 1), st.binary(max_size=200),
@@ -236,8 +238,8 @@ def test_encoder_and_decoder_agree_with_avros(values):
         return buffer.getvalue()
 
     encoded = encode(avro.io.BinaryEncoder)
-    assert encode(avro_speed.Encoder) == encoded
-    decoder = avro_speed.Decoder(io.BytesIO(encoded))
+    assert encode(codec.Encoder) == encoded
+    decoder = codec.Decoder(io.BytesIO(encoded))
     decoded = [{int: decoder.read_long, bytes: decoder.read_bytes,
                 str: decoder.read_utf8}[type(value)]() for value in values]
     assert decoded == values
@@ -253,5 +255,5 @@ def test_decoder_fails_where_avros_fails(read, data):
     with pytest.raises(Exception) as avros:
         getattr(avro.io.BinaryDecoder(io.BytesIO(data)), read)()
     with pytest.raises(type(avros.value)) as ours:
-        getattr(avro_speed.Decoder(io.BytesIO(data)), read)()
+        getattr(codec.Decoder(io.BytesIO(data)), read)()
     assert str(ours.value) == str(avros.value)

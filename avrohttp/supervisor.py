@@ -1,10 +1,10 @@
-"""`server.py --workers N`: N server processes on one port, under a small supervisor.
+"""`--workers N`: N server processes on one port, under a small supervisor.
 
-Each worker is a whole `server.py` that binds the port with SO_REUSEPORT; the kernel spreads
-new connections across them, so N workers use N cores. The supervisor serves nothing
-itself. It starts the workers and waits until each one listens; it starts a new worker when
-one dies; and on SIGTERM or SIGINT it passes SIGTERM on, so that every worker stops
-accepting and answers its calls in flight, and it exits when they all have.
+Each worker is the same program (`server.py`, say) run again, and binds the port with
+SO_REUSEPORT; the kernel spreads new connections across them, so N workers use N cores. The
+supervisor serves nothing itself. It starts the workers and waits until each one listens; it
+starts a new worker when one dies; and on SIGTERM or SIGINT it passes SIGTERM on, so that
+every worker stops accepting and answers its calls in flight, and it exits when they all have.
 """
 
 import logging
@@ -13,11 +13,12 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from typing import List, Optional
 
-log = logging.getLogger("server")
+from avrohttp.options import ServerOptions
+
+log = logging.getLogger("avrohttp")
 
 # How long a worker may take from start to listening.
 READY_TIMEOUT = 15.0
@@ -141,24 +142,23 @@ class Supervisor:
                 worker.wait()
 
 
-def run(script: str, argv: List[str], host: str, port: int, count: int,
-        drain_timeout: float, scheme: str = "http") -> int:
-    """Serve with `count` workers, each `script` with these arguments: the exit status."""
+def run(program: List[str], argv: List[str], options: ServerOptions, name: str) -> int:
+    """Serve with options.workers workers, each `program` run with these arguments: the exit
+    status. `name` is the protocol's, for the start-up line."""
     try:
-        reservation = reserve_port(host, port)
+        reservation = reserve_port(options.host, options.port)
     except OSError as e:
-        log.error("cannot listen on %s:%s: %s", host, port, e.strerror or e)
+        log.error("cannot listen on %s:%s: %s", options.host, options.port, e.strerror or e)
         return 1
     with reservation:
         port = reservation.getsockname()[1]
         # argparse keeps the last of a repeated option, so these override the user's.
-        command = [sys.executable, os.path.abspath(script), *argv,
-                   "--workers", "1", "--port", str(port)]
-        supervisor = Supervisor(command, count, drain_timeout)
+        command = [*program, *argv, "--workers", "1", "--port", str(port)]
+        supervisor = Supervisor(command, options.workers, options.drain_timeout)
         if not supervisor.start():
             return 1
-        log.info("AvroEcho server listening on %s://%s:%d/ (%d workers)", scheme, host, port,
-                 count)
+        log.info("%s server listening on %s://%s:%d/ (%d workers)", name, options.scheme,
+                 options.host, port, options.workers)
         status = supervisor.run()
     log.info("stopped")
     return status

@@ -52,13 +52,13 @@ def two_workers():
 
 def test_two_workers_share_the_port_and_both_answer(two_workers):
     assert two_workers.startup_line.rstrip().endswith(
-        f"server AvroEcho server listening on http://127.0.0.1:{two_workers.port}/ (2 workers)")
+        f"avrohttp AvroEcho server listening on http://127.0.0.1:{two_workers.port}/ (2 workers)")
     pids = wait_for(lambda: len(worker_pids(two_workers.process)) == 2
                     and worker_pids(two_workers.process), what="two workers")
     calls_on_new_connections(two_workers.port, 40)  # the kernel spreads new connections
     two_workers.process.send_signal(signal.SIGTERM)
     _, log = two_workers.process.communicate(timeout=15)
-    served = {int(pid) for pid in re.findall(r"server\.access\[(\d+)\] .*\"POST / ", log)}
+    served = {int(pid) for pid in re.findall(r"avrohttp\.access\[(\d+)\] .*\"POST / ", log)}
     assert served == pids
     assert two_workers.process.returncode == 0
 
@@ -88,9 +88,9 @@ def test_a_signal_to_the_supervisor_drains_every_worker(two_workers, signum):
     assert two_workers.process.returncode == 0
     assert not any(alive(pid) for pid in pids)
     for pid in pids:  # each worker was told once, so each drained rather than quit at once
-        assert log.count(f"server[{pid}] stopping: answering the calls in flight") == 1
-        assert f"server[{pid}] stopped" in log
-    assert log.rstrip().endswith("server stopped") and "Traceback" not in log
+        assert log.count(f"avrohttp[{pid}] stopping: answering the calls in flight") == 1
+        assert f"avrohttp[{pid}] stopped" in log
+    assert log.rstrip().endswith("avrohttp stopped") and "Traceback" not in log
 
 
 def test_workers_stop_when_the_supervisor_is_killed(two_workers):
@@ -111,7 +111,7 @@ def test_workers_refuse_a_port_in_use_in_one_line():
     assert result.returncode == 1
     assert result.stderr.splitlines() == [result.stderr.splitlines()[-1]]
     assert result.stderr.rstrip().endswith(
-        f"server cannot listen on 127.0.0.1:{port}: Address already in use")
+        f"avrohttp cannot listen on 127.0.0.1:{port}: Address already in use")
 
 
 def test_workers_must_be_one_or_more():

@@ -1,34 +1,61 @@
-"""How server.py runs on eventlet.wsgi, past eventlet's defaults: a deadline for each request
-to arrive, one log line for each failure, TLS, the open-file limit, and stopping gracefully.
+"""Serving a WSGI application on eventlet.wsgi, past eventlet's defaults: listen(), serve(),
+a deadline for each request to arrive, one log line for each failure, TLS, the open-file
+limit, and stopping gracefully.
 
-server.py imports this after eventlet.monkey_patch(); import server, not this, first.
+Import this after eventlet.monkey_patch(), as server.py does.
 """
 
 import logging
+import dataclasses
+import functools
 import os
 import resource
 import signal
 import socket
 import ssl
-from typing import Optional
+from typing import Callable, Optional
 
 import eventlet
 import eventlet.wsgi
 import greenlet
 
-log = logging.getLogger("server")
+from avrohttp.options import DRAIN_TIMEOUT, LISTEN_BACKLOG, ServerOptions
+from avrohttp.wsgi import DEADLINE, RequestTimeout
 
-# Seconds that a stop (SIGTERM, Ctrl-C) waits for the calls in flight.
-DRAIN_TIMEOUT = 30.0
-
-
-class RequestTimeout(socket.timeout):
-    """The request did not arrive within the request timeout (--request-timeout) of its
-    first byte."""
+log = logging.getLogger("avrohttp")
 
 
-# Where Protocol puts the request's deadline in the WSGI environ, for the application.
-DEADLINE = "avroecho.request_deadline"
+def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """Bind and listen. Port 0 picks a free port; a port in use is an error.
+
+    reuse_port is for the workers of `--workers N` (see avrohttp.supervisor), which share one
+    port.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # eventlet sets SO_REUSEPORT by default, which would let a second server bind the same
+    # port silently and take half the calls. Here a busy port is an error.
+    return eventlet.listen((host, port), family, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
+
+
+def serve(listener: socket.socket, app: Callable, options: Optional[ServerOptions] = None,
+          **changes) -> None:
+    """Serve app on listener until the accept loop is interrupted, then drain.
+
+    options: the limits and timeouts (ServerOptions() by default); keyword arguments change
+    single fields of it, as in serve(listener, app, idle_timeout=5).
+    """
+    options = dataclasses.replace(options or ServerOptions(), **changes)
+    eventlet.wsgi.server(
+        listener, app,
+        log=EventletLog(options.access_log),
+        log_output=True,  # to EventletLog; HTTPProtocol then turns access lines off, or on
+        debug=False,  # True (eventlet's default) sends tracebacks to clients
+        socket_timeout=options.socket_timeout,
+        keepalive=options.idle_timeout,
+        max_size=options.max_connections,
+        protocol=functools.partial(HTTPProtocol, request_timeout=options.request_timeout,
+                                   access_log=options.access_log),
+    )
 
 
 class CannotServeTLS(Exception):
@@ -61,7 +88,7 @@ def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
     return context
 
 
-class Protocol(eventlet.wsgi.HttpProtocol):
+class HTTPProtocol(eventlet.wsgi.HttpProtocol):
     """eventlet.wsgi's HTTP handling, with a deadline for each request to arrive, and each
     failure of a client logged once, in one line.
 
@@ -160,7 +187,7 @@ class EventletLog:
     """
 
     def __init__(self, access_log: bool) -> None:
-        self.access = logging.getLogger("server.access") if access_log else None
+        self.access = logging.getLogger("avrohttp.access") if access_log else None
 
     def info(self, message: str, *args) -> None:
         if message.startswith("Traceback"):

@@ -13,9 +13,13 @@ import eventlet
 import pytest
 
 import client
-import avro_fixes
+import avrohttp
+import avrohttp.client
+import avrohttp.serve
+import avrohttp.requestor
+import avrohttp.responder
 import server
-from conftest import call_app, free_port, read_http_response, serving
+from conftest import call_app, echo_app, free_port, read_http_response, serving
 from wire import call_body
 from protocol import PROTOCOL_JSON
 
@@ -34,10 +38,10 @@ def test_echo_and_split_round_trip(echo, query):
 
 def test_calls_reuse_one_keep_alive_connection(echo):
     echo.echo("first")
-    sock = echo._transceiver.conn.sock
+    sock = echo.transceiver.conn.sock
     for n in range(5):
         assert echo.split(f"call {n}") == f"call {n}"[: len(f"call {n}") // 2]
-    assert echo._transceiver.conn.sock is sock
+    assert echo.transceiver.conn.sock is sock
 
 
 def test_avro_error_is_raised_as_avro_remote_exception():
@@ -45,7 +49,7 @@ def test_avro_error_is_raised_as_avro_remote_exception():
         def handle_echo(self, query):
             raise ValueError("details stay in the server log")
 
-    with serving(server.make_application(Failing())) as address, \
+    with serving(avrohttp.make_application(Failing())) as address, \
             client.EchoClient(*address) as echo_client:
         with pytest.raises(avro.errors.AvroRemoteException) as raised:
             echo_client.echo("hi")
@@ -70,12 +74,12 @@ def test_two_clients_of_two_servers_keep_their_protocols_apart():
     data["namespace"] = "rpc.sample.shouting"
     other = avro.protocol.parse(json.dumps(data))
 
-    class Shouting(avro_fixes.FixedResponder):
+    class Shouting(avrohttp.responder.Responder):
         def invoke(self, message, request):
             return request["query"].upper()
 
-    with serving(server.make_application()) as plain_address, \
-            serving(server.make_application(Shouting(other))) as shouting_address:
+    with serving(echo_app()) as plain_address, \
+            serving(avrohttp.make_application(Shouting(other))) as shouting_address:
         for _ in range(3):  # fresh clients each round, as a long-running program would make
             with client.EchoClient(*plain_address) as plain, \
                     client.EchoClient(*shouting_address) as shouting:
@@ -88,15 +92,16 @@ def test_two_clients_of_two_servers_keep_their_protocols_apart():
 def test_unreachable_server_is_a_call_failed():
     port = free_port()
     with client.EchoClient("127.0.0.1", port) as echo_client:
-        with pytest.raises(client.CallFailed, match=f"cannot reach the server at 127.0.0.1:{port}"):
+        with pytest.raises(avrohttp.CallFailed,
+                           match=f"cannot reach the server at 127.0.0.1:{port}"):
             echo_client.echo("hi")
 
 
 def test_server_that_never_answers_times_out():
-    listener = server.listen("127.0.0.1", 0)  # accepts (via the backlog) but never answers
+    listener = avrohttp.serve.listen("127.0.0.1", 0)  # accepts (via the backlog) but never answers
     with client.EchoClient(*listener.getsockname(), timeout=0.3) as echo_client:
         started = time.monotonic()
-        with pytest.raises(client.CallFailed,
+        with pytest.raises(avrohttp.CallFailed,
                            match=r"timed out waiting for the answer \(after 0\.3 s\)"):
             echo_client.echo("hi")
     assert time.monotonic() - started < 5
@@ -109,15 +114,16 @@ def test_non_avro_answer_is_a_call_failed_with_the_status():
         return [b"no such thing"]
 
     with serving(not_avro) as address, client.EchoClient(*address) as echo_client:
-        with pytest.raises(client.CallFailed, match="server answered 404 Not Found: no such thing"):
+        with pytest.raises(avrohttp.CallFailed,
+                           match="server answered 404 Not Found: no such thing"):
             echo_client.echo("hi")
 
 
 def test_client_recovers_after_a_failed_call(live_server):
     with client.EchoClient(*live_server, timeout=5) as echo_client:
         assert echo_client.echo("one") == "one"
-        echo_client._transceiver.conn.sock.close()  # as if the connection broke
-        with pytest.raises(client.CallFailed):
+        echo_client.transceiver.conn.sock.close()  # as if the connection broke
+        with pytest.raises(avrohttp.CallFailed):
             echo_client.echo("two")
         assert echo_client.echo("three") == "three"
 
@@ -140,7 +146,7 @@ def test_get_is_refused_through_a_real_socket(live_server):
 
 
 def test_an_idle_keep_alive_connection_is_let_go():
-    with serving(server.make_application(), idle_timeout=0.5) as address, \
+    with serving(echo_app(), idle_timeout=0.5) as address, \
             socket.create_connection(address, timeout=10) as sock:
         assert sock.recv(1024) == b""  # closed by the server, with nothing said
 
@@ -167,13 +173,13 @@ def trickle(sock, data: bytes, seconds: float) -> bytes:
     ("body", b"The body came too slowly\n"),
 ])
 def test_a_request_that_trickles_in_gets_408_and_is_let_go(part, reason, caplog):
-    caplog.set_level(logging.INFO, logger="server")
+    caplog.set_level(logging.INFO, logger="avrohttp")
     body = call_body()
     request = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
                b"Content-Length: %d\r\n\r\n" % len(body) + body)
     head, _, _ = request.partition(b"\r\n\r\n")
     # Each byte comes well within the socket timeout (5 s), but the whole takes too long.
-    with serving(server.make_application(), request_timeout=1.0, socket_timeout=5.0) as address, \
+    with serving(echo_app(), request_timeout=1.0, socket_timeout=5.0) as address, \
             socket.create_connection(address, timeout=10) as sock:
         if part == "body":
             sock.sendall(head + b"\r\n\r\n")
@@ -201,7 +207,7 @@ def test_connecting_has_its_own_timeout():
             pass
         with client.EchoClient(*listener.getsockname(), timeout=60,
                                connect_timeout=0.3) as echo_client:
-            with pytest.raises(client.CallFailed,
+            with pytest.raises(avrohttp.CallFailed,
                                match=r"timed out connecting \(after 0\.3 s\)"):
                 echo_client.echo("hi")
         for sock in waiting:
@@ -221,7 +227,7 @@ def scripted_server(*plans):
     to answer that many calls with the real application, then to read one more request
     and "close" the connection or "hang" (never answer). Yields (address, counts).
     """
-    app = server.make_application()
+    app = echo_app()
     counts = Counts()
     listener = eventlet.listen(("127.0.0.1", 0))
 
@@ -280,11 +286,11 @@ def test_the_retry_is_made_once_only():
     with scripted_server((1, "close"), (0, "close")) as (address, counts), \
             client.EchoClient(*address, timeout=5) as echo_client:
         assert echo_client.echo("one") == "one"
-        with pytest.raises(client.CallFailed, match="Remote end closed connection"):
+        with pytest.raises(avrohttp.CallFailed, match="Remote end closed connection"):
             echo_client.echo("two")
         assert (counts.connections, counts.requests) == (2, 3)
         # A failure on a new connection is not retried at all.
-        with pytest.raises(client.CallFailed, match="Remote end closed connection"):
+        with pytest.raises(avrohttp.CallFailed, match="Remote end closed connection"):
             echo_client.echo("three")
         assert (counts.connections, counts.requests) == (3, 4)
 
@@ -293,32 +299,32 @@ def test_a_timeout_is_not_retried():
     with scripted_server((1, "hang")) as (address, counts), \
             client.EchoClient(*address, timeout=0.3) as echo_client:
         assert echo_client.echo("one") == "one"
-        with pytest.raises(client.CallFailed, match="timed out waiting for the answer"):
+        with pytest.raises(avrohttp.CallFailed, match="timed out waiting for the answer"):
             echo_client.echo("two")
         assert (counts.connections, counts.requests) == (1, 2)
 
 
 def test_an_idle_connection_closed_by_the_real_server_is_retried():
-    with serving(server.make_application(), idle_timeout=0.2) as address, \
+    with serving(echo_app(), idle_timeout=0.2) as address, \
             client.EchoClient(*address, timeout=5) as echo_client:
         assert echo_client.echo("one") == "one"
-        first = echo_client._transceiver.conn.sock
+        first = echo_client.transceiver.conn.sock
         eventlet.sleep(0.6)  # the server closes the idle connection after 0.2 s
         assert echo_client.echo("two") == "two"
-        assert echo_client._transceiver.conn.sock is not first
+        assert echo_client.transceiver.conn.sock is not first
 
 
 def test_an_answer_over_the_limit_is_a_call_failed(live_server, monkeypatch):
-    monkeypatch.setattr(client, "MAX_ANSWER_BYTES", 1000)
+    monkeypatch.setattr(avrohttp.client, "MAX_ANSWER_BYTES", 1000)
     with client.EchoClient(*live_server, timeout=5) as echo_client:
         assert echo_client.echo("x" * 900) == "x" * 900
-        with pytest.raises(client.CallFailed, match="server answered with more than 1000 bytes"):
+        with pytest.raises(avrohttp.CallFailed, match="server answered with more than 1000 bytes"):
             echo_client.echo("x" * 1000)
         assert echo_client.echo("still fine") == "still fine"  # on a new connection
 
 
 def test_a_chunked_answer_is_read_up_to_the_limit_only(monkeypatch):
-    monkeypatch.setattr(client, "MAX_ANSWER_BYTES", 1000)
+    monkeypatch.setattr(avrohttp.client, "MAX_ANSWER_BYTES", 1000)
 
     def long_answer(environ, start_response):  # no Content-Length: eventlet sends it chunked
         start_response("200 OK", [("Content-Type", "avro/binary")])
@@ -327,13 +333,13 @@ def test_a_chunked_answer_is_read_up_to_the_limit_only(monkeypatch):
 
     with serving(long_answer) as address, \
             client.EchoClient(*address, timeout=5) as echo_client:
-        with pytest.raises(client.CallFailed, match="server answered with more than 1000 bytes"):
+        with pytest.raises(avrohttp.CallFailed, match="server answered with more than 1000 bytes"):
             echo_client.echo("hi")
 
 
 def test_a_request_line_that_does_not_parse_is_logged_once_and_leaks_nothing(caplog, capfd):
-    caplog.set_level(logging.INFO, logger="server")
-    with serving(server.make_application()) as address, \
+    caplog.set_level(logging.INFO, logger="avrohttp")
+    with serving(echo_app()) as address, \
             socket.create_connection(address, timeout=5) as sock:
         port = sock.getsockname()[1]
         sock.sendall(b"\x16\x03\x01 not / HTTP at all\r\n\r\n")
@@ -343,6 +349,6 @@ def test_a_request_line_that_does_not_parse_is_logged_once_and_leaks_nothing(cap
     # http.server's answer to what it takes for HTTP/0.9: an HTML page, with no status line.
     assert b"Error code: 400" in answer
     assert b"Traceback" not in answer and b".py" not in answer
-    [line] = [record.getMessage() for record in caplog.records if record.name == "server"]
+    [line] = [record.getMessage() for record in caplog.records if record.name == "avrohttp"]
     assert line.startswith(f"client 127.0.0.1:{port}: code 400, message ")
     assert "Traceback" not in capfd.readouterr().err

@@ -3,8 +3,8 @@
 avro.ipc rebuilds, re-checks and re-encodes the same things on every call, and copies each
 frame and each string a few times: about 60 µs a call, more than eventlet's whole HTTP
 round trip. Each function and class here does one of those jobs for less, says what it
-saves, and gives the very bytes (and errors) that avro gives: tests/test_fast_path.py
-checks them against avro, byte for byte. avro_fixes.py builds its responder and requestor
+saves, and gives the very bytes (and errors) that avro gives: tests/avrohttp/test_codec.py
+checks them against avro, byte for byte. avrohttp.responder and avrohttp.requestor build
 on them.
 """
 

@@ -1,7 +1,7 @@
 """Memory bounds: the client-protocol cache, the protocol size limit and the body limit keep
 what a client can make the server hold bounded. In-process, no sockets.
 
-Run with `pytest -s tests/test_memory.py` to see what was measured.
+Run with `pytest -s tests/avrohttp/test_limits.py` to see what was measured.
 """
 
 import gc
@@ -12,9 +12,11 @@ import tracemalloc
 
 import avro.protocol
 
-import avro_fixes
+import avrohttp
+import avrohttp.requestor
+import avrohttp.responder
 import server
-from conftest import call_app
+from conftest import call_app, echo_app
 from protocol import PROTOCOL_JSON
 from wire import call_body, read_answer
 
@@ -50,11 +52,11 @@ def send_protocols(app, responder, numbers) -> None:
 
 def test_thousands_of_client_protocols_never_overflow_the_cache():
     responder = server.EchoResponder()
-    app = server.make_application(responder)
+    app = avrohttp.make_application(responder)
     send_protocols(app, responder, range(5000))
-    assert responder.max_cached_protocols == avro_fixes.MAX_CACHED_PROTOCOLS
+    assert responder.max_cached_protocols == avrohttp.responder.MAX_CACHED_PROTOCOLS
     # Full, with the most recent protocols: these are found again by their hash alone.
-    assert len(responder.protocol_cache) == avro_fixes.MAX_CACHED_PROTOCOLS
+    assert len(responder.protocol_cache) == avrohttp.responder.MAX_CACHED_PROTOCOLS
     assert set(responder.protocol_cache) == {client_protocol(n)[1] for n in range(4744, 5000)}
     again = call_body(protocol_text=None, client_hash=client_protocol(4999)[1])
     assert read_answer(call_app(app, again).body).handshake["match"] == "BOTH"
@@ -75,7 +77,7 @@ def traced_growth(max_cached_protocols: int) -> tuple:
     """Traced memory (before, after) a batch of new client protocols, once warmed up."""
     responder = server.EchoResponder()
     responder.max_cached_protocols = max_cached_protocols
-    app = server.make_application(responder)
+    app = avrohttp.make_application(responder)
     gc.collect()
     tracemalloc.start()
     try:
@@ -91,7 +93,7 @@ def traced_growth(max_cached_protocols: int) -> tuple:
 
 
 def test_memory_stays_flat_with_the_bounded_cache_and_would_not_without_it():
-    before, after = traced_growth(avro_fixes.MAX_CACHED_PROTOCOLS)
+    before, after = traced_growth(avrohttp.responder.MAX_CACHED_PROTOCOLS)
     unbounded_before, unbounded_after = traced_growth(10 ** 9)
     print(f"\n{BATCH} new client protocols after {WARM_UP}: traced memory "
           f"{before} -> {after} bytes with the bounded cache (+{after - before}), "
@@ -112,17 +114,18 @@ def test_oversized_client_protocol_is_refused_without_parsing_or_caching(monkeyp
     parse = avro.protocol.parse
     monkeypatch.setattr(avro.protocol, "parse", lambda text: parsed.append(text) or parse(text))
     responder = server.EchoResponder()
-    app = server.make_application(responder)
+    app = avrohttp.make_application(responder)
     cached = set(responder.protocol_cache)  # avro's Responder starts with its own protocol
 
-    too_long = padded(client_protocol(1)[0], avro_fixes.MAX_PROTOCOL_CHARS + 1)
+    too_long = padded(client_protocol(1)[0], avrohttp.responder.MAX_PROTOCOL_CHARS + 1)
     body = call_body(protocol_text=too_long, client_hash=hashlib.md5(too_long.encode()).digest())
     answer = read_answer(call_app(app, body).body)
     assert (answer.is_error, answer.datum) == (
-        True, f"Invalid client protocol: longer than {avro_fixes.MAX_PROTOCOL_CHARS} characters")
+        True, "Invalid client protocol: longer than "
+              f"{avrohttp.responder.MAX_PROTOCOL_CHARS} characters")
     assert parsed == [] and set(responder.protocol_cache) == cached
 
-    at_limit = padded(client_protocol(1)[0], avro_fixes.MAX_PROTOCOL_CHARS)
+    at_limit = padded(client_protocol(1)[0], avrohttp.responder.MAX_PROTOCOL_CHARS)
     body = call_body(protocol_text=at_limit, client_hash=hashlib.md5(at_limit.encode()).digest())
     answer = read_answer(call_app(app, body).body)
     assert (answer.is_error, answer.datum) == (False, "Hello World")
@@ -142,7 +145,7 @@ class EndlessBody(io.RawIOBase):
 
 
 def test_body_limit_holds_before_anything_is_read():
-    app = server.make_application(max_body_bytes=1000)
+    app = echo_app(max_body_bytes=1000)
     declared = EndlessBody()
     response = call_app(app, content_length=10 ** 12, stream=declared)
     assert (response.status, declared.bytes_read) == (413, 0)

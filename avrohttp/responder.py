@@ -1,12 +1,10 @@
-"""Fixes for the flaws of avro.ipc (avro 1.12.2) that this example runs into, in one place.
+"""The server side of Avro RPC: avro.ipc's Responder with avro 1.12.2's flaws fixed, its waste
+cut, and each message dispatched to a `handle_<name>` method.
 
-Two kinds of flaw. Bugs: on the server, a lost system error, leaked handler errors, no ping,
-and an unbounded protocol cache that a client can poison; on the client, the server's
-protocol cached under the local socket name. Waste: on both sides avro.ipc rebuilds, re-checks
-and re-encodes the same things on every call, which costs more than eventlet's whole HTTP
-round trip; the pieces that do that work for less are in avro_speed.py. Each class says what
-it fixes or saves, and why; the tests in tests/test_app.py, tests/test_end_to_end.py and
-tests/test_fast_path.py would fail without them.
+Subclass Responder with your protocol and one handle_<name>(**parameters) per message; hand it
+to avrohttp.make_application (WSGI) or avrohttp.cli.main (the whole server). docs/avro-ipc.md
+lists each flaw of avro.ipc and what fixes it here; tests/avrohttp/test_responder.py and
+test_codec.py fail without the fixes.
 """
 
 import hashlib
@@ -19,7 +17,7 @@ import avro.io
 import avro.ipc
 import avro.protocol
 
-import avro_speed
+from avrohttp import codec
 
 # Client protocols remembered by hash; the least recently used is forgotten first.
 MAX_CACHED_PROTOCOLS = 256
@@ -36,12 +34,22 @@ MAX_ERROR_CHARS = 300
 # datum may hold. avro.io allows 10,000,000, and counting them is a Python loop that no
 # green thread can interrupt: a client that declares such an array in its own protocol can
 # make a few hundred bytes cost the whole server over a second. 100,000 take about 15 ms.
-# This sets avro.io's default for the whole process; AVRO_MAX_COLLECTION_ITEMS, if set in
-# the environment, still wins (and also caps every other collection, see avro.io).
 MAX_ZERO_BYTE_ITEMS = 100_000
-avro.io.DEFAULT_MAX_COLLECTION_ITEMS = MAX_ZERO_BYTE_ITEMS
 
 log = logging.getLogger(__name__)
+
+
+def limit_zero_byte_items(limit: int = MAX_ZERO_BYTE_ITEMS) -> None:
+    """Lower avro.io's cap on zero-byte items per collection, for the whole process.
+
+    avro has no per-reader setting, so this changes a module-level default of avro.io:
+    avrohttp.make_application calls it when it makes the application (the server's start-up),
+    never on import. AVRO_MAX_COLLECTION_ITEMS, if set in the environment, still wins (and
+    also caps every other collection, see avro.io).
+    """
+    if avro.io.DEFAULT_MAX_COLLECTION_ITEMS > limit:
+        avro.io.DEFAULT_MAX_COLLECTION_ITEMS = limit
+        log.debug("avro.io: at most %d zero-byte items per collection", limit)
 
 # What a malformed body can make avro.io raise while it decodes: its own errors,
 # UnicodeDecodeError (a ValueError) for a string that is not UTF-8, and RecursionError for a
@@ -61,8 +69,9 @@ class BadRequest(Exception):
     """The body is not an Avro call at all, so there is no Avro way to answer: HTTP 400."""
 
 
-class FixedResponder(avro.ipc.Responder):
-    """avro.ipc.Responder with the flaws of avro 1.12.2's server side fixed, in one place.
+class Responder(avro.ipc.Responder):
+    """avro.ipc.Responder with the flaws of avro 1.12.2's server side fixed, in one place, and
+    each message `name` answered by the method `handle_<name>`, called with its parameters.
 
     Bugs fixed:
     - respond() writes a system error raised after the handshake into a buffer that it then
@@ -75,7 +84,7 @@ class FixedResponder(avro.ipc.Responder):
       sends, so a client can grow it without limit or plant a wrong protocol under another
       client's hash. Here it is bounded, and a protocol is cached only under its own MD5.
 
-    Waste cut (tests/test_fast_path.py checks that the bytes are those of avro.ipc):
+    Waste cut (tests/avrohttp/test_codec.py checks that the bytes are those of avro.ipc):
     - The handshake response is one of three byte strings that never change; they are
       encoded once, in __init__, instead of on every call.
     - A handshake request without a protocol is read by its fixed layout (_SHORT_HANDSHAKE)
@@ -83,7 +92,7 @@ class FixedResponder(avro.ipc.Responder):
     - The first bytes of a call (handshake, metadata, message name) that were seen before
       are looked up instead of being read again (_remember_head).
     - Readers for each client message and encoders for each of our messages
-      (avro_speed.reader_for and encoder_for) are made once and kept, readers with the client
+      (codec.reader_for and encoder_for) are made once and kept, readers with the client
       protocol they belong to, instead of once per call.
     """
 
@@ -101,7 +110,7 @@ class FixedResponder(avro.ipc.Responder):
         self._handshake_responses = {
             match: self._encode_handshake_response(match) for match in ("BOTH", "CLIENT", "NONE")}
         self._response_encoders = {
-            name: (avro_speed.encoder_for(message.response), avro_speed.encoder_for(message.errors))
+            name: (codec.encoder_for(message.response), codec.encoder_for(message.errors))
             for name, message in local_protocol.messages.items()}
 
     def _encode_handshake_response(self, match: str) -> bytes:
@@ -109,7 +118,7 @@ class FixedResponder(avro.ipc.Responder):
         if match != "BOTH":
             response["serverProtocol"] = str(self.local_protocol)
             response["serverHash"] = self.local_hash
-        return avro_speed.encoder_for(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA)(response)
+        return codec.encoder_for(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA)(response)
 
     # A dict keeps insertion order, so re-inserting on every hit makes it an LRU cache.
     def get_protocol_cache(self, hash: bytes) -> Optional[avro.protocol.Protocol]:
@@ -135,7 +144,7 @@ class FixedResponder(avro.ipc.Responder):
 
         Raises BadRequest when the body does not even start with a handshake request.
         """
-        decoder = avro_speed.Decoder(io.BytesIO(call_request))
+        decoder = codec.Decoder(io.BytesIO(call_request))
         # Saves: reading the handshake, the metadata and the message name, for a call that
         # starts with the same bytes as an earlier one (see _remember_head).
         for length in self._head_lengths:
@@ -171,7 +180,7 @@ class FixedResponder(avro.ipc.Responder):
                        client_protocol: avro.protocol.Protocol,
                        decoder: avro.io.BinaryDecoder) -> bytes:
         try:
-            no_meta = avro_speed.skip_metadata(decoder)
+            no_meta = codec.skip_metadata(decoder)
             name = decoder.read_utf8()
         except DECODING_ERRORS as e:
             return self._system_error(f"Invalid call request: {e}")
@@ -184,7 +193,7 @@ class FixedResponder(avro.ipc.Responder):
         readers = self._request_readers.get(handshake["clientHash"])
         reader = readers.get(name) if readers is not None else None
         if reader is None:
-            reader = avro_speed.reader_for(client_protocol.messages[name].request,
+            reader = codec.reader_for(client_protocol.messages[name].request,
                                            local_message.request)
             if readers is not None:  # the client's protocol is cached: keep its readers too
                 readers[name] = reader
@@ -224,6 +233,17 @@ class FixedResponder(avro.ipc.Responder):
             return self._handshake_responses["BOTH"]
         return self._handshake_responses["CLIENT"]
 
+    def invoke(self, message: avro.protocol.Message, request: dict) -> object:
+        """Call handle_<message name>(**parameters) and return its answer.
+
+        A handler raises avro.errors.AvroRemoteException to answer with an Avro error; any
+        other exception is a bug, logged here, and the caller gets "Internal error in <name>".
+        """
+        handler = getattr(self, f"handle_{message.name}", None)
+        if handler is None:
+            raise avro.errors.AvroRemoteException(f"Not implemented: {message.name}")
+        return handler(**request)
+
     def _call(self, local_message, reader: Callable, decoder: avro.io.BinaryDecoder) -> bytes:
         """The call response: read the parameters, invoke the handler, write its answer."""
         name = local_message.name
@@ -243,109 +263,10 @@ class FixedResponder(avro.ipc.Responder):
 
     def _call_result(self, encode: Callable, datum, is_error: bool) -> bytes:
         """A call response: empty metadata, the error flag, then the answer or the error."""
-        return avro_speed.EMPTY_META + (_TRUE if is_error else _FALSE) + encode(datum)
+        return codec.EMPTY_META + (_TRUE if is_error else _FALSE) + encode(datum)
 
     def _system_error(self, message: str) -> bytes:
         return self._call_result(_SYSTEM_ERROR_ENCODER, message[:MAX_ERROR_CHARS], is_error=True)
 
 
-_SYSTEM_ERROR_ENCODER = avro_speed.encoder_for(avro.ipc.SYSTEM_ERROR_SCHEMA)
-
-
-class FixedRequestor(avro.ipc.Requestor):
-    """avro.ipc.Requestor with the flaws of avro 1.12.2's client side fixed, in one place.
-
-    Bug fixed: avro.ipc keeps the server's protocol in module-level dicts keyed by
-    transceiver.remote_name, which HTTPTransceiver sets to the *local* socket name. A later
-    connection that happens to get the same local port, to another server, would find the
-    wrong protocol; and the dicts grow by one entry per connection ever made. Here they are
-    kept on the instance.
-
-    Waste cut (tests/test_fast_path.py checks that the bytes are those of avro.ipc):
-    - After the first call the handshake request never changes; it is encoded once per
-      (server hash, whether to send our protocol) instead of on every call.
-    - The start of each call request (empty metadata, message name) is encoded once.
-    - Parameters are written by a writer made once per message (avro_speed.encoder_for).
-    - A BOTH handshake response (four zero bytes) is recognised without avro's generic
-      reader, and the empty response metadata is skipped likewise.
-    - Response readers (avro_speed.reader_for) are made once per server protocol, not once per call.
-    """
-
-    def __init__(self, local_protocol: avro.protocol.Protocol, transceiver) -> None:
-        super().__init__(local_protocol, transceiver)
-        self._handshake_requests = {}
-        self._call_heads = {}
-        self._request_encoders = {}
-        self._response_readers = {}
-        self._both = avro_speed.encoder_for(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA)({"match": "BOTH"})
-
-    @property
-    def remote_protocol(self) -> Optional[avro.protocol.Protocol]:
-        return self._remote_protocol
-
-    @remote_protocol.setter
-    def remote_protocol(self, protocol: avro.protocol.Protocol) -> None:
-        if protocol is not self._remote_protocol:
-            self._response_readers = {}  # they resolve the old server protocol's schemas
-        self._remote_protocol = protocol
-
-    @property
-    def remote_hash(self) -> Optional[bytes]:
-        return self._remote_hash
-
-    @remote_hash.setter
-    def remote_hash(self, hash: bytes) -> None:
-        self._remote_hash = hash
-
-    def write_handshake_request(self, encoder: avro.io.BinaryEncoder) -> None:
-        if self.remote_hash is None:  # until the server says otherwise, guess it speaks ours
-            self.remote_protocol = self.local_protocol
-        server_hash = self.remote_hash or self.local_protocol.md5
-        key = (server_hash, bool(self.send_protocol))
-        request = self._handshake_requests.get(key)
-        if request is None:
-            datum = {"clientHash": self.local_protocol.md5, "serverHash": server_hash}
-            if self.send_protocol:
-                datum["clientProtocol"] = str(self.local_protocol)
-            request = avro_speed.encoder_for(avro.ipc.HANDSHAKE_REQUEST_SCHEMA)(datum)
-            self._handshake_requests[key] = request
-        encoder.write(request)
-
-    def write_call_request(self, message_name: str, request_datum: object,
-                           encoder: avro.io.BinaryEncoder) -> None:
-        head = self._call_heads.get(message_name)
-        if head is None:
-            message = self.local_protocol.messages.get(message_name)
-            if message is None:
-                raise avro.errors.AvroException(f"Unknown message: {message_name}")
-            buffer = io.BytesIO(avro_speed.EMPTY_META)
-            buffer.seek(0, io.SEEK_END)
-            avro.io.BinaryEncoder(buffer).write_utf8(message.name)
-            head = self._call_heads[message_name] = buffer.getvalue()
-            self._request_encoders[message_name] = avro_speed.encoder_for(message.request)
-        encoder.write(head + self._request_encoders[message_name](request_datum))
-
-    def read_handshake_response(self, decoder: avro.io.BinaryDecoder) -> bool:
-        reader = decoder.reader
-        start = reader.tell()
-        if reader.read(len(self._both)) == self._both:
-            self.send_protocol = False
-            return True
-        reader.seek(start)
-        return super().read_handshake_response(decoder)
-
-    def read_call_response(self, message_name: str, decoder: avro.io.BinaryDecoder) -> object:
-        readers = self._response_readers.get(message_name)
-        if readers is None:
-            remote = self.remote_protocol.messages.get(message_name)
-            if remote is None:
-                raise avro.errors.AvroException(f"Unknown remote message: {message_name}")
-            local = self.local_protocol.messages[message_name]
-            readers = self._response_readers[message_name] = (
-                avro_speed.reader_for(remote.response, local.response),
-                avro_speed.reader_for(remote.errors, local.errors))
-        avro_speed.skip_metadata(decoder)
-        response_reader, error_reader = readers
-        if decoder.read_boolean():
-            raise avro.errors.AvroRemoteException(error_reader(decoder))
-        return response_reader(decoder)
+_SYSTEM_ERROR_ENCODER = codec.encoder_for(avro.ipc.SYSTEM_ERROR_SCHEMA)

@@ -12,9 +12,12 @@ import avro.schema
 import pytest
 from hypothesis import given, strategies as st
 
-import avro_fixes
+import avrohttp
+import avrohttp.wsgi
+import avrohttp.requestor
+import avrohttp.responder
 import server
-from conftest import call_app
+from conftest import call_app, echo_app
 from protocol import PROTOCOL_JSON, EchoProtocol
 from wire import (STRING, call_body, call_head, call_request, encode, frame, handshake_request,
                   read_answer)
@@ -59,7 +62,7 @@ def test_answers_echo_and_split(app, message, query, expected):
 
 @given(query=st.text(max_size=300))
 def test_echo_and_split_for_any_text(query):
-    app = server.make_application()
+    app = echo_app()
     assert read_answer(call_app(app, call_body("echo", query)).body, "echo").datum == query
     half = read_answer(call_app(app, call_body("split", query)).body, "split").datum
     assert half == query[: len(query) // 2]
@@ -147,10 +150,10 @@ def test_system_errors_quoting_the_client_stay_short(app):
     name = "x" * 10_000
     shouting = protocol_with(messages={name: SHOUT})
     error = system_error(app, call_body(name, protocol=shouting, send_protocol=True), name)
-    assert error == f"Unknown message: {name}"[: avro_fixes.MAX_ERROR_CHARS]
+    assert error == f"Unknown message: {name}"[: avrohttp.responder.MAX_ERROR_CHARS]
     not_json = call_body(protocol_text="{" * 5000, client_hash=b"\x02" * 16)
     assert system_error(app, not_json).startswith("Invalid client protocol: Error parsing JSON")
-    assert len(system_error(app, not_json)) == avro_fixes.MAX_ERROR_CHARS
+    assert len(system_error(app, not_json)) == avrohttp.responder.MAX_ERROR_CHARS
 
 
 def test_truncated_parameters_are_a_system_error(app):
@@ -219,8 +222,8 @@ def test_handler_exception_is_a_short_system_error_and_a_logged_traceback(caplog
         def handle_echo(self, query):
             raise RuntimeError("secret detail at /srv/app/server.py")
 
-    app = server.make_application(Broken())
-    with caplog.at_level(logging.ERROR, logger="avro_fixes"):
+    app = avrohttp.make_application(Broken())
+    with caplog.at_level(logging.ERROR, logger="avrohttp.responder"):
         assert system_error(app, call_body()) == "Internal error in echo"
     assert "secret detail" in caplog.text and "Traceback" in caplog.text
 
@@ -230,8 +233,8 @@ def test_handler_returning_the_wrong_type_is_a_system_error(caplog):
         def handle_split(self, query):
             return len(query)
 
-    with caplog.at_level(logging.ERROR, logger="avro_fixes"):
-        assert system_error(server.make_application(Wrong()), call_body("split"),
+    with caplog.at_level(logging.ERROR, logger="avrohttp.responder"):
+        assert system_error(avrohttp.make_application(Wrong()), call_body("split"),
                             "split") == "Internal error in split"
 
 
@@ -240,7 +243,7 @@ def test_avro_remote_exception_from_a_handler_keeps_its_message():
         def handle_echo(self, query):
             raise avro.errors.AvroRemoteException("no echo today")
 
-    assert system_error(server.make_application(Refusing()), call_body()) == "no echo today"
+    assert system_error(avrohttp.make_application(Refusing()), call_body()) == "no echo today"
 
 
 def test_a_bug_in_the_responder_is_a_short_500_and_a_logged_traceback(caplog):
@@ -248,8 +251,8 @@ def test_a_bug_in_the_responder_is_a_short_500_and_a_logged_traceback(caplog):
         def respond(self, call_request):
             raise KeyError("internal detail")
 
-    with caplog.at_level(logging.ERROR, logger="server"):
-        response = call_app(server.make_application(Buggy()), call_body())
+    with caplog.at_level(logging.ERROR, logger="avrohttp"):
+        response = call_app(avrohttp.make_application(Buggy()), call_body())
     assert (response.status, response.body) == (500, b"Internal server error\n")
     assert "internal detail" in caplog.text and "Traceback" in caplog.text
 
@@ -270,8 +273,8 @@ def test_plain_avro_ipc_responder_still_drops_the_error():
 # --- The protocol cache ---------------------------------------------------------------------
 
 def test_protocol_cache_is_bounded():
-    responder = avro_fixes.FixedResponder(EchoProtocol, max_cached_protocols=50)
-    app = server.make_application(responder)
+    responder = avrohttp.responder.Responder(EchoProtocol, max_cached_protocols=50)
+    app = avrohttp.make_application(responder)
     for n in range(500):
         client = another_protocol(n)
         answer = read_answer(call_app(app, call_body(protocol=client, send_protocol=True)).body)
@@ -281,8 +284,8 @@ def test_protocol_cache_is_bounded():
 
 
 def test_server_protocol_is_known_even_after_the_cache_is_flooded():
-    responder = avro_fixes.FixedResponder(EchoProtocol, max_cached_protocols=5)
-    app = server.make_application(responder)
+    responder = avrohttp.responder.Responder(EchoProtocol, max_cached_protocols=5)
+    app = avrohttp.make_application(responder)
     for n in range(20):
         call_app(app, call_body(protocol=another_protocol(n), send_protocol=True))
     assert read_answer(call_app(app, call_body()).body).handshake["match"] == "BOTH"
@@ -338,15 +341,15 @@ class Breaking(io.BytesIO):
 
 
 def test_declared_oversized_body_is_refused_before_reading(app):
-    response = call_app(app, call_body(), content_length=server.MAX_BODY_BYTES + 1)
+    response = call_app(app, call_body(), content_length=avrohttp.wsgi.MAX_BODY_BYTES + 1)
     assert response.status == 413
-    response = call_app(server.make_application(max_body_bytes=10), content_length=11,
+    response = call_app(echo_app(max_body_bytes=10), content_length=11,
                         stream=Breaking(AssertionError("the body was read")))
     assert (response.status, response.body) == (413, b"Body is larger than 10 bytes\n")
 
 
 def test_chunked_oversized_body_is_cut_off_at_the_limit():
-    app = server.make_application(max_body_bytes=1000)
+    app = echo_app(max_body_bytes=1000)
     response = call_app(app, call_body(query="x" * 2000), chunked=True)
     assert (response.status, response.body) == (413, b"Body is larger than 1000 bytes\n")
     assert response.headers["connection"] == "close"
@@ -354,7 +357,7 @@ def test_chunked_oversized_body_is_cut_off_at_the_limit():
 
 def test_body_at_the_limit_is_accepted():
     body = call_body(query="x" * 500)
-    app = server.make_application(max_body_bytes=len(body))
+    app = echo_app(max_body_bytes=len(body))
     assert call_app(app, body).status == 200
     assert call_app(app, body, chunked=True).status == 200
 

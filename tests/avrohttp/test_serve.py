@@ -8,6 +8,7 @@ import time
 import eventlet
 import pytest
 
+import avrohttp
 import client
 from conftest import read_http_response, server_program
 from wire import call_body, read_answer
@@ -98,7 +99,7 @@ def load(port: int, outcomes: list, stop: list) -> None:
                     n += 1
                     assert echo.echo(f"load {n}") == f"load {n}"
                     outcomes.append(("ok", stop[0]))
-            except client.CallFailed as e:
+            except avrohttp.CallFailed as e:
                 outcomes.append((str(e), stop[0]))
                 if stop[0]:
                     return

@@ -13,6 +13,8 @@ import pytest
 
 import client
 import server
+import avrohttp
+import avrohttp.serve
 from conftest import ROOT, free_port, read_http_response, server_program, serving
 from protocol import PROTOCOL_JSON
 from wire import call_body, read_answer
@@ -69,7 +71,7 @@ def test_client_says_in_one_line_when_the_server_is_unreachable():
 
 
 def test_client_says_in_one_line_when_the_server_does_not_answer_in_time():
-    listener = server.listen("127.0.0.1", 0)  # accepts (via the backlog) but never answers
+    listener = avrohttp.serve.listen("127.0.0.1", 0)  # accepts (via the backlog) but never answers
     port = listener.getsockname()[1]
     result = run("client.py", "--port", str(port), "--timeout", "0.3", "-e", "-q", "hi")
     listener.close()
@@ -83,7 +85,7 @@ def test_client_says_in_one_line_when_the_server_answers_with_an_avro_error(caps
         def handle_split(self, query):
             raise RuntimeError("boom")
 
-    with serving(server.make_application(Failing())) as (host, port):
+    with serving(avrohttp.make_application(Failing())) as (host, port):
         status = client.main(["--port", str(port), "-e", "-s", "-q", "Hello World"])
     out, err = capsys.readouterr()
     assert status == 1
@@ -94,15 +96,14 @@ def test_client_says_in_one_line_when_the_server_answers_with_an_avro_error(caps
 def test_server_prints_one_startup_line_with_the_bound_port():
     with server_program() as running:
         assert running.startup_line.rstrip().endswith(
-            f"server AvroEcho server listening on http://127.0.0.1:{running.port}/")
+            f"avrohttp AvroEcho server listening on http://127.0.0.1:{running.port}/")
         result = run("client.py", "--port", str(running.port), "-e", "-q", "ok")
         assert result.stdout.startswith(">>> Echo: ok\n")
         running.process.send_signal(signal.SIGTERM)
         _, rest = running.process.communicate(timeout=10)
     assert running.process.returncode == 0
-    assert rest.splitlines() == [line for line in rest.splitlines() if "server" in line]
-    assert [line.split(" server ", 1)[1] for line in rest.splitlines()] == [
-        "stopping: answering the calls in flight", "stopped"]
+    assert [line.split(" ", 2)[2] for line in rest.splitlines()] == [
+        "avrohttp stopping: answering the calls in flight", "avrohttp stopped"]
 
 
 def test_server_refuses_a_port_out_of_range():
@@ -120,7 +121,7 @@ def test_server_refuses_a_port_in_use_in_one_line():
         result = run("server.py", "--port", str(port))
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].endswith(
-        f"server cannot listen on 127.0.0.1:{port}: Address already in use")
+        f"avrohttp cannot listen on 127.0.0.1:{port}: Address already in use")
     assert "Traceback" not in result.stderr
 
 
@@ -144,7 +145,7 @@ def test_server_answers_calls_in_flight_then_exits_zero(signum):
     assert status == "HTTP/1.1 200 OK"
     assert read_answer(payload, "split").datum == "Hello"
     assert running.process.returncode == 0
-    assert "Traceback" not in stderr and stderr.rstrip().endswith("server stopped")
+    assert "Traceback" not in stderr and stderr.rstrip().endswith("avrohttp stopped")
 
 
 def test_server_stops_promptly_with_an_idle_keep_alive_client():

@@ -13,8 +13,9 @@ import avro.protocol
 import avro.schema
 from hypothesis import strategies as st
 
-import avro_fixes
-import server
+import avrohttp.wsgi
+import avrohttp.requestor
+import avrohttp.responder
 from protocol import PROTOCOL_JSON, EchoProtocol
 from wire import STRING, call_head, encode, handshake_request
 
@@ -43,7 +44,7 @@ RECURSIVE = protocol_with(  # its `echo` takes a linked list: data can nest with
                                    {"name": "tail", "type": ["null", "Node"]}],
                        "response": "string"}})
 NO_MESSAGES = avro.protocol.parse('{"protocol": "Empty", "messages": {}}')  # valid, and odd
-OVERSIZED_TEXT = str(EchoProtocol) + " " * avro_fixes.MAX_PROTOCOL_CHARS
+OVERSIZED_TEXT = str(EchoProtocol) + " " * avrohttp.responder.MAX_PROTOCOL_CHARS
 
 BYTES = avro.schema.parse('"bytes"')  # to put bytes that are not UTF-8 where a string goes
 
@@ -174,7 +175,7 @@ def varint(n: int) -> bytes:
 TOKENS = [
     b"\x00", b"\x7f", b"\x80", b"\xff",
     varint(-1), varint(-2), varint(-(2 ** 63)), varint(2 ** 63 - 1),
-    varint(2 ** 31), varint(2 ** 40), varint(server.MAX_BODY_BYTES + 1),
+    varint(2 ** 31), varint(2 ** 40), varint(avrohttp.wsgi.MAX_BODY_BYTES + 1),
     b"\xff" * 11, b"\x80" * 10 + b"\x00", b"\xff" * 9 + b"\x7f",  # overlong varints
     b"\xff\xfe", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82",  # not UTF-8
     b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\xff\xff\xff\xff", b"\x80\x00\x00\x00",
@@ -210,7 +211,7 @@ def mutated(draw, data: bytes, max_mutations: int = 4) -> bytes:
     return bytes(data)
 
 
-HUGE_LENGTHS = [0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, server.MAX_BODY_BYTES + 1]
+HUGE_LENGTHS = [0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, avrohttp.wsgi.MAX_BODY_BYTES + 1]
 
 
 @st.composite

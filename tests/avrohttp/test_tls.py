@@ -20,8 +20,9 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 import client
-import server
-from conftest import ROOT, server_program, serving
+import avrohttp
+import avrohttp.serve
+from conftest import ROOT, echo_app, server_program, serving
 
 
 class Files:
@@ -57,9 +58,9 @@ def trusting(pki) -> ssl.SSLContext:
 @contextlib.contextmanager
 def serving_tls(cert, key, app=None, **serve_options):
     """The real server, over TLS, in a green thread on a free port: yields (host, port)."""
-    plain = server.listen("127.0.0.1", 0)
-    listener = server.tls_context(str(cert), str(key)).wrap_socket(plain, server_side=True)
-    thread = eventlet.spawn(server.serve, listener, app or server.make_application(),
+    plain = avrohttp.serve.listen("127.0.0.1", 0)
+    listener = avrohttp.serve.tls_context(str(cert), str(key)).wrap_socket(plain, server_side=True)
+    thread = eventlet.spawn(avrohttp.serve.serve, listener, app or echo_app(),
                             **serve_options)
     try:
         yield listener.getsockname()[:2]
@@ -79,7 +80,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def server_log(caplog) -> list:
-    return [record.getMessage() for record in caplog.records if record.name == "server"]
+    return [record.getMessage() for record in caplog.records if record.name == "avrohttp"]
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
@@ -87,15 +88,15 @@ def test_a_call_over_tls_succeeds(pki, tls_server, host):
     with client.EchoClient(host, tls_server[1], timeout=5, ssl_context=trusting(pki)) as echo:
         assert echo.echo("Hello World") == "Hello World"
         assert echo.split("Hello World") == "Hello"
-        connection = echo._transceiver.conn.sock
+        connection = echo.transceiver.conn.sock
         assert isinstance(connection, ssl.SSLSocket) and connection.version() >= "TLSv1.2"
 
 
 def test_a_client_that_does_not_trust_the_certificate_is_refused(tls_server, caplog, capfd):
-    caplog.set_level(logging.INFO, logger="server")
+    caplog.set_level(logging.INFO, logger="avrohttp")
     untrusting = ssl.create_default_context()  # the system's CAs: not this test's own CA
     with client.EchoClient(*tls_server, timeout=5, ssl_context=untrusting) as echo:
-        with pytest.raises(client.CallFailed) as raised:
+        with pytest.raises(avrohttp.CallFailed) as raised:
             echo.echo("hi")
     host, port = tls_server
     assert str(raised.value) == (
@@ -110,16 +111,16 @@ def test_a_client_that_does_not_trust_the_certificate_is_refused(tls_server, cap
 def test_a_certificate_for_another_name_is_refused(pki):
     with serving_tls(pki.other.cert, pki.other.key) as address, \
             client.EchoClient(*address, timeout=5, ssl_context=trusting(pki)) as echo:
-        with pytest.raises(client.CallFailed, match=r"its TLS certificate is not trusted "
+        with pytest.raises(avrohttp.CallFailed, match=r"its TLS certificate is not trusted "
                            r"\(IP address mismatch, certificate is not valid for '127\.0\.0\.1'"):
             echo.echo("hi")
 
 
 def test_a_plain_http_client_fails_cleanly_and_the_server_keeps_serving(
         pki, tls_server, caplog, capfd):
-    caplog.set_level(logging.INFO, logger="server")
+    caplog.set_level(logging.INFO, logger="avrohttp")
     with client.EchoClient(*tls_server, timeout=5) as plain:
-        with pytest.raises(client.CallFailed, match="call it with TLS"):
+        with pytest.raises(avrohttp.CallFailed, match="call it with TLS"):
             plain.echo("hi")
     with client.EchoClient(*tls_server, timeout=5, ssl_context=trusting(pki)) as echo:
         assert echo.echo("still here") == "still here"
@@ -129,10 +130,10 @@ def test_a_plain_http_client_fails_cleanly_and_the_server_keeps_serving(
 
 
 def test_a_tls_client_of_a_plain_server_fails_cleanly(pki, caplog, capfd):
-    caplog.set_level(logging.INFO, logger="server")
-    with serving(server.make_application()) as address, \
+    caplog.set_level(logging.INFO, logger="avrohttp")
+    with serving(echo_app()) as address, \
             client.EchoClient(*address, timeout=5, ssl_context=trusting(pki)) as echo:
-        with pytest.raises(client.CallFailed,
+        with pytest.raises(avrohttp.CallFailed,
                            match="TLS failed: the server does not speak TLS here"):
             echo.echo("hi")
     eventlet.sleep(0.1)
@@ -156,16 +157,16 @@ def test_a_kept_alive_tls_connection_closed_by_the_server_is_retried(pki):
     with serving_tls(pki.cert, pki.key, idle_timeout=0.2) as address, \
             client.EchoClient(*address, timeout=5, ssl_context=trusting(pki)) as echo:
         assert echo.echo("one") == "one"
-        first = echo._transceiver.conn.sock
+        first = echo.transceiver.conn.sock
         eventlet.sleep(0.6)  # the server closes the idle connection after 0.2 s
         assert echo.echo("two") == "two"
-        assert echo._transceiver.conn.sock is not first
+        assert echo.transceiver.conn.sock is not first
 
 
 def test_the_command_lines_over_tls(pki):
     with server_program("--certfile", str(pki.cert), "--keyfile", str(pki.key)) as running:
         assert running.startup_line.rstrip().endswith(
-            f"server AvroEcho server listening on https://127.0.0.1:{running.port}/")
+            f"avrohttp AvroEcho server listening on https://127.0.0.1:{running.port}/")
         port = str(running.port)
         trusted = run("client.py", "--port", port, "--cafile", str(pki.ca), "-e", "-s",
                       "-q", "Hello World")
@@ -197,7 +198,7 @@ def test_the_server_stops_cleanly_with_an_idle_tls_client(pki):
         running.process.send_signal(signal.SIGTERM)
         _, log = running.process.communicate(timeout=10)
     assert running.process.returncode == 0
-    assert "Traceback" not in log and log.rstrip().endswith("server stopped")
+    assert "Traceback" not in log and log.rstrip().endswith("avrohttp stopped")
 
 
 def test_two_workers_serve_tls(pki):
@@ -245,7 +246,7 @@ def test_server_refuses_bad_certificate_files_in_one_line(pki, bad_files, worker
                  "--certfile", cert, "--keyfile", key)
     assert (result.returncode, result.stdout) == (1, "")
     [line] = result.stderr.splitlines()  # once, even with two workers
-    assert line.endswith(f" server cannot serve HTTPS: {message}")
+    assert line.endswith(f" avrohttp cannot serve HTTPS: {message}")
 
 
 @pytest.mark.parametrize("flags", [["--certfile", "a.pem"], ["--keyfile", "a.pem"]])

@@ -1,0 +1,233 @@
+"""The client side of Avro RPC over HTTP, for any protocol: Client(protocol, host, port) and
+its call(message, **parameters), over one keep-alive connection with timeouts, TLS and a
+clear error for every failure.
+
+Try it: `Client(EchoProtocol, "127.0.0.1", 8130).call("echo", query="Hi")`, with server.py
+running. add_arguments() and options_from() give a command line the same client options.
+"""
+
+import argparse
+import http.client
+import re
+import socket
+import ssl
+from typing import Optional
+
+import avro.errors
+import avro.ipc
+import avro.protocol
+
+from avrohttp import codec
+from avrohttp.requestor import Requestor
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8130
+DEFAULT_TIMEOUT = 10.0  # seconds to wait for the answer, or for the next part of it
+# Seconds to connect, TLS handshake included, unless the timeout above is shorter. A server
+# that is up connects in milliseconds; a host that drops the attempt should not hold the
+# caller for as long as a slow answer may take.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+# The longest answer the client reads. avrohttp.wsgi takes bodies of at most 1 MiB by default
+# (MAX_BODY_BYTES); this leaves room for a server that takes more, or answers with more, and
+# keeps a broken or hostile server from filling the client's memory.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+
+# A kept-alive connection that the server has closed (idle too long, or restarted) fails
+# with one of these when the next request is sent on it, before any answer comes back.
+# http.client.RemoteDisconnected is a ConnectionResetError; over TLS, writing to a closed
+# connection raises ssl.SSLEOFError, or SSLZeroReturnError if the server said goodbye.
+_CLOSED_BY_SERVER = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError,
+                     ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
+class CallFailed(Exception):
+    """The server could not be reached, or did not answer with an Avro response."""
+
+
+class Transceiver(avro.ipc.HTTPTransceiver):
+    """avro.ipc.HTTPTransceiver with timeouts, TLS, a retry (if asked) on a connection that
+    the server has closed, a clear error for a non-Avro answer, and framing without copies
+    (codec.frame and unframe)."""
+
+    def __init__(self, host: str, port: int, timeout: float, connect_timeout: float,
+                 ssl_context: Optional[ssl.SSLContext], retry: bool = False) -> None:
+        # Not calling super().__init__: it connects at once, with no timeout. Here the
+        # connection is made on the first call, with connect_timeout; then its socket gets
+        # `timeout` for every read (http.client has one timeout for both).
+        self.req_resource = "/"
+        self.conn = http.client.HTTPConnection(host, port, timeout=connect_timeout)
+        self.remote_name = (host, port)
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self.retry = retry
+
+    def transceive(self, request: bytes) -> bytes:
+        body = codec.frame(request)
+        if self.conn.sock is None:
+            self._connect()
+            return self._read_answer(self._send(body))
+        try:
+            response = self._send(body)
+        except _CLOSED_BY_SERVER:
+            # The server closed this kept-alive connection before the call reached it, or
+            # while it ran. With retry, send the same call once more, on a new connection.
+            # That is safe only for idempotent messages (echo computes an answer and changes
+            # nothing, so running it twice does no harm); a message with side effects (a
+            # payment, say) could run twice, so retry is off unless the caller asks. Never
+            # retried: a failure on a new connection (the server is down, or refuses
+            # the call), a second failure, and a timeout (the server may still be working
+            # on the call, and a copy of it would only add to its load).
+            if not self.retry:
+                raise
+            self.conn.close()
+            self._connect()
+            response = self._send(body)
+        return self._read_answer(response)
+
+    def _connect(self) -> None:
+        try:
+            self.conn.connect()
+            if self.ssl_context is not None:
+                self.conn.sock = self._start_tls(self.conn.sock)
+        except TimeoutError as e:
+            raise TimeoutError(f"timed out connecting (after {self.conn.timeout:g} s)") from e
+        self.conn.sock.settimeout(self.timeout)
+
+    def _start_tls(self, sock: socket.socket) -> ssl.SSLSocket:
+        """The TLS handshake, as http.client.HTTPSConnection would do it, and the socket
+        closed if it fails: eventlet's green ssl module, in a monkey-patched program, would
+        leave it open."""
+        tls = self.ssl_context.wrap_socket(sock, server_hostname=self.remote_name[0],
+                                           do_handshake_on_connect=False)
+        try:
+            tls.do_handshake()
+        except BaseException:
+            tls.close()
+            raise
+        return tls
+
+    def _send(self, body: bytes) -> http.client.HTTPResponse:
+        self.conn.request("POST", self.req_resource, body, {"Content-Type": "avro/binary"})
+        try:
+            return self.conn.getresponse()
+        except TimeoutError as e:
+            raise TimeoutError(f"timed out waiting for the answer (after {self.timeout:g} s)"
+                               ) from e
+
+    def _read_answer(self, response: http.client.HTTPResponse) -> bytes:
+        content_type = response.getheader("Content-Type", "").split(";")[0]
+        if response.status != 200 or content_type != "avro/binary":
+            reason = response.read(200).decode("utf-8", "replace").strip()
+            raise CallFailed(f"server answered {response.status} {response.reason}: {reason}")
+        # The whole body at once (this also readies the connection for the next call), then
+        # the frames out of it: cheaper than avro's FramedReader, which reads the response a
+        # few bytes at a time. One byte more than the limit, to tell whether it is over.
+        body = response.read(MAX_ANSWER_BYTES + 1)
+        if len(body) > MAX_ANSWER_BYTES:
+            raise CallFailed(f"server answered with more than {MAX_ANSWER_BYTES} bytes")
+        try:
+            return codec.unframe(body)
+        except codec.BadFraming as e:
+            raise CallFailed(f"server answered with a broken Avro body: {e}") from e
+
+
+def describe(error: Exception, tls: bool) -> str:
+    """What went wrong, in words, without OpenSSL's source locations."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"its TLS certificate is not trusted ({error.verify_message})"
+    if isinstance(error, ssl.SSLError):
+        if error.reason == "WRONG_VERSION_NUMBER":  # the server's first bytes are not TLS
+            return "TLS failed: the server does not speak TLS here"
+        return "TLS failed: " + re.sub(r" \(_ssl\.c:\d+\)", "", error.strerror or str(error))
+    # What a server that expects TLS does with plain HTTP: it hangs up, or sends a TLS alert.
+    hint = "" if tls else " (if the server serves HTTPS, call it with TLS)"
+    if isinstance(error, http.client.RemoteDisconnected):
+        return f"{error}{hint}"
+    if isinstance(error, http.client.BadStatusLine):
+        return f"the answer is not HTTP{hint}"
+    return str(error)
+
+
+class Client:
+    """Calls an Avro RPC server over one keep-alive HTTP connection, made on the first call.
+
+    timeout: seconds to wait for the answer, or for the next part of it.
+    connect_timeout: seconds to wait for the connection, TLS handshake included; by default
+        DEFAULT_CONNECT_TIMEOUT, or timeout if that is shorter.
+    ssl_context: call over HTTPS, trusting what this context trusts:
+        ssl.create_default_context() trusts the system's certificate authorities, and
+        ssl.create_default_context(cafile=...) only the one in that file.
+    retry: send a call once more, on a new connection, if the server had closed the
+        kept-alive one (see Transceiver.transceive). Only for idempotent messages.
+
+    call() raises CallFailed when the server cannot be reached or gives no Avro answer, and
+    avro.errors.AvroRemoteException when the server answers with an Avro error.
+    """
+
+    def __init__(self, protocol: avro.protocol.Protocol, host: str = DEFAULT_HOST,
+                 port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT,
+                 connect_timeout: Optional[float] = None,
+                 ssl_context: Optional[ssl.SSLContext] = None, retry: bool = False) -> None:
+        if connect_timeout is None:
+            connect_timeout = min(timeout, DEFAULT_CONNECT_TIMEOUT)
+        self.transceiver = Transceiver(host, port, timeout, connect_timeout, ssl_context, retry)
+        self.requestor = Requestor(protocol, self.transceiver)
+
+    def call(self, message: str, **parameters) -> object:
+        """Call `message` with these parameters, and return the server's answer."""
+        try:
+            return self.requestor.request(message, parameters)
+        except (OSError, http.client.HTTPException, avro.errors.ConnectionClosedException) as e:
+            self.close()  # the next call starts on a fresh connection
+            host, port = self.transceiver.remote_name
+            reason = describe(e, tls=self.transceiver.ssl_context is not None)
+            raise CallFailed(f"cannot reach the server at {host}:{port}: {reason}") from e
+        except CallFailed:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self.transceiver.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the client's options to a command line: --host, --port, the timeouts and TLS."""
+    add = parser.add_argument
+    add("--host", default=DEFAULT_HOST, help="server address (default: %(default)s)")
+    add("--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)")
+    add("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        help="seconds to wait for the answer, or for the next part of it (default: %(default)g)")
+    add("--connect-timeout", type=float, metavar="SECONDS",
+        help="seconds to wait for the connection, TLS handshake included "
+             f"(default: {DEFAULT_CONNECT_TIMEOUT:g}, or --timeout if shorter)")
+    add("--tls", action="store_true",
+        help="call over HTTPS, trusting the system's certificate authorities")
+    add("--cafile", metavar="FILE",
+        help="call over HTTPS, trusting only the certificate authority in this PEM file")
+
+
+def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """Client's keyword arguments from the options of add_arguments(); parser.error() on a
+    bad one."""
+    if not 1 <= args.port <= 65535:
+        parser.error(f"argument --port: {args.port} is not a port number (1 to 65535)")
+    for flag, seconds in (("--timeout", args.timeout),
+                          ("--connect-timeout", args.connect_timeout)):
+        if seconds is not None and not 0 < seconds <= 86400:  # a socket refuses 1e300 s
+            parser.error(f"argument {flag}: must be more than 0 seconds, and at most a day")
+    ssl_context = None
+    if args.tls or args.cafile:
+        try:
+            ssl_context = ssl.create_default_context(cafile=args.cafile)
+        except ssl.SSLError:
+            parser.error(f"argument --cafile: {args.cafile} holds no PEM certificate")
+        except OSError as e:
+            parser.error(f"argument --cafile: cannot read {args.cafile}: {e.strerror}")
+    return dict(host=args.host, port=args.port, timeout=args.timeout,
+                connect_timeout=args.connect_timeout, ssl_context=ssl_context)

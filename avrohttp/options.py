@@ -1,0 +1,52 @@
+"""Every option of the server, with its safe default, in one settings object: ServerOptions.
+
+avrohttp.cli builds one from the command line; avrohttp.serve and avrohttp.supervisor take
+it whole. Each default says why it is what it is.
+"""
+
+import dataclasses
+from typing import Optional
+
+from avrohttp.wsgi import MAX_BODY_BYTES
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8130
+# eventlet.listen's default backlog of 50 overflows under a burst of connections, and the
+# kernel then drops SYNs: clients wait a second or more before they retry.
+LISTEN_BACKLOG = 2048
+# eventlet's defaults wait forever for a slow or silent client, and take 1,024 connections.
+# Seconds that each read or write on a connection may wait for the client:
+SOCKET_TIMEOUT = 30.0
+# Seconds that a keep-alive connection may wait for its next request (longer than nginx's
+# 20 s upstream keep-alive, so that a balancer closes first):
+IDLE_TIMEOUT = 30.0
+# Seconds that a request (its line, headers and body) may take to arrive, from its first byte.
+# Without this, a client that sends a byte every few seconds holds a connection forever.
+REQUEST_TIMEOUT = 20.0
+# Connections served at once. Past it, new ones wait in the listen backlog; each costs a
+# green thread and a file descriptor, a few tens of kilobytes in all.
+MAX_CONNECTIONS = 5000
+# Seconds that a stop (SIGTERM, Ctrl-C) waits for the calls in flight.
+DRAIN_TIMEOUT = 30.0
+
+
+@dataclasses.dataclass
+class ServerOptions:
+    """How to serve: where, with which limits and timeouts, in how many processes."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT  # 0 picks a free port
+    certfile: Optional[str] = None  # serve HTTPS with this certificate chain (PEM)...
+    keyfile: Optional[str] = None  # ...and its private key (PEM)
+    workers: int = 1  # processes serving the port (avrohttp.supervisor)
+    max_body_bytes: int = MAX_BODY_BYTES
+    request_timeout: float = REQUEST_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+    socket_timeout: float = SOCKET_TIMEOUT
+    max_connections: int = MAX_CONNECTIONS
+    drain_timeout: float = DRAIN_TIMEOUT
+    access_log: bool = False  # one log line per request
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.certfile else "http"
