@@ -20,7 +20,7 @@ demo: $(VENV)/.runtime
 	done; \
 	cat $$log; \
 	for message in echo split; do \
-		echo "\$$ python client.py --$$message --query \"Hello World\""; \
+		echo "\$$ $(PY) client.py --port $(PORT) --$$message --query \"Hello World\""; \
 		$(PY) client.py --port $(PORT) --$$message --query "Hello World" || exit 1; \
 	done
 

@@ -9,6 +9,7 @@ import logging
 import dataclasses
 import functools
 import os
+import re
 import resource
 import signal
 import socket
@@ -178,6 +179,11 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
         pass  # http.server's send_error would log the same bad request again
 
 
+# eventlet's own lines at start and stop ("(pid) wsgi starting up on ...", "wsgi exiting",
+# "(pid) wsgi exited, ..."): not requests, so not access lines. The server logs its own.
+_EVENTLET_START_STOP = re.compile(r"(\(\d+\) )?wsgi (starting up on|exiting|exited)")
+
+
 class EventletLog:
     """Where eventlet.wsgi logs: each failure once, in the server's log; access lines if asked.
 
@@ -196,7 +202,7 @@ class EventletLog:
                 log.info("a connection closed before its answer was sent (%s)", error)
             else:  # not the client: a bug, here or in eventlet
                 log.error("eventlet.wsgi: %s", message.rstrip())
-        elif self.access:
+        elif self.access and not _EVENTLET_START_STOP.match(message):
             self.access.info(message, *args)
 
     def error(self, message: str, *args) -> None:  # a client's broken chunked body, say

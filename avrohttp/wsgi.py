@@ -47,23 +47,23 @@ def make_application(responder: avro.ipc.Responder,
         if environ.get("PATH_INFO") == "/health":
             if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
                 return _plain(start_response, "200 OK", "OK")
-            return _plain(start_response, "405 Method Not Allowed",
-                          "/health answers GET; Avro calls go to any other path",
-                          [("Allow", "GET, HEAD")])
+            return _refuse(environ, start_response, "405 Method Not Allowed",
+                           "/health answers GET; Avro calls go to any other path",
+                           [("Allow", "GET, HEAD")])
         if environ["REQUEST_METHOD"] != "POST":
-            return _plain(start_response, "405 Method Not Allowed",
-                          "Avro calls must be POSTed", [("Allow", "POST")])
+            return _refuse(environ, start_response, "405 Method Not Allowed",
+                           "Avro calls must be POSTed", [("Allow", "POST")])
         content_type = environ.get("CONTENT_TYPE", "avro/binary")
         if (content_type != "avro/binary"  # checked first: what every Avro client sends
                 and content_type and content_type.split(";")[0].strip().lower() != "avro/binary"):
-            return _plain(start_response, "415 Unsupported Media Type",
-                          "Content-Type must be avro/binary")
+            return _refuse(environ, start_response, "415 Unsupported Media Type",
+                           "Content-Type must be avro/binary")
         try:
             body = _read_body(environ, max_body_bytes)
         except BodyTooLarge:
             # The rest of the body is not wanted: ask the client to close the connection.
-            return _plain(start_response, "413 Content Too Large",
-                          f"Body is larger than {max_body_bytes} bytes", [("Connection", "close")])
+            return _refuse(environ, start_response, "413 Content Too Large",
+                           f"Body is larger than {max_body_bytes} bytes", [("Connection", "close")])
         except RequestTimeout as e:
             _log_client(environ, e)
             return _plain(start_response, "408 Request Timeout", "The body came too slowly",
@@ -77,7 +77,7 @@ def make_application(responder: avro.ipc.Responder,
         try:
             call_response = responder.respond(codec.unframe(body))
         except (codec.BadFraming, BadRequest) as e:
-            return _plain(start_response, "400 Bad Request", f"Bad Avro request: {e}")
+            return _refuse(environ, start_response, "400 Bad Request", f"Bad Avro request: {e}")
         except Exception:  # a bug, not bad input: log it here, where eventlet would not
             log.exception("unexpected error while answering a call")
             return _plain(start_response, "500 Internal Server Error", "Internal server error")
@@ -105,6 +105,13 @@ def _read_body(environ: dict, limit: int) -> bytes:
 def _log_client(environ: dict, problem: object) -> None:
     """One line in the log for a client's failure (not the server's: that is an ERROR)."""
     log.info("client %s:%s: %s", environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT"), problem)
+
+
+def _refuse(environ: dict, start_response: Callable, status: str, reason: str,
+            headers: Iterable = ()) -> list:
+    """Answer a request that is not a call with a 4xx and its reason, and log it once."""
+    _log_client(environ, f"{status}: {reason}")
+    return _plain(start_response, status, reason, headers)
 
 
 def _plain(start_response: Callable, status: str, reason: str,

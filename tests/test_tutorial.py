@@ -1,43 +1,158 @@
-"""The README shows what runs: its code excerpts are in the files, its demo is `make demo`."""
+"""The tutorial: README.md shows what runs. Its code excerpts are in the files, its commands
+print what it shows, and its "Add a message" steps work on a copy of the repository.
+
+The commands run with this test's interpreter in place of `.venv/bin/python` (the same one
+under `make test`), and on a free port rather than 8130: `--port` is added to the server's and
+the client's command lines, and `EchoClient()` is given the port.
+"""
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, free_port
 
 README = (ROOT / "README.md").read_text()
-EXCERPTS = re.findall(r"<!-- excerpt: (\S+) -->\n```\w*\n(.*?)```", README, re.DOTALL)
+DOCS = {path.relative_to(ROOT).as_posix(): path.read_text()
+        for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+EXCERPT = re.compile(r"<!-- excerpt: (\S+) -->\n```\w*\n(.*?)```", re.DOTALL)
+EXCERPTS = [(doc, name, code) for doc, text in DOCS.items()
+            for name, code in EXCERPT.findall(text)]
+INSERT = re.compile(r"<!-- insert into (\S+) (before|after): (.*?) -->\n```\w*\n(.*?)```",
+                    re.DOTALL)
+CONSOLE = re.compile(r"```console\n(.*?)```", re.DOTALL)
+PYTHON = ".venv/bin/python"
 
 
-def test_the_readme_has_excerpts_of_each_file():
-    assert sorted({name for name, _ in EXCERPTS}) == ["client.py", "protocol.py", "server.py"]
+def console_blocks(text: str) -> list:
+    """Each console block as a list of (command, the lines it prints)."""
+    blocks = []
+    for block in CONSOLE.findall(text):
+        steps = []
+        for line in block.splitlines():
+            if line.startswith("$ "):
+                steps.append((line[2:], []))
+            else:
+                steps[-1][1].append(line)
+        blocks.append(steps)
+    return blocks
 
 
-@pytest.mark.parametrize("name, code", EXCERPTS, ids=[name for name, _ in EXCERPTS])
-def test_each_excerpt_is_the_code_that_runs(name, code):
+def normalize(lines: list, port: int = 8130) -> list:
+    text = "\n".join(lines).replace(sys.executable, PYTHON)
+    text = re.sub(rf"--port ({port}|8130)\b", "--port <port>", text)
+    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", "<time>", text)
+    text = re.sub(rf"127\.0\.0\.1:({port}|8130)\b", "127.0.0.1:<port>", text)
+    text = re.sub(r"took \d+\.\d{4} s", "took <seconds> s", text)
+    return text.splitlines()
+
+
+def run(command: str, cwd: Path = ROOT, port: int = None) -> list:
+    """Run a command shown in the README; the lines it prints (stdout, then stderr)."""
+    command = command.replace(PYTHON, sys.executable, 1)
+    if port is not None and " client.py " in f" {command} " and "--port" not in command:
+        command += f" --port {port}"
+    command = command.replace("EchoClient()", f"EchoClient(port={port})")
+    result = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, text=True,
+                            timeout=60)
+    return (result.stdout + result.stderr).splitlines()
+
+
+def test_the_readme_has_excerpts_of_each_tutorial_file():
+    assert {name for doc, name, _ in EXCERPTS if doc == "README.md"} == {
+        "client.py", "protocol.py", "server.py"}
+
+
+@pytest.mark.parametrize("doc, name, code", EXCERPTS,
+                         ids=[f"{doc}:{name}" for doc, name, _ in EXCERPTS])
+def test_each_excerpt_is_the_code_that_runs(doc, name, code):
     assert code in (ROOT / name).read_text()
-
-
-def normalize(transcript: str) -> list:
-    transcript = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", "<time>", transcript)
-    transcript = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:<port>", transcript)
-    transcript = re.sub(r"took \d+\.\d{4} s", "took <seconds> s", transcript)
-    return transcript.splitlines()
 
 
 def test_make_demo_prints_what_the_readme_shows():
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    shown = re.search(r"```console\n\$ make demo\n(.*?)```", README, re.DOTALL).group(1)
-    shown = shown.split("touch .venv/.runtime\n", 1)[1]  # the set-up lines of a first run
+    [demo] = [steps for steps in console_blocks(README) if steps[0][0] == "make demo"]
+    shown = [line for command, lines in demo for line in
+             ([] if command == "make demo" else [f"$ {command}"]) + lines]
+    shown = shown[shown.index("touch .venv/.runtime") + 1:]  # a first run's set-up lines
     port = free_port()
     # -o: the virtualenv is taken as made; the demo runs with this interpreter instead.
     result = subprocess.run(["make", "-s", "-o", ".venv/.runtime", "demo", f"PORT={port}",
                              f"PY={sys.executable}"], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert normalize(result.stdout + result.stderr) == normalize(shown)
+    assert normalize((result.stdout + result.stderr).splitlines(), port) == normalize(shown)
+
+
+def test_the_two_terminals_print_what_the_readme_shows():
+    server_block, *client_blocks = [
+        steps for steps in console_blocks(README)
+        if steps[0][0].startswith(f"{PYTHON} server.py") or steps[0][0].startswith(
+            f"{PYTHON} client.py")]
+    [(command, shown)] = server_block
+    port = free_port()
+    server = subprocess.Popen([*shlex.split(command.replace(PYTHON, sys.executable)),
+                               "--port", str(port)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert normalize([server.stderr.readline().rstrip("\n")], port) == normalize(shown)
+        assert len(client_blocks) == 2
+        for [(command, shown)] in client_blocks:
+            refused = re.search(r"--port (\d+)", command)
+            if refused:  # a port where nothing listens: any free one will do
+                closed = free_port()
+                command = command.replace(refused.group(0), f"--port {closed}")
+                shown = [line.replace(f":{refused.group(1)}:", f":{closed}:") for line in shown]
+            assert normalize(run(command, port=port), port) == normalize(shown)
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+
+
+def test_add_a_message_works_as_the_readme_says(tmp_path):
+    inserts = INSERT.findall(README)
+    assert [name for name, *_ in inserts] == ["protocol.py", "server.py", "client.py"]
+    for name in ("protocol.py", "server.py", "client.py", "avrohttp"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, tmp_path / name)
+    for name, where, anchor, code in inserts:
+        lines = (tmp_path / name).read_text().splitlines(keepends=True)
+        [at] = [n for n, line in enumerate(lines) if line.strip() == anchor]
+        lines.insert(at if where == "before" else at + 1, code)
+        (tmp_path / name).write_text("".join(lines))
+    [steps] = [steps for steps in console_blocks(README) if "reverse" in steps[0][0]]
+    [(command, shown)] = steps
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "server.py", "--port", str(port)],
+                              cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening on" in server.stderr.readline()
+        assert run(command, cwd=tmp_path, port=port) == shown == ["dlroW olleH"]
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+
+
+def test_a_client_whose_output_is_cut_short_exits_quietly(server_process):
+    query = "x" * 100_000
+    client = subprocess.Popen(
+        [sys.executable, "client.py", "--port", str(server_process), "--echo", "--split",
+         "--query", query], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert client.stdout.read(10) == b">>> Echo: "  # as `| head -c 10` would read
+    client.stdout.close()
+    assert client.stderr.read() == b""
+    assert client.wait(timeout=30) == 1
+
+
+def test_server_help_lists_every_option():
+    result = subprocess.run([sys.executable, "server.py", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    options = re.findall(r"^  (--[a-z-]+)", result.stdout, re.MULTILINE)
+    assert options == ["--host", "--port", "--certfile", "--keyfile", "--workers",
+                       "--max-body-bytes", "--request-timeout", "--idle-timeout",
+                       "--max-connections", "--drain-timeout", "--access-log"]

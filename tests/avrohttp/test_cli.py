@@ -165,3 +165,29 @@ def test_protocol_py_prints_the_protocol_json_with_its_docs():
     printed = json.loads(result.stdout)
     assert printed == json.loads(PROTOCOL_JSON)
     assert printed["doc"] and all(m["doc"] for m in printed["messages"].values())
+
+
+def test_the_access_log_has_one_line_per_request_and_nothing_else():
+    with server_program("--access-log") as running:
+        with client.EchoClient("127.0.0.1", running.port) as echo_client:
+            assert echo_client.echo("one") == "one"
+            assert echo_client.split("two!") == "tw"
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert read_http_response(sock)[0] == "HTTP/1.1 405 Method Not Allowed"
+            local_port = sock.getsockname()[1]
+        running.process.send_signal(signal.SIGTERM)
+        _, stderr = running.process.communicate(timeout=10)
+    # Without the date, and without the access lines' own time and duration.
+    lines = [re.sub(r"\[[^]]+\] |(?<=\d) \d+\.\d+$", "", line.split(" ", 2)[2])
+             for line in stderr.splitlines()]
+    # Not eventlet's "wsgi starting up" and "wsgi exited" lines; the 405 is logged once as a
+    # client's failure, as every 4xx is, with or without --access-log.
+    assert lines == [
+        'avrohttp.access 127.0.0.1 - - "POST / HTTP/1.1" 200 121',
+        'avrohttp.access 127.0.0.1 - - "POST / HTTP/1.1" 200 120',
+        f"avrohttp client 127.0.0.1:{local_port}: 405 Method Not Allowed: Avro calls must be "
+        "POSTed",
+        'avrohttp.access 127.0.0.1 - - "GET / HTTP/1.1" 405 191',
+        "avrohttp stopping: answering the calls in flight",
+        "avrohttp stopped"]
