@@ -118,13 +118,13 @@ def test_a_body_over_the_servers_limit_is_refused_by_nginx_itself(fleet):
     assert fleet.answered() == before
 
 
-def test_make_fleet_prints_what_the_readme_shows():
+def test_make_fleet_prints_what_the_deployment_doc_shows():
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     if fleet_module.nginx_program() is None:
         pytest.skip(NO_NGINX)
-    readme = (ROOT / "README.md").read_text()
-    shown = re.search(r"```console\n\$ make fleet\n(.*?)```", readme, re.DOTALL).group(1)
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    shown = re.search(r"```console\n\$ make fleet\n(.*?)```", doc, re.DOTALL).group(1)
     # -o: the virtualenv is taken as made; the fleet runs with this interpreter instead.
     result = subprocess.run(["make", "-s", "-o", ".venv/.runtime", "fleet",
                              f"PY={sys.executable}"], cwd=ROOT, capture_output=True,
