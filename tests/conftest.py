@@ -111,6 +111,17 @@ def live_server():
         yield address
 
 
+# The server's log lines start with logging's default time stamp.
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+
+
+def log_messages(log: str) -> list:
+    """The server's log lines without their time stamps; each line must have one."""
+    lines = log.splitlines()
+    assert all(TIMESTAMP.match(line) for line in lines), log
+    return [TIMESTAMP.sub("", line, count=1) for line in lines]
+
+
 class ServerProcess(NamedTuple):
     process: subprocess.Popen
     port: int
