@@ -141,8 +141,11 @@ def describe(error: Exception, tls: bool) -> str:
         return "TLS failed: " + re.sub(r" \(_ssl\.c:\d+\)", "", error.strerror or str(error))
     # What a server that expects TLS does with plain HTTP: it hangs up, or sends a TLS alert.
     hint = "" if tls else " (if the server serves HTTPS, call it with TLS)"
-    if isinstance(error, http.client.RemoteDisconnected):
-        return f"{error}{hint}"
+    # The three ways the same thing shows, by when it happens: the server closed the
+    # connection while the call was being sent (BrokenPipe, ConnectionReset), or before any
+    # answer came (RemoteDisconnected, itself a ConnectionResetError).
+    if isinstance(error, (BrokenPipeError, ConnectionResetError)):
+        return f"the server closed the connection without an answer{hint}"
     if isinstance(error, http.client.BadStatusLine):
         return f"the answer is not HTTP{hint}"
     return str(error)

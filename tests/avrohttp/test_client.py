@@ -295,15 +295,15 @@ def test_the_retry_is_made_once_only():
     with scripted_server((1, "close"), (0, "close")) as (address, counts), \
             client.EchoClient(*address, timeout=5) as echo_client:
         assert echo_client.echo("one") == "one"
-        with fails_with(f"cannot reach the server at {address[0]}:{address[1]}: Remote end "
-                        "closed connection without response (if the server serves HTTPS, call "
-                        "it with TLS)"):
+        with fails_with(f"cannot reach the server at {address[0]}:{address[1]}: the server "
+                        "closed the connection without an answer (if the server serves HTTPS, "
+                        "call it with TLS)"):
             echo_client.echo("two")
         assert (counts.connections, counts.requests) == (2, 3)
         # A failure on a new connection is not retried at all.
-        with fails_with(f"cannot reach the server at {address[0]}:{address[1]}: Remote end "
-                        "closed connection without response (if the server serves HTTPS, call "
-                        "it with TLS)"):
+        with fails_with(f"cannot reach the server at {address[0]}:{address[1]}: the server "
+                        "closed the connection without an answer (if the server serves HTTPS, "
+                        "call it with TLS)"):
             echo_client.echo("three")
         assert (counts.connections, counts.requests) == (3, 4)
 

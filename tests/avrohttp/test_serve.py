@@ -142,9 +142,9 @@ def test_a_stop_under_load_answers_every_call_in_flight(workers):
     # Only new calls fail, once the server has stopped: refused, or cut off as the server
     # closed an idle kept-alive connection; never timed out.
     refused = re.compile(
-        rf"cannot reach the server at 127\.0\.0\.1:{running.port}: (\[Errno (111|104|32)\] \w.*"
-        r"|Remote end closed connection without response \(if the server serves HTTPS, call it"
-        r" with TLS\))")
+        rf"cannot reach the server at 127\.0\.0\.1:{running.port}: (\[Errno 111\] \w.*"
+        r"|the server closed the connection without an answer \(if the server serves HTTPS, "
+        r"call it with TLS\))")
     for error, after_stop in failed:
         assert after_stop and refused.fullmatch(error), error
     assert "Traceback" not in log, log[log.find("Traceback") - 300:log.find("Traceback") + 2500]
@@ -173,6 +173,10 @@ def test_the_drain_timeout_bounds_a_stop(workers):
         for pid, line in (re.fullmatch(r"avrohttp\[(\d+)\] (.*)", message).groups()
                           for message in messages if message.startswith("avrohttp[")):
             by_worker.setdefault(pid, []).append(line)
-        assert list(by_worker.values()) == [worker_lines, worker_lines]
+        # The kernel may have given all four calls to one worker: the other then drains at
+        # once. At least one worker had calls in flight, and was stopped at the timeout.
+        drained = ["stopping: answering the calls in flight", "stopped"]
+        assert len(by_worker) == 2 and worker_lines in by_worker.values()
+        assert all(lines in (worker_lines, drained) for lines in by_worker.values()), by_worker
         assert [message for message in messages if not message.startswith("avrohttp[")] == [
             "avrohttp stopping: the workers answer the calls in flight", "avrohttp stopped"]

@@ -128,8 +128,8 @@ def test_a_plain_http_client_fails_cleanly_and_the_server_keeps_serving(
     with client.EchoClient(*tls_server, timeout=5, ssl_context=trusting(pki)) as echo:
         assert echo.echo("still here") == "still here"
     assert str(raised.value) == (
-        f"cannot reach the server at {tls_server[0]}:{tls_server[1]}: Remote end closed "
-        "connection without response (if the server serves HTTPS, call it with TLS)")
+        f"cannot reach the server at {tls_server[0]}:{tls_server[1]}: the server closed the "
+        "connection without an answer (if the server serves HTTPS, call it with TLS)")
     [line] = server_log(caplog)
     assert re.fullmatch(r"client 127\.0\.0\.1:\d+: TLS failed: HTTP_REQUEST", line), line
     assert "Traceback" not in capfd.readouterr().err
@@ -189,8 +189,8 @@ def test_the_command_lines_over_tls(pki):
         "is not trusted (unable to get local issuer certificate)\n")
     assert (plain.returncode, plain.stdout) == (1, "")
     assert plain.stderr == (
-        f"client.py: error: cannot reach the server at 127.0.0.1:{port}: Remote end closed "
-        "connection without response (if the server serves HTTPS, call it with TLS)\n")
+        f"client.py: error: cannot reach the server at 127.0.0.1:{port}: the server closed the "
+        "connection without an answer (if the server serves HTTPS, call it with TLS)\n")
     assert running.process.returncode == 0
     assert [re.sub(r"^avrohttp client 127\.0\.0\.1:\d+: ", "avrohttp client: ", message)
             for message in log_messages(log)] == [
