@@ -41,6 +41,7 @@ def call_app(app, body: bytes = b"", method: str = "POST", content_type="avro/bi
     environ = {
         "REQUEST_METHOD": method, "PATH_INFO": "/", "SERVER_PROTOCOL": "HTTP/1.1",
         "wsgi.input": stream or io.BytesIO(body), "wsgi.url_scheme": "http",
+        "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "50000",
     }
     if content_type is not None:
         environ["CONTENT_TYPE"] = content_type

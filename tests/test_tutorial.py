@@ -6,6 +6,7 @@ under `make test`), and on a free port rather than 8130: `--port` is added to th
 the client's command lines, and `EchoClient()` is given the port.
 """
 
+import json
 import re
 import shlex
 import shutil
@@ -15,7 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port
+import client
+import server
+import avrohttp
+import avrohttp.serve
+from conftest import ROOT, free_port, serving
+from protocol import PROTOCOL_JSON
 
 README = (ROOT / "README.md").read_text()
 DOCS = {path.relative_to(ROOT).as_posix(): path.read_text()
@@ -156,3 +162,87 @@ def test_server_help_lists_every_option():
     assert options == ["--host", "--port", "--certfile", "--keyfile", "--workers",
                        "--max-body-bytes", "--request-timeout", "--idle-timeout",
                        "--max-connections", "--drain-timeout", "--access-log"]
+
+
+# client.py and protocol.py as programs.
+
+TOOK = re.compile(r"\(took \d+\.\d{4} s\)")
+
+
+def run_program(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--echo", "--query", "Hello World"], [">>> Echo: Hello World"]),
+    (["-e", "-q", "Hello World"], [">>> Echo: Hello World"]),
+    (["--split", "--query", "Hello World"], [">>> Split: Hello"]),
+    (["-s", "-q", "héllo wörld!"], [">>> Split: héllo "]),
+    (["-e", "-s", "-q", "Hello World"], [">>> Echo: Hello World", ">>> Split: Hello"]),
+])
+def test_client_prints_the_answer_and_the_time(server_process, flags, expected):
+    result = run_program("client.py", "--port", str(server_process), *flags)
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()
+    assert lines[0::2] == expected
+    assert all(TOOK.fullmatch(line) for line in lines[1::2]), lines
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "client.py: error: the following arguments are required: -q/--query (see --help)"),
+    (["-q", "hi"], "client.py: error: choose a message: --echo, --split, or both (see --help)"),
+    (["-e", "-q", "hi", "--port", "x"],
+     "client.py: error: argument --port: invalid int value: 'x' (see --help)"),
+    (["-e", "-q", "hi", "--port", "99999"],
+     "client.py: error: argument --port: 99999 is not a port number (1 to 65535) (see --help)"),
+    (["-e", "-q", "hi", "--timeout", "0"], "client.py: error: argument --timeout: "
+     "must be more than 0 seconds, and at most a day (see --help)"),
+    (["-e", "-q", "hi", "--timeout", "1e300"], "client.py: error: argument --timeout: "
+     "must be more than 0 seconds, and at most a day (see --help)"),
+    (["-e", "-q", "hi", "--connect-timeout", "nan"], "client.py: error: argument "
+     "--connect-timeout: must be more than 0 seconds, and at most a day (see --help)"),
+    (["-e", "-q", "\udcff"], "client.py: error: argument -q/--query: not valid UTF-8 (see --help)"),
+])
+def test_client_usage_errors_are_one_line(flags, message):
+    result = run_program("client.py", *flags)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", message + "\n")
+
+
+def test_client_says_in_one_line_when_the_server_is_unreachable():
+    port = free_port()
+    result = run_program("client.py", "--port", str(port), "-e", "-q", "hi")
+    assert result.returncode == 1
+    assert result.stderr == (f"client.py: error: cannot reach the server at 127.0.0.1:{port}: "
+                             "[Errno 111] Connection refused\n")
+
+
+def test_client_says_in_one_line_when_the_server_does_not_answer_in_time():
+    listener = avrohttp.serve.listen("127.0.0.1", 0)  # accepts (via the backlog) but never answers
+    port = listener.getsockname()[1]
+    result = run_program("client.py", "--port", str(port), "--timeout", "0.3", "-e", "-q", "hi")
+    listener.close()
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (f"client.py: error: cannot reach the server at 127.0.0.1:{port}: "
+                             "timed out waiting for the answer (after 0.3 s)\n")
+
+
+def test_client_says_in_one_line_when_the_server_answers_with_an_avro_error(capsys):
+    class Failing(server.EchoResponder):
+        def handle_split(self, query):
+            raise RuntimeError("boom")
+
+    with serving(avrohttp.make_application(Failing())) as (host, port):
+        status = client.main(["--port", str(port), "-e", "-s", "-q", "Hello World"])
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert out.splitlines()[0] == ">>> Echo: Hello World"
+    assert err == "client.py: error: the server answered: Internal error in split\n"
+
+
+def test_protocol_py_prints_the_protocol_json_with_its_docs():
+    result = run_program("protocol.py")
+    assert result.returncode == 0
+    printed = json.loads(result.stdout)
+    assert printed == json.loads(PROTOCOL_JSON)
+    assert printed["doc"] and all(m["doc"] for m in printed["messages"].values())

@@ -138,3 +138,21 @@ def test_body_that_cannot_be_read_gets_400(app, error):
         "content-type": "text/plain; charset=utf-8", "content-length": "23",
         "connection": "close"})
     assert response.body == b"Body could not be read\n"
+
+
+@pytest.mark.parametrize("request_options, line", [
+    ({"method": "GET"}, "405 Method Not Allowed: Avro calls must be POSTed"),
+    ({"content_type": "text/plain"}, "415 Unsupported Media Type: Content-Type must be "
+                                     "avro/binary"),
+    ({"content_length": avrohttp.wsgi.MAX_BODY_BYTES + 1}, "413 Content Too Large: Body is "
+                                                           "larger than 1048576 bytes"),
+    ({"body": b"\x00\x00"}, "400 Bad Request: Bad Avro request: body ends inside a frame or "
+                            "before the end-of-message frame"),
+    ({"content_length": 100, "stream": Breaking(ConnectionResetError("reset"))},
+     "the body could not be read: reset"),
+])
+def test_each_refusal_is_logged_once_in_one_line(app, caplog, request_options, line):
+    with caplog.at_level(logging.INFO, logger="avrohttp"):
+        call_app(app, **request_options)
+    assert [(record.name, record.levelname, record.getMessage()) for record in caplog.records
+            ] == [("avrohttp", "INFO", f"client 127.0.0.1:50000: {line}")]
