@@ -3,7 +3,7 @@
 Try it: `python protocol.py` prints the protocol as JSON, for clients in other languages.
 """
 
-import avro.protocol
+import avrohttp
 
 # The original 2010 protocol declared `"errors": ["string"]` on each message. Every Avro
 # errors union already starts with "string" (it carries system errors), so avro 1.12 and
@@ -30,11 +30,12 @@ PROTOCOL_JSON = """\
 }
 """
 
-EchoProtocol = avro.protocol.parse(PROTOCOL_JSON)
+# Parsed by avrohttp, which keeps the text as written: the server's handshake then sends the
+# docs too (avro.protocol.parse would rebuild the JSON without them).
+EchoProtocol = avrohttp.parse_protocol(PROTOCOL_JSON)
 
 
 def main() -> int:
-    # Print the JSON source rather than str(EchoProtocol): avro's parsed form drops the docs.
     print(PROTOCOL_JSON, end="")
     return 0
 

@@ -11,7 +11,7 @@ import http.client
 import re
 import socket
 import ssl
-from typing import Optional
+from typing import Optional, Union
 
 import avro.errors
 import avro.ipc
@@ -163,11 +163,17 @@ class Client:
     retry: send a call once more, on a new connection, if the server had closed the
         kept-alive one (see Transceiver.transceive). Only for idempotent messages.
 
+    protocol: the protocol's JSON text (best: the server and other implementations then see
+        it as written, one-way messages and docs included), or a protocol avro has parsed.
+
     call() raises CallFailed when the server cannot be reached or gives no Avro answer, and
-    avro.errors.AvroRemoteException when the server answers with an Avro error.
+    when the server answers with an Avro error, one of the two subclasses of
+    avro.errors.AvroRemoteException: avrohttp.DeclaredError for an error the message declares
+    (its `name` and `datum`), avrohttp.RemoteSystemError for a system error (its `message`).
+    A one-way message's call returns None.
     """
 
-    def __init__(self, protocol: avro.protocol.Protocol, host: str = DEFAULT_HOST,
+    def __init__(self, protocol: Union[str, avro.protocol.Protocol], host: str = DEFAULT_HOST,
                  port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: Optional[float] = None,
                  ssl_context: Optional[ssl.SSLContext] = None, retry: bool = False) -> None:

@@ -76,6 +76,15 @@ def unframe(body: bytes) -> bytes:
 _SMALL_LONGS = [bytes([n << 1]) for n in range(64)]
 
 
+def encode_long(datum: int) -> bytes:
+    """A long (or an int) as Avro writes it: zigzag, then a varint."""
+    if 0 <= datum < 64:
+        return _SMALL_LONGS[datum]
+    buffer = io.BytesIO()
+    avro.io.BinaryEncoder(buffer).write_long(datum)
+    return buffer.getvalue()
+
+
 class Encoder(avro.io.BinaryEncoder):
     """avro.io.BinaryEncoder with less waste per value.
 

@@ -3,14 +3,17 @@ waste cut. avrohttp.Client builds on it; docs/avro-ipc.md lists what it fixes.
 """
 
 import io
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import avro.errors
 import avro.io
 import avro.ipc
 import avro.protocol
+import avro.schema
 
 from avrohttp import codec
+from avrohttp.errors import DeclaredError, RemoteSystemError
+from avrohttp.protocol import as_written
 
 
 class Requestor(avro.ipc.Requestor):
@@ -21,6 +24,11 @@ class Requestor(avro.ipc.Requestor):
     connection that happens to get the same local port, to another server, would find the
     wrong protocol; and the dicts grow by one entry per connection ever made. Here they are
     kept on the instance.
+    Also fixed: an Avro error is raised as avrohttp.DeclaredError (a declared error, with its
+    type's name) or avrohttp.RemoteSystemError (a system error), where avro.ipc raises
+    AvroRemoteException for both; a message that the server lacks raises the server's own
+    system error, where avro.ipc says "Unknown remote message" without reading it; and the
+    protocol may be given as its JSON text, which is sent as written (avrohttp.protocol).
 
     Waste cut (tests/avrohttp/test_codec.py checks that the bytes are those of avro.ipc):
     - After the first call the handshake request never changes; it is encoded once per
@@ -32,8 +40,9 @@ class Requestor(avro.ipc.Requestor):
     - Response readers (codec.reader_for) are made once per server protocol, not once per call.
     """
 
-    def __init__(self, local_protocol: avro.protocol.Protocol, transceiver) -> None:
-        super().__init__(local_protocol, transceiver)
+    def __init__(self, local_protocol: Union[str, avro.protocol.Protocol],
+                 transceiver) -> None:
+        super().__init__(as_written(local_protocol), transceiver)
         self._handshake_requests = {}
         self._call_heads = {}
         self._request_encoders = {}
@@ -98,15 +107,52 @@ class Requestor(avro.ipc.Requestor):
     def read_call_response(self, message_name: str, decoder: avro.io.BinaryDecoder) -> object:
         readers = self._response_readers.get(message_name)
         if readers is None:
-            remote = self.remote_protocol.messages.get(message_name)
+            remote = (self.remote_protocol.messages or {}).get(message_name)
             if remote is None:
-                raise avro.errors.AvroException(f"Unknown remote message: {message_name}")
+                return self._read_unknown_message_answer(message_name, decoder)
             local = self.local_protocol.messages[message_name]
             readers = self._response_readers[message_name] = (
                 codec.reader_for(remote.response, local.response),
-                codec.reader_for(remote.errors, local.errors))
+                error_reader_for(remote.errors, local.errors))
         codec.skip_metadata(decoder)
         response_reader, error_reader = readers
         if decoder.read_boolean():
-            raise avro.errors.AvroRemoteException(error_reader(decoder))
+            raise error_reader(decoder)
         return response_reader(decoder)
+
+    def _read_unknown_message_answer(self, message_name: str,
+                                     decoder: avro.io.BinaryDecoder) -> object:
+        """The server's protocol lacks this message, so its answer is a system error:
+        raise it, with the server's words."""
+        codec.skip_metadata(decoder)
+        if decoder.read_boolean() and decoder.read_long() == 0:  # the string branch
+            raise RemoteSystemError(decoder.read_utf8())
+        raise avro.errors.AvroException(
+            f"the server answered {message_name}, which its protocol lacks, with no error")
+
+
+def error_reader_for(writers_errors: avro.schema.UnionSchema,
+                     readers_errors: avro.schema.UnionSchema
+                     ) -> Callable[[avro.io.BinaryDecoder], avro.errors.AvroRemoteException]:
+    """A function that reads an error of the server's errors union and returns it as an
+    exception: RemoteSystemError for the string branch, DeclaredError for a declared one.
+
+    A declared branch is read as the type of the same name in our union, resolved like any
+    other schema; one that our protocol lacks is read as the server wrote it.
+    """
+    branches = [None]  # branch 0: the system errors' string
+    for schema in writers_errors.schemas[1:]:
+        ours = [mine for mine in readers_errors.schemas[1:]
+                if getattr(mine, "fullname", None) == getattr(schema, "fullname", None)]
+        branches.append((getattr(schema, "name", schema.type),
+                         codec.reader_for(schema, ours[0] if ours else schema)))
+
+    def read_error(decoder: avro.io.BinaryDecoder) -> avro.errors.AvroRemoteException:
+        index = decoder.read_long()
+        if index == 0:
+            return RemoteSystemError(decoder.read_utf8())
+        if not 0 < index < len(branches):
+            raise avro.errors.AvroException(f"error branch {index} is not in the errors union")
+        name, read = branches[index]
+        return DeclaredError(name, read(decoder))
+    return read_error

@@ -10,7 +10,7 @@ test_codec.py fail without the fixes.
 import hashlib
 import io
 import logging
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import avro.errors
 import avro.io
@@ -18,6 +18,8 @@ import avro.ipc
 import avro.protocol
 
 from avrohttp import codec
+from avrohttp.errors import DeclaredError
+from avrohttp.protocol import as_written
 
 # Client protocols remembered by hash; the least recently used is forgotten first.
 MAX_CACHED_PROTOCOLS = 256
@@ -79,6 +81,12 @@ class Responder(avro.ipc.Responder):
       handshake and the call response are built separately and always sent together.
     - An exception in a handler goes back as its str(), which may leak internals. Here the
       client gets a short message and the traceback goes to the log.
+    - A declared error goes back as the str() of its datum, in the errors union's string
+      branch, so no client ever gets the error record. Here it goes back in its own branch
+      (_declared_error).
+    - The handshake sends str(protocol), which avro rebuilds without docs or "one-way", and
+      hashes that. Here the protocol may be given as its JSON text, which is sent and hashed
+      as written (avrohttp.protocol).
     - The empty message name is the spec's ping, which avro answers with "Unknown message".
     - The client-protocol cache is an unbounded dict, keyed by whatever hash the client
       sends, so a client can grow it without limit or plant a wrong protocol under another
@@ -96,8 +104,12 @@ class Responder(avro.ipc.Responder):
       protocol they belong to, instead of once per call.
     """
 
-    def __init__(self, local_protocol: avro.protocol.Protocol,
+    def __init__(self, local_protocol: Union[str, avro.protocol.Protocol],
                  max_cached_protocols: int = MAX_CACHED_PROTOCOLS) -> None:
+        """local_protocol: the protocol's JSON text (best: it is sent as written, so that
+        other implementations see its one-way messages), or a protocol avro has parsed."""
+        local_protocol = as_written(local_protocol)
+        one_way = getattr(local_protocol, "one_way", frozenset())
         self.max_cached_protocols = max_cached_protocols
         # For each hash in the protocol cache (and always our own): the request readers of
         # the protocol cached under it, by message name. Kept and forgotten with the protocol.
@@ -109,9 +121,13 @@ class Responder(avro.ipc.Responder):
         super().__init__(local_protocol)
         self._handshake_responses = {
             match: self._encode_handshake_response(match) for match in ("BOTH", "CLIENT", "NONE")}
+        # Over HTTP a one-way message is answered like any other (every request has a
+        # response; Java and avsc do the same), with null whatever its handler returns.
         self._response_encoders = {
-            name: (codec.encoder_for(message.response), codec.encoder_for(message.errors))
-            for name, message in local_protocol.messages.items()}
+            name: (_encode_null if name in one_way else codec.encoder_for(message.response),
+                   codec.encoder_for(message.errors))
+            for name, message in (local_protocol.messages or {}).items()}
+        self._error_encoders = {}  # (message name, branch index): encoder, made on first use
 
     def _encode_handshake_response(self, match: str) -> bytes:
         response = {"match": match}
@@ -236,8 +252,10 @@ class Responder(avro.ipc.Responder):
     def invoke(self, message: avro.protocol.Message, request: dict) -> object:
         """Call handle_<message name>(**parameters) and return its answer.
 
-        A handler raises avro.errors.AvroRemoteException to answer with an Avro error; any
-        other exception is a bug, logged here, and the caller gets "Internal error in <name>".
+        A handler raises avrohttp.DeclaredError(name, datum) (or, as with avro.ipc,
+        avro.errors.AvroRemoteException(datum)) to answer with one of the message's declared
+        errors, or AvroRemoteException("words") to answer with a system error. Any other
+        exception is a bug, logged here, and the caller gets "Internal error in <name>".
         """
         handler = getattr(self, f"handle_{message.name}", None)
         if handler is None:
@@ -256,10 +274,47 @@ class Responder(avro.ipc.Responder):
             response = self.invoke(local_message, request)
             return self._call_result(response_writer, response, is_error=False)
         except avro.errors.AvroRemoteException as e:
-            return self._call_result(error_writer, str(e), is_error=True)
+            if len(e.args) == 1 and isinstance(e.args[0], str):  # a plain string stays one
+                return self._call_result(error_writer, e.args[0], is_error=True)
+            return self._declared_error(local_message, e)
         except Exception:
             log.exception("handler for %r failed", name)
             return self._system_error(f"Internal error in {name}")
+
+    def _declared_error(self, message: avro.protocol.Message,
+                        error: avro.errors.AvroRemoteException) -> bytes:
+        """The call response for an error that a handler raised with a datum: the branch of
+        the message's errors union that the datum fits, as Java and avsc write it.
+
+        DeclaredError(name, datum) names its branch; AvroRemoteException(datum), as avro.ipc
+        users write it, takes the first declared branch that fits. A datum that fits none is a
+        bug in the handler: it is logged, and the client gets a system error that says so.
+        """
+        name = message.name
+        branches = list(enumerate(message.errors.schemas))[1:]  # 0 is the system errors'
+        if isinstance(error, DeclaredError):
+            branches = [(index, schema) for index, schema in branches
+                        if error.name in (schema.name, getattr(schema, "fullname", None))]
+            datum = error.datum
+        elif len(error.args) == 1:
+            datum = error.args[0]
+        else:  # AvroRemoteException() or (a, b): no datum, only words
+            return self._call_result(self._response_encoders[name][1], str(error), True)
+        for index, schema in branches:
+            encode = self._error_encoders.get((name, index))
+            if encode is None:
+                encode = self._error_encoders[name, index] = codec.encoder_for(schema)
+            try:
+                encoded = encode(datum)
+            except avro.errors.AvroTypeException:
+                continue
+            return codec.EMPTY_META + _TRUE + codec.encode_long(index) + encoded
+        declared = ", ".join(schema.name for _, schema in list(enumerate(
+            message.errors.schemas))[1:]) or "none"
+        log.error("handler for %r raised %r, which fits none of its declared errors (%s)",
+                  name, error, declared)
+        return self._system_error(
+            f"{name} failed with an error it does not declare (declared: {declared})")
 
     def _call_result(self, encode: Callable, datum, is_error: bool) -> bytes:
         """A call response: empty metadata, the error flag, then the answer or the error."""
@@ -270,3 +325,7 @@ class Responder(avro.ipc.Responder):
 
 
 _SYSTEM_ERROR_ENCODER = codec.encoder_for(avro.ipc.SYSTEM_ERROR_SCHEMA)
+
+
+def _encode_null(datum: object) -> bytes:
+    return b""  # null takes no bytes
