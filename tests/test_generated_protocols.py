@@ -1,0 +1,266 @@
+"""Generated protocols (tests/protocols.py), each with its calls, through every path:
+
+- our Client and our server, over a real socket;
+- our Requestor and Responder against avro.ipc's, byte for byte (where avro.ipc is wrong, a
+  declared error, against avro.ipc with that one thing put right);
+- avsc calling our server, and our Client calling an avsc server (tests/interop/avsc_peer.js).
+
+`make test` runs GENERATED_EXAMPLES_QUICK examples per test; `make fuzz` sets
+GENERATED_EXAMPLES to run many more.
+"""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+
+import avro.errors
+import avro.io
+import avro.ipc
+import avro.protocol
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import avrohttp
+from avrohttp import Requestor, Responder, codec
+from avrohttp.requestor import error_reader_for
+from conftest import ROOT, serving
+from protocols import Call, Example, decode, encode, examples, round_trip
+
+GENERATED_EXAMPLES_QUICK = 60
+GENERATED_EXAMPLES = int(os.environ.get("GENERATED_EXAMPLES", "0")) or GENERATED_EXAMPLES_QUICK
+INTEROP = ROOT / "tests" / "interop"
+
+generated = settings(max_examples=GENERATED_EXAMPLES,
+                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def raised_by(call: Call) -> avro.errors.AvroRemoteException:
+    """What the handler of this call raises."""
+    if call.outcome == "declared":
+        return avrohttp.DeclaredError(call.error_name, call.datum)
+    if call.outcome == "remote":  # as avro.ipc users write it
+        return avro.errors.AvroRemoteException(call.datum)
+    return avro.errors.AvroRemoteException(call.datum)  # "string": words
+
+
+class Scripted(Responder):
+    """Answers each call as the next Call says, and keeps the requests it gets."""
+
+    def __init__(self, example: Example) -> None:
+        super().__init__(example.text)
+        self.script = iter(example.calls)
+        self.requests = []
+
+    def invoke(self, message, request):
+        call = next(self.script)
+        assert message.name == call.message
+        self.requests.append(request)
+        if call.outcome != "response":
+            raise raised_by(call)
+        return call.datum
+
+
+class PlainScripted(avro.ipc.Responder):
+    """avro.ipc's Responder, scripted alike, with its one flaw here put right: write_error
+    writes str(error) (a declared error's datum as a string); this writes the datum, so
+    that its bytes are what a correct server sends."""
+
+    def __init__(self, example: Example) -> None:
+        super().__init__(example.protocol)
+        self.script = iter(example.calls)
+
+        self.requests = []
+
+    invoke = Scripted.invoke
+
+    def write_error(self, writers_schema, error, encoder):
+        avro.io.DatumWriter(writers_schema).write(error.args[0], encoder)
+
+
+def expected_outcome(example: Example, call: Call):
+    """What the caller gets: ("response", datum), or (error class, name, datum)."""
+    protocol = example.protocol
+    message = protocol.messages[call.message]
+    if call.outcome == "response":
+        if message.name in protocol.one_way:
+            return ("response", None)
+        return ("response", round_trip(message.response, call.datum))
+    if call.outcome == "string":
+        return ("system error", call.datum)
+    return ("declared", call.error_name,
+            round_trip(protocol.types_dict[call.error_name], call.datum))
+
+
+def outcome_of(call) -> tuple:
+    """Call `call()`, and say what came of it, in the terms of expected_outcome."""
+    try:
+        return ("response", call())
+    except avrohttp.DeclaredError as e:
+        return ("declared", e.name, e.datum)
+    except avrohttp.RemoteSystemError as e:
+        return ("system error", e.message)
+
+
+def expected_requests(example: Example) -> list:
+    protocol = example.protocol
+    return [round_trip(protocol.messages[call.message].request, call.request)
+            for call in example.calls]
+
+
+class Switch:
+    """A WSGI application that hands each request to the application of the moment."""
+
+    app = None
+
+    def __call__(self, environ, start_response):
+        return self.app(environ, start_response)
+
+
+@pytest.fixture(scope="module")
+def our_server():
+    """One real server for the module, its application switched for each example."""
+    switch = Switch()
+    with serving(switch) as address:
+        yield switch, address
+
+
+@generated
+@given(example=examples())
+def test_our_client_and_our_server(our_server, example):
+    switch, (host, port) = our_server
+    responder = Scripted(example)
+    switch.app = avrohttp.make_application(responder)
+    with avrohttp.Client(example.text, host, port) as client:
+        got = [outcome_of(lambda: client.call(call.message, **call.request))
+               for call in example.calls]
+    assert got == [expected_outcome(example, call) for call in example.calls]
+    assert responder.requests == expected_requests(example)
+
+
+class Recording:
+    """A transceiver that hands each request to a responder, and records both ways."""
+
+    remote_name = ("recording", 0)
+
+    def __init__(self, responder) -> None:
+        self.responder = responder
+        self.exchanges = []
+
+    def transceive(self, request: bytes) -> bytes:
+        response = self.responder.respond(request)
+        self.exchanges.append((request, response))
+        return response
+
+
+@pytest.mark.parametrize("client_protocol", ["as written", "parsed by avro"])
+@generated
+@given(example=examples())
+def test_the_bytes_are_avro_ipcs(client_protocol, example):
+    """Requests and responses, byte for byte, from the first handshake (a NONE, when the
+    client's protocol is avro's text and so has another hash) to the last call."""
+    recorded = []
+    for requestor_class, responder_class in [(Requestor, Scripted),
+                                             (avro.ipc.Requestor, PlainScripted)]:
+        avro.ipc.REMOTE_HASHES.clear()  # avro.ipc's module-level caches
+        avro.ipc.REMOTE_PROTOCOLS.clear()
+        protocol = (example.protocol if client_protocol == "as written"
+                    else avro.protocol.parse(example.text))
+        transceiver = Recording(responder_class(example))
+        requestor = requestor_class(protocol, transceiver)
+        for call in example.calls:
+            try:
+                requestor.request(call.message, call.request)
+            except avro.errors.AvroRemoteException:  # avro.ipc's, for either kind of error
+                pass
+        recorded.append(transceiver.exchanges)
+    ours, avros = recorded
+    assert ours == avros
+
+
+# --- avsc ------------------------------------------------------------------------------------
+
+class AvscPeer:
+    """tests/interop/avsc_peer.js, one process for the whole module: each example is one
+    JSON line to it and one back, so that hundreds of examples cost one Node start-up."""
+
+    def __init__(self) -> None:
+        node = shutil.which("node")
+        if node is None:
+            pytest.skip("node is not installed: the avsc interop tests need Node.js")
+        if not (INTEROP / "node_modules" / "avsc").is_dir():
+            pytest.skip("avsc is not installed: run `npm ci` in tests/interop")
+        self.process = subprocess.Popen([node, "avsc_peer.js"], cwd=INTEROP, text=True,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def ask(self, **job) -> dict:
+        self.process.stdin.write(json.dumps(job) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, "avsc_peer.js stopped (see its stderr above)"
+        answer = json.loads(line)
+        assert "failure" not in answer, answer["failure"]
+        return answer
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def avsc():
+    peer = AvscPeer()
+    yield peer
+    peer.close()
+
+
+def avsc_outcome(example: Example, call: Call, result: dict) -> tuple:
+    """An avsc call's result (the answer as avsc encodes it) in the terms of expected_outcome."""
+    message = example.protocol.messages[call.message]
+    if "response" in result:
+        return ("response", decode(message.response, bytes.fromhex(result["response"])))
+    error = error_reader_for(message.errors, message.errors)(
+        codec.Decoder(io.BytesIO(bytes.fromhex(result["error"]))))
+    if isinstance(error, avrohttp.DeclaredError):
+        return ("declared", error.name, error.datum)
+    return ("system error", error.message)
+
+
+@generated
+@given(example=examples())
+def test_avsc_calls_our_server(our_server, avsc, example):
+    switch, (host, port) = our_server
+    responder = Scripted(example)
+    switch.app = avrohttp.make_application(responder)
+    protocol = example.protocol
+    calls = [{"message": call.message,
+              "request": encode(protocol.messages[call.message].request, call.request).hex()}
+             for call in example.calls]
+    results = avsc.ask(op="call", port=port, protocol=json.loads(example.text), calls=calls)
+    got = [avsc_outcome(example, call, result)
+           for call, result in zip(example.calls, results["results"])]
+    assert got == [expected_outcome(example, call) for call in example.calls]
+    assert responder.requests == expected_requests(example)
+
+
+@generated
+@given(example=examples())
+def test_our_client_calls_an_avsc_server(avsc, example):
+    protocol = example.protocol
+    script = []
+    for call in example.calls:
+        message = protocol.messages[call.message]
+        if call.outcome == "response":
+            answer = {"response": encode(message.response, call.datum).hex()}
+        else:
+            answer = {"error": encode(message.errors, call.datum).hex()}
+        script.append({"message": call.message, **answer})
+    port = avsc.ask(op="serve", protocol=json.loads(example.text), script=script)["port"]
+    with avrohttp.Client(example.text, "127.0.0.1", port) as client:
+        got = [outcome_of(lambda: client.call(call.message, **call.request))
+               for call in example.calls]
+    requests = avsc.ask(op="served")["requests"]
+    assert got == [expected_outcome(example, call) for call in example.calls]
+    assert [decode(protocol.messages[call.message].request, bytes.fromhex(request))
+            for call, request in zip(example.calls, requests)] == expected_requests(example)
