@@ -52,11 +52,14 @@ clean:
 	rm -rf $(VENV) $(INTEROP)/node_modules .pytest_cache .hypothesis
 
 # The fuzz tests of `make test` with many more inputs: FUZZ_EXAMPLES per test (8 tests), with
-# counts printed as they go and Hypothesis's statistics at the end.
+# counts printed as they go and Hypothesis's statistics at the end; then GENERATED_EXAMPLES
+# generated protocols per test of tests/test_generated_protocols.py (5 tests, avsc included).
 FUZZ_EXAMPLES ?= 3000
+GENERATED_EXAMPLES ?= 1000
 
-fuzz: $(VENV)/.dev
+fuzz: $(VENV)/.dev $(INTEROP)/node_modules/.installed
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/avrohttp/test_fuzz.py -s --hypothesis-show-statistics
+	GENERATED_EXAMPLES=$(GENERATED_EXAMPLES) $(PY) -m pytest tests/test_generated_protocols.py --hypothesis-show-statistics
 
 # `make fleet`: three servers behind nginx (deploy/nginx.conf), a short load through nginx
 # with the real client, how many calls each server answered; then everything is stopped.

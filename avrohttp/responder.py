@@ -291,7 +291,8 @@ class Responder(avro.ipc.Responder):
         bug in the handler: it is logged, and the client gets a system error that says so.
         """
         name = message.name
-        branches = list(enumerate(message.errors.schemas))[1:]  # 0 is the system errors'
+        declared = list(enumerate(message.errors.schemas))[1:]  # 0: the system errors' string
+        branches = declared
         if isinstance(error, DeclaredError):
             branches = [(index, schema) for index, schema in branches
                         if error.name in (schema.name, getattr(schema, "fullname", None))]
@@ -306,15 +307,14 @@ class Responder(avro.ipc.Responder):
                 encode = self._error_encoders[name, index] = codec.encoder_for(schema)
             try:
                 encoded = encode(datum)
-            except avro.errors.AvroTypeException:
+            except (avro.errors.AvroException, TypeError, ValueError):  # it does not fit
                 continue
             return codec.EMPTY_META + _TRUE + codec.encode_long(index) + encoded
-        declared = ", ".join(schema.name for _, schema in list(enumerate(
-            message.errors.schemas))[1:]) or "none"
+        names = ", ".join(schema.name for _, schema in declared) or "none"
         log.error("handler for %r raised %r, which fits none of its declared errors (%s)",
-                  name, error, declared)
+                  name, error, names)
         return self._system_error(
-            f"{name} failed with an error it does not declare (declared: {declared})")
+            f"{name} failed with an error it does not declare (declared: {names})")
 
     def _call_result(self, encode: Callable, datum, is_error: bool) -> bytes:
         """A call response: empty metadata, the error flag, then the answer or the error."""

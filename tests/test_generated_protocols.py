@@ -9,11 +9,8 @@
 GENERATED_EXAMPLES to run many more.
 """
 
-import io
 import json
 import os
-import shutil
-import subprocess
 
 import avro.errors
 import avro.io
@@ -23,14 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import avrohttp
-from avrohttp import Requestor, Responder, codec
-from avrohttp.requestor import error_reader_for
-from conftest import ROOT, serving
+import avsc_peer
+from avrohttp import Requestor, Responder
+from avsc_peer import AvscPeer
+from conftest import serving
 from protocols import Call, Example, decode, encode, examples, round_trip
 
 GENERATED_EXAMPLES_QUICK = 60
 GENERATED_EXAMPLES = int(os.environ.get("GENERATED_EXAMPLES", "0")) or GENERATED_EXAMPLES_QUICK
-INTEROP = ROOT / "tests" / "interop"
 
 generated = settings(max_examples=GENERATED_EXAMPLES,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -179,52 +176,13 @@ def test_the_bytes_are_avro_ipcs(client_protocol, example):
     assert ours == avros
 
 
-# --- avsc ------------------------------------------------------------------------------------
-
-class AvscPeer:
-    """tests/interop/avsc_peer.js, one process for the whole module: each example is one
-    JSON line to it and one back, so that hundreds of examples cost one Node start-up."""
-
-    def __init__(self) -> None:
-        node = shutil.which("node")
-        if node is None:
-            pytest.skip("node is not installed: the avsc interop tests need Node.js")
-        if not (INTEROP / "node_modules" / "avsc").is_dir():
-            pytest.skip("avsc is not installed: run `npm ci` in tests/interop")
-        self.process = subprocess.Popen([node, "avsc_peer.js"], cwd=INTEROP, text=True,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-    def ask(self, **job) -> dict:
-        self.process.stdin.write(json.dumps(job) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        assert line, "avsc_peer.js stopped (see its stderr above)"
-        answer = json.loads(line)
-        assert "failure" not in answer, answer["failure"]
-        return answer
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=10)
-
+# --- avsc: tests/interop/avsc_peer.js -------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def avsc():
     peer = AvscPeer()
     yield peer
     peer.close()
-
-
-def avsc_outcome(example: Example, call: Call, result: dict) -> tuple:
-    """An avsc call's result (the answer as avsc encodes it) in the terms of expected_outcome."""
-    message = example.protocol.messages[call.message]
-    if "response" in result:
-        return ("response", decode(message.response, bytes.fromhex(result["response"])))
-    error = error_reader_for(message.errors, message.errors)(
-        codec.Decoder(io.BytesIO(bytes.fromhex(result["error"]))))
-    if isinstance(error, avrohttp.DeclaredError):
-        return ("declared", error.name, error.datum)
-    return ("system error", error.message)
 
 
 @generated
@@ -238,7 +196,7 @@ def test_avsc_calls_our_server(our_server, avsc, example):
               "request": encode(protocol.messages[call.message].request, call.request).hex()}
              for call in example.calls]
     results = avsc.ask(op="call", port=port, protocol=json.loads(example.text), calls=calls)
-    got = [avsc_outcome(example, call, result)
+    got = [avsc_peer.outcome(protocol.messages[call.message], result)
            for call, result in zip(example.calls, results["results"])]
     assert got == [expected_outcome(example, call) for call in example.calls]
     assert responder.requests == expected_requests(example)
