@@ -17,7 +17,7 @@ import avro.io
 import avro.ipc
 import avro.protocol
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 
 import avrohttp
 import avsc_peer
@@ -77,9 +77,12 @@ class PlainScripted(avro.ipc.Responder):
 
 
 def expected_outcome(example: Example, call: Call):
-    """What the caller gets: ("response", datum), or (error class, name, datum)."""
+    """What the caller gets: ("response", datum), ("declared", name, datum) or
+    ("system error", words)."""
     protocol = example.protocol
     message = protocol.messages[call.message]
+    # Counted in `make fuzz`'s statistics (--hypothesis-show-statistics).
+    event("one-way call" if message.name in protocol.one_way else f"call: {call.outcome}")
     if call.outcome == "response":
         if message.name in protocol.one_way:
             return ("response", None)

@@ -170,3 +170,21 @@ def test_a_message_the_server_lacks_raises_the_servers_words():
         assert str(raised.value) == words
     avro.ipc.REMOTE_HASHES.clear()
     avro.ipc.REMOTE_PROTOCOLS.clear()
+
+
+def test_errors_are_matched_by_name_when_the_protocols_differ():
+    # The client declares only Closed, at another place in its union than the server's.
+    older = json.loads(PROTOCOL_JSON)
+    older["types"] = older["types"][1:]
+    older["messages"] = {"take": {**older["messages"]["take"], "errors": ["Closed"]}}
+    responder = Raising(PROTOCOL_JSON)
+    requestor = avrohttp.Requestor(json.dumps(older), Local(responder))
+    responder.error = avrohttp.DeclaredError("Closed", {"until": "Monday"})
+    with pytest.raises(avrohttp.DeclaredError) as raised:
+        requestor.request("take", {"item": "x"})
+    assert (raised.value.name, raised.value.datum) == ("Closed", {"until": "Monday"})
+    # An error the client does not know is read as the server wrote it.
+    responder.error = avrohttp.DeclaredError("OutOfStock", {"item": "x", "left": 0})
+    with pytest.raises(avrohttp.DeclaredError) as raised:
+        requestor.request("take", {"item": "x"})
+    assert (raised.value.name, raised.value.datum) == ("OutOfStock", {"item": "x", "left": 0})
