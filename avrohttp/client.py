@@ -154,6 +154,8 @@ def describe(error: Exception, tls: bool) -> str:
 class Client:
     """Calls an Avro RPC server over one keep-alive HTTP connection, made on the first call.
 
+    protocol: the protocol's JSON text (best: the server and other implementations then see
+        it as written, one-way messages and docs included), or a protocol avro has parsed.
     timeout: seconds to wait for the answer, or for the next part of it.
     connect_timeout: seconds to wait for the connection, TLS handshake included; by default
         DEFAULT_CONNECT_TIMEOUT, or timeout if that is shorter.
@@ -162,9 +164,6 @@ class Client:
         ssl.create_default_context(cafile=...) only the one in that file.
     retry: send a call once more, on a new connection, if the server had closed the
         kept-alive one (see Transceiver.transceive). Only for idempotent messages.
-
-    protocol: the protocol's JSON text (best: the server and other implementations then see
-        it as written, one-way messages and docs included), or a protocol avro has parsed.
 
     call() raises CallFailed when the server cannot be reached or gives no Avro answer, and
     when the server answers with an Avro error, one of the two subclasses of
