@@ -149,7 +149,7 @@ def test_wrk_gets_no_more_threads_than_connections(tmp_path):
 
 def test_each_client_loop_makes_calls(monkeypatch):
     # avro.ipc's own Requestor remembers servers in module-level dicts: keep those to this
-    # test (test_end_to_end checks that the project's client leaves them empty).
+    # test (tests/avrohttp/test_client.py checks that the project's client leaves them empty).
     monkeypatch.setattr(avro.ipc, "REMOTE_HASHES", {})
     monkeypatch.setattr(avro.ipc, "REMOTE_PROTOCOLS", {})
     body = wire.call_body()

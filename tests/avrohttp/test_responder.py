@@ -272,7 +272,7 @@ def test_avro_remote_exception_from_a_handler_keeps_its_message():
 
 
 def test_plain_avro_ipc_responder_still_drops_the_error():
-    """Why FixedResponder exists: if avro fixes this, this test fails and the fix can go."""
+    """Why avrohttp.Responder exists: if avro fixes this, this test fails and the fix can go."""
 
     class Plain(avro.ipc.Responder):
         def invoke(self, message, request):
