@@ -71,7 +71,8 @@ def run(command: str, cwd: Path = ROOT, port: int = None) -> list:
 
 def test_the_readme_has_excerpts_of_each_tutorial_file():
     assert {name for doc, name, _ in EXCERPTS if doc == "README.md"} == {
-        "client.py", "protocol.py", "server.py"}
+        "client.py", "protocol.py", "server.py", "examples/shop/client.py",
+        "examples/shop/server.py"}
 
 
 @pytest.mark.parametrize("doc, name, code", EXCERPTS,
