@@ -27,7 +27,7 @@ def test_each_excerpt_is_the_code_that_runs(doc, name, code):
 
 def test_the_shop_client_prints_what_the_doc_shows():
     doc = (ROOT / "docs" / "your-protocol.md").read_text()
-    shown = re.search(r"```console\n\$ python -m examples.shop.client\n(.*?)```", doc,
+    shown = re.search(r"```console\n\$ \.venv/bin/python -m examples.shop.client\n(.*?)```", doc,
                       re.DOTALL).group(1)
     with shop_server_program() as port:
         printed = run_client(port).stdout
