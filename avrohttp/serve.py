@@ -1,6 +1,6 @@
 """Serving a WSGI application on eventlet.wsgi, past eventlet's defaults: listen(), serve(),
-a deadline for each request to arrive, one log line for each failure, TLS, the open-file
-limit, and stopping gracefully.
+deadlines for slow clients without a timer per read, fair turns between connections, one log
+line for each failure, TLS, the open-file limit, and stopping gracefully.
 
 Import this after eventlet.monkey_patch(), as server.py does.
 """
@@ -14,7 +14,8 @@ import resource
 import signal
 import socket
 import ssl
-from typing import Callable, Optional
+import time
+from typing import Callable, Iterable, Optional
 
 import eventlet
 import eventlet.wsgi
@@ -46,17 +47,32 @@ def serve(listener: socket.socket, app: Callable, options: Optional[ServerOption
     single fields of it, as in serve(listener, app, idle_timeout=5).
     """
     options = dataclasses.replace(options or ServerOptions(), **changes)
-    eventlet.wsgi.server(
-        listener, app,
-        log=EventletLog(options.access_log),
-        log_output=True,  # to EventletLog; HTTPProtocol then turns access lines off, or on
-        debug=False,  # True (eventlet's default) sends tracebacks to clients
-        socket_timeout=options.socket_timeout,
-        keepalive=options.idle_timeout,
-        max_size=options.max_connections,
-        protocol=functools.partial(HTTPProtocol, request_timeout=options.request_timeout,
-                                   access_log=options.access_log),
-    )
+    deadlines = Deadlines(options)
+
+    def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        result = app(environ, start_response)
+        environ[DEADLINE].answer()  # the answer goes out now: at the client's pace
+        return result
+
+    deadlines.start()
+    try:
+        eventlet.wsgi.server(
+            listener, application,
+            log=EventletLog(options.access_log),
+            log_output=True,  # to EventletLog; HTTPProtocol then turns access lines off, or on
+            debug=False,  # True (eventlet's default) sends tracebacks to clients
+            # No timeout on the sockets: eventlet would arm a hub timer for every read and
+            # write that waits, and cancel it after. Deadlines bounds the client instead.
+            socket_timeout=None,
+            # A number, for the "Keep-Alive: timeout=N" that HTTP/1.0 clients are sent;
+            # HTTPProtocol, not eventlet, enforces it.
+            keepalive=options.idle_timeout,
+            max_size=options.max_connections,
+            protocol=functools.partial(HTTPProtocol, deadlines=deadlines,
+                                       access_log=options.access_log),
+        )
+    finally:
+        deadlines.stop()
 
 
 class CannotServeTLS(Exception):
@@ -89,15 +105,145 @@ def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
     return context
 
 
+class AnswerTimeout(socket.timeout):
+    """The client did not read its answer within the socket timeout."""
+
+
+# How often Deadlines checks the connections (at most; see Deadlines.sweep_seconds).
+SWEEP_SECONDS = 1.0
+# How long a connection that was told its time is up may take to say so (a 408) and close,
+# before its socket is shut down under it.
+GRACE_SECONDS = 1.0
+
+
+class Deadlines:
+    """Every connection's deadline for its client, and the sweep on the hub that enforces
+    them: no timer per read or write.
+
+    eventlet's socket timeouts arm a hub timer (a heap push, then a cancel) for each read and
+    write that waits, and an eventlet.Timeout per request is one more. Here each connection
+    keeps one number instead, the time by which its client must have done its part
+    (ClientDeadline); it is rewritten when the connection changes phase, at the cost of a
+    clock read. Every sweep_seconds, a timer on the hub throws the phase's timeout into each
+    connection past its deadline that waits on its client.
+
+    So a deadline fires up to sweep_seconds late (a quarter of the shortest timeout, at most
+    1 s), and later still if the hub is kept busy. That is fine: the timeouts are there to
+    take back a connection and a green thread from a client that holds them, not to time
+    anything; 20 s or 21 s of --request-timeout make no difference to either.
+    """
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.request_timeout = options.request_timeout
+        self.idle_timeout = options.idle_timeout
+        self.answer_timeout = options.socket_timeout
+        self.sweep_seconds = min(SWEEP_SECONDS, self.request_timeout / 4,
+                                 self.idle_timeout / 4, self.answer_timeout / 4)
+        self.connections: set = set()  # a ClientDeadline for each open connection
+        self.hub = eventlet.hubs.get_hub()
+        self.timer = None
+
+    def start(self) -> None:
+        self.timer = self.hub.schedule_call_global(self.sweep_seconds, self.sweep)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def sweep(self) -> None:
+        # This runs on the hub, between green threads, as eventlet's own timeouts do.
+        now = time.monotonic()
+        try:
+            for deadline in [d for d in self.connections if d.at is not None and d.at <= now]:
+                deadline.expire(now)
+        finally:
+            self.timer = self.hub.schedule_call_global(self.sweep_seconds, self.sweep)
+
+    def waiting_on(self, fileno: int) -> Optional[object]:
+        """The hub's listener for a green thread waiting to read or write this socket."""
+        listeners = self.hub.listeners
+        return listeners[self.hub.READ].get(fileno) or listeners[self.hub.WRITE].get(fileno)
+
+
+class ClientDeadline:
+    """One connection's deadline: the monotonic time by which its client must have done its
+    part (None while the application works), and what happens then.
+
+    The application cancels it (environ[DEADLINE].cancel()) once it has the request's body:
+    from then on, the time is the server's own, and a slow handler (calling a backend, say)
+    is not cut short. serve() starts the answer's deadline when the application returns.
+    """
+
+    __slots__ = ("at", "phase", "started", "deadlines", "protocol", "fileno")
+
+    FIRST, REQUEST, IDLE, ANSWER, TOLD = "first", "request", "idle", "answer", "told"
+
+    def __init__(self, deadlines: Deadlines, protocol: "HTTPProtocol",
+                 connection: socket.socket) -> None:
+        self.deadlines = deadlines
+        self.protocol = protocol
+        self.fileno = connection.fileno()
+        # A new connection: its first byte (after the TLS handshake) must come within the idle
+        # timeout, and its first request within the request timeout, both from now.
+        self.started = time.monotonic()
+        self.at = self.started + min(deadlines.idle_timeout, deadlines.request_timeout)
+        self.phase = self.FIRST
+
+    def request(self, since: Optional[float] = None) -> None:
+        """The request (line, headers, body) must arrive within the request timeout of its
+        first byte (or of the connection's start)."""
+        self.at = (since or time.monotonic()) + self.deadlines.request_timeout
+        self.phase = self.REQUEST
+
+    def idle(self) -> None:
+        """A keep-alive connection may wait for its next request for the idle timeout."""
+        self.at = time.monotonic() + self.deadlines.idle_timeout
+        self.phase = self.IDLE
+
+    def cancel(self) -> None:
+        """The request is in: the rest is the server's time."""
+        self.at = None
+
+    def answer(self) -> None:
+        """The client must take its whole answer within the socket timeout."""
+        self.at = time.monotonic() + self.deadlines.answer_timeout
+        self.phase = self.ANSWER
+
+    def expire(self, now: float) -> None:
+        if self.phase == self.TOLD:  # told, and still there: cut it off at the socket
+            self.at = None
+            self.protocol.cut()
+            return
+        waiting = self.deadlines.waiting_on(self.fileno)
+        if waiting is None:
+            return  # the application's own work, not the client's: see again next sweep
+        deadlines = self.deadlines
+        if self.phase == self.REQUEST or (
+                self.phase == self.FIRST and deadlines.request_timeout <= deadlines.idle_timeout):
+            error = RequestTimeout(
+                f"the request did not arrive within {self.deadlines.request_timeout:g} s")
+        elif self.phase in (self.IDLE, self.FIRST):
+            error = socket.timeout("idle")  # HTTPProtocol closes the connection, silently
+        else:
+            error = AnswerTimeout(
+                f"the answer was not read within {self.deadlines.answer_timeout:g} s")
+            self.protocol.log_error("%s", error)  # eventlet's own report of it is dropped
+        self.at = now + GRACE_SECONDS
+        self.phase = self.TOLD
+        waiting.tb(error)  # throw it into the green thread, where it waits on the socket
+
+
 class HTTPProtocol(eventlet.wsgi.HttpProtocol):
-    """eventlet.wsgi's HTTP handling, with a deadline for each request to arrive, and each
-    failure of a client logged once, in one line.
+    """eventlet.wsgi's HTTP handling, with deadlines for slow clients, fair turns between
+    connections, and each failure of a client logged once, in one line.
 
     - eventlet's socket_timeout bounds each read, not the request: a client that sends a
       byte every few seconds keeps its connection, and a green thread, forever. Here the
       request line, the headers and the body must arrive within request_timeout of the
-      request's first byte. The application cancels the deadline (environ[DEADLINE]) once it
-      has the body.
+      request's first byte (of the connection, for its first request), a keep-alive
+      connection may idle for idle_timeout, and an answer must be taken within
+      socket_timeout. Deadlines enforces these, without a timer per read or write.
     - eventlet does each TLS handshake on the connection's first read, and lets its
       ssl.SSLError escape; the hub then prints a traceback, one for each client that speaks
       plain HTTP to the port or does not trust the certificate (eventlet issue 620). And a
@@ -105,16 +251,20 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
       two lines written straight to stderr.
     """
 
-    deadline: Optional[eventlet.Timeout] = None
-
-    def __init__(self, conn_state: list, server, request_timeout: float,
+    def __init__(self, conn_state: list, server, deadlines: Deadlines,
                  access_log: bool) -> None:
-        self.request_timeout = request_timeout
+        self.deadlines = deadlines
+        self.deadline = ClientDeadline(deadlines, self, conn_state[1])
+        self.requests = 0
         # eventlet keeps its log (EventletLog) only if log_output is set when it starts, but
         # while it is set, formats an access line for every request, a few µs each. Once
         # started, log_output decides only that: so it says whether access lines are wanted.
         server.log_output = access_log
-        super().__init__(conn_state, server)  # this serves the whole connection
+        deadlines.connections.add(self.deadline)
+        try:
+            super().__init__(conn_state, server)  # this serves the whole connection
+        finally:
+            deadlines.connections.discard(self.deadline)
 
     def handle(self) -> None:
         try:
@@ -129,24 +279,40 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
                 raise
 
     def _read_request_line(self) -> bytes:
-        # A new connection's first request (and its TLS handshake) must come within the
-        # deadline. Between requests, a keep-alive connection may idle for the idle timeout.
-        if self.deadline is None:
-            self._start_deadline()
-        elif not self.rfile.closed:
-            try:
-                self.connection.settimeout(self.server.keepalive)
-                self.rfile.peek(1)  # the next request's first byte
-            except socket.timeout:
-                return b""  # idle too long: eventlet closes the connection
-            except OSError:
-                pass  # the read below meets the error again, and eventlet handles it
-            self._start_deadline()
-        return super()._read_request_line()
-
-    def _start_deadline(self) -> None:
-        self.deadline = eventlet.Timeout(self.request_timeout, RequestTimeout(
-            f"the request did not arrive within {self.request_timeout:g} s"))
+        # eventlet's own sets a socket timeout twice per request, for the idle timeout and
+        # then for the request; here the deadline does both.
+        if self.rfile.closed:
+            self.close_connection = 1
+            return b""
+        if self.requests:  # a keep-alive connection, between requests
+            if len(self.deadlines.connections) > 1:
+                # Fair turns: without this, a connection whose next request has already come
+                # is served again at once, and again, while the others wait (seconds, with
+                # two processes on one port). And when it has not come, the green thread
+                # would park on the hub anyway. With no other connection, it would only cost
+                # a hub cycle (10-15% at one connection), so it is skipped.
+                eventlet.sleep(0)
+            self.deadline.idle()
+        try:
+            self.rfile.peek(1)  # the request's first byte (and, first, any TLS handshake)
+        except RequestTimeout:
+            raise
+        except socket.timeout:  # idle too long (Deadlines): eventlet closes the connection
+            return b""
+        except ssl.SSLError:
+            raise
+        except OSError:
+            pass  # the read below meets the error again
+        self.deadline.request(since=None if self.requests else self.deadline.started)
+        self.requests += 1
+        try:
+            return self.rfile.readline(self.server.url_length_limit)
+        except eventlet.wsgi.greenio.SSL.ZeroReturnError:
+            pass
+        except OSError as e:
+            if e.errno not in eventlet.wsgi.BROKEN_SOCK | eventlet.wsgi.BAD_SOCK:
+                raise
+        return b""
 
     def get_environ(self) -> dict:
         environ = super().get_environ()
@@ -161,15 +327,25 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
             self.close_connection = 1
             if getattr(self, "raw_requestline", None) or not isinstance(self.connection,
                                                                         ssl.SSLSocket):
-                try:  # a courtesy, not worth waiting for; not for a TLS handshake left halfway
-                    self.connection.settimeout(1.0)
+                try:  # a courtesy, not worth waiting for (Deadlines cuts it after a grace
+                    # period); not for a TLS handshake left halfway
                     self.wfile.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                                      b"Content-Length: 0\r\n\r\n")
                 except OSError:
                     pass  # the client is gone as well
-        finally:
-            if self.deadline is not None:
-                self.deadline.cancel()
+
+    def cut(self) -> None:
+        """Shut the connection down under its green thread, which then fails and closes it.
+
+        Under TLS, at the TCP socket: ssl.SSLSocket.shutdown() would drop its TLS state while
+        the green thread is still using it.
+        """
+        try:
+            with socket.fromfd(self.deadline.fileno, self.connection.family,
+                               socket.SOCK_STREAM) as raw:  # a dup of the descriptor
+                raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed already
 
     def log_error(self, format: str, *args) -> None:
         host, port = self.client_address[:2]
@@ -198,7 +374,9 @@ class EventletLog:
     def info(self, message: str, *args) -> None:
         if message.startswith("Traceback"):
             error = message.rstrip().rsplit("\n", 1)[-1]
-            if error.startswith(("BrokenPipeError", "ConnectionResetError")):
+            if error.startswith(f"{__name__}.{AnswerTimeout.__name__}:"):
+                pass  # logged already, with the client's address (ClientDeadline)
+            elif error.startswith(("BrokenPipeError", "ConnectionResetError")):
                 log.info("a connection closed before its answer was sent (%s)", error)
             else:  # not the client: a bug, here or in eventlet
                 log.error("eventlet.wsgi: %s", message.rstrip())

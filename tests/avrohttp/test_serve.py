@@ -1,5 +1,7 @@
-"""server.py as a program against slow clients, and stopped under load: real sockets."""
+"""server.py against slow clients, as a program and in-process, and stopped under load: real
+sockets."""
 
+import logging
 import re
 import resource
 import signal
@@ -10,8 +12,9 @@ import eventlet
 import pytest
 
 import avrohttp
+import avrohttp.wsgi
 import client
-from conftest import log_messages, read_http_response, server_program
+from conftest import log_messages, read_http_response, server_program, serving
 from wire import call_body, read_answer
 
 TRICKLERS = 1500  # more than eventlet's default limit of 1,024 connections
@@ -180,3 +183,62 @@ def test_the_drain_timeout_bounds_a_stop(workers):
         assert all(lines in (worker_lines, drained) for lines in by_worker.values()), by_worker
         assert [message for message in messages if not message.startswith("avrohttp[")] == [
             "avrohttp stopping: the workers answer the calls in flight", "avrohttp stopped"]
+
+
+def large_answer(size: int):
+    """A WSGI application that answers any request with `size` bytes."""
+    payload = b"x" * size
+
+    def application(environ, start_response):
+        environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(size))])
+        return [payload]
+
+    return application
+
+
+def test_a_client_that_never_reads_its_answer_is_let_go(caplog):
+    caplog.set_level(logging.INFO, logger="avrohttp")
+    size = 64 * 2**20  # far more than the sockets' buffers hold
+    with serving(large_answer(size), socket_timeout=0.5) as address, \
+            socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # the whole request; then, nothing
+        started = time.monotonic()
+        while "the answer was not read within 0.5 s" not in caplog.text:
+            assert time.monotonic() - started < 10, "the server still waits on the client"
+            eventlet.sleep(0.1)
+        received = 0
+        try:
+            while chunk := sock.recv(2**20):  # what the buffers held, then the end
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+    assert 0 < received < size
+    assert caplog.text.count("the answer was not read within 0.5 s") == 1  # logged once
+    assert "Traceback" not in caplog.text
+
+
+def test_a_slow_handler_is_not_cut_short_by_the_clients_deadlines():
+    def slow(environ, start_response):  # waits on a backend of its own, say
+        body = environ["wsgi.input"].read()
+        environ[avrohttp.wsgi.DEADLINE].cancel()  # as make_application does
+        eventlet.sleep(1.0)
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    # Each of the client's deadlines is far shorter than the handler's work.
+    with serving(slow, request_timeout=0.2, idle_timeout=0.2, socket_timeout=0.2) as address, \
+            socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        status, _, body = read_http_response(sock)
+    assert (status, body) == ("HTTP/1.1 200 OK", b"hello")
+
+
+def test_http_1_0_keep_alive_clients_are_told_the_idle_timeout():
+    with serving(large_answer(10), idle_timeout=7) as address, \
+            socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, _ = read_http_response(sock)
+    assert (status, headers["connection"], headers["keep-alive"]) == (
+        "HTTP/1.1 200 OK", "keep-alive", "timeout=7")
