@@ -1,7 +1,7 @@
 """The load: wrk against a server, and the clients' calls per second.
 
 wrk runs post.lua, which prints its results as one JSON line; the clients are timed in
-alternating rounds against the baseline server.
+alternating rounds against bare eventlet.wsgi.
 """
 
 import http.client

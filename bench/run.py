@@ -4,15 +4,19 @@ Every server runs as its own process on a free port. Each must first answer a re
 correctly; then wrk loads it with that same framed call at each number of connections. The
 servers take turns at each point, so that a busy moment on a shared machine hits them alike:
 
-- baseline: bare eventlet.wsgi sending fixed bytes (bench/baseline_server.py), the limit;
+- bare eventlet.wsgi with eventlet's defaults, sending fixed bytes (bench/bare_server.py),
+  with and without one yield per request: at each number of connections, the faster of the
+  two is the limit, and every figure is reported as a ratio to it;
+- "our protections, no Avro work": the same fixed bytes through avrohttp.serve.serve()
+  (bench/protections_server.py), for the cost of the protections;
 - server.py, as a user runs it, and `server.py --workers N`;
-- avsc, the Node implementation of Avro (bench/avsc_server.js), when Node is installed;
+- avsc, the Node implementation of Avro (bench/avsc_server.js), in one process and in N
+  (Node's cluster), when Node is installed;
 - with --with-stdlib, http.server the way Avro's own sample does it (bench/stdlib_server.py).
 
 Then it times the client: EchoClient against a bare http.client loop posting the same bytes,
-both calling the baseline server. It prints a table with each figure as a ratio to the
-baseline, says which of the performance targets are met, and writes bench/results.json and
-bench/results.png.
+both calling the bare server. It prints a table, says which of the performance targets are
+met, and writes bench/results.json and bench/results.png.
 
 Its parts: bench/servers.py starts and checks the servers, bench/load.py runs wrk and times
 the client, bench/report.py makes the table, targets and plot, and bench/settings.py holds
@@ -44,13 +48,17 @@ from bench.report import (add_ratios, busy_machine_note, connections_text, evalu
                           format_clients, format_table, format_targets, machine_facts, plot)
 from bench.servers import (avsc_missing, check_server, log_tail, rss_bytes, server_specs,
                            start_server, stop_server)
-from bench.settings import (BENCH, CLIENT_ROUND_SECONDS, CLIENT_ROUNDS, CONNECTIONS,
+from bench.settings import (BENCH, CLIENT_ROUND_SECONDS, LIMIT_SERVERS, CLIENT_ROUNDS, CONNECTIONS,
                             FD_HEADROOM, QUERY, SECONDS, WARMUP_SECONDS, WORKERS,
                             WRK_THREADS, WRK_TIMEOUT_SECONDS, BenchError, Unavailable,
                             progress)
 
 
-# --- Main ------------------------------------------------------------------------------------
+# Servers that answer fixed bytes: each must send exactly server.py's answer.
+FIXED_BYTES_SERVERS = (*LIMIT_SERVERS, "protections")
+# Without these, there is nothing to report.
+REQUIRED_SERVERS = (*LIMIT_SERVERS, "server")
+
 
 def raise_fd_limit(connections: int) -> None:
     """Raise the soft limit on open files for wrk and the servers (they inherit it)."""
@@ -85,7 +93,8 @@ def connection_list(text: str) -> list:
 
 def parse_args(argv: Optional[list]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Measure AvroEcho's servers with wrk, and its client, against a baseline.")
+        description="Measure AvroEcho's servers with wrk, and its client, against the limit "
+                    "of their stack.")
     parser.add_argument("--seconds", type=positive_int, default=SECONDS,
                         help="wrk's duration per point, in whole seconds (default: %(default)s)")
     parser.add_argument("--connections", type=connection_list,
@@ -133,7 +142,7 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
             result = {"name": spec.name, "label": spec.label, "available": True,
                       "reason": None, "note": spec.note, "points": []}
             results.append(result)
-            reason = avsc_missing() if spec.name == "avsc" else None
+            reason = avsc_missing() if spec.name.startswith("avsc") else None
             try:
                 if reason:
                     raise Unavailable(reason)
@@ -142,7 +151,7 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
                 running.append(server)
                 check_server(server)
             except (Unavailable, BenchError) as e:
-                if spec.name in ("baseline", "server"):  # without these there is no result
+                if spec.name in REQUIRED_SERVERS:  # without these there is no result
                     raise BenchError(f"{spec.label}: {e}\n{log_tail(log_dir, spec)}") from e
                 if running and running[-1].spec is spec:
                     stop_server(running.pop().process)
@@ -151,11 +160,13 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
                 continue
             progress(f"  listening on {server.port}; echo({QUERY!r}) answered correctly")
         servers = {server.spec.name: server for server in running}
-        # The baseline's fixed bytes must be exactly server.py's answer, or the comparison
-        # would be between two different responses.
-        if servers["baseline"].answer != servers["server"].answer:
-            raise BenchError("the baseline's answer differs from server.py's: "
-                             f"{servers['baseline'].answer!r} != {servers['server'].answer!r}")
+        # The fixed bytes must be exactly server.py's answer, or the comparison would be
+        # between two different responses.
+        for name in FIXED_BYTES_SERVERS:
+            if name in servers and servers[name].answer != servers["server"].answer:
+                raise BenchError(f"{servers[name].spec.label}'s answer differs from "
+                                 f"server.py's: {servers[name].answer!r} != "
+                                 f"{servers['server'].answer!r}")
 
         for server in running:
             server.body_file = log_dir / f"{server.spec.name}.body"
@@ -210,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
         servers = measure_servers(args, Path(log_dir))
         clients = None
         if not args.no_client:
-            clients = measure_client_against_baseline(args, Path(log_dir))
+            clients = measure_client_against_bare(args, Path(log_dir))
 
     results = {
         "machine": facts,
@@ -229,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(format_table(servers))
     if clients:
-        print(f"\nClient, calling the baseline server (medians of {args.client_rounds} rounds "
+        print(f"\nClient, calling bare eventlet.wsgi (medians of {args.client_rounds} rounds "
               f"of {args.client_seconds:g} s):")
         print(format_clients(clients))
     print("\nTargets:")
@@ -249,11 +260,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def measure_client_against_baseline(args: argparse.Namespace, log_dir: Path) -> dict:
-    """Time the clients against a fresh baseline server, with nothing else loading it."""
+def measure_client_against_bare(args: argparse.Namespace, log_dir: Path) -> dict:
+    """Time the clients against a fresh bare server, with nothing else loading it."""
     progress(f"client: {args.client_rounds} rounds of {args.client_seconds:g} s per client, "
-             "against the baseline server")
-    spec = server_specs(args.workers, False)[0]
+             "against bare eventlet.wsgi")
+    spec = next(spec for spec in server_specs(args.workers, False) if spec.name == "bare")
     server = start_server(spec, log_dir)
     try:
         check_server(server, calls=1)

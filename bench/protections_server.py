@@ -1,11 +1,11 @@
-"""The benchmark's baseline: eventlet.wsgi answering every POST with fixed bytes, no Avro work.
+"""The benchmark's "our protections, no Avro work": fixed bytes served through the project's
+own avrohttp.serve.serve(), with every protection on (deadlines, limits, fair turns).
 
-It is the most that this stack can serve, so bench/run.py reports every server as a ratio to
-it. The fixed answer is what server.py's application answers to the benchmark's request
-(computed once, at start-up), and it is sent through the same listener and server settings
-as server.py, so the only difference the ratio measures is the cost of the application.
+Its answer is what server.py's application answers to the benchmark's request (computed once,
+at start-up). Beside bare eventlet.wsgi (bench/bare_server.py), it shows what the protections
+cost; beside server.py, what the Avro work costs.
 
-Try it: `python bench/baseline_server.py --port 0`.
+Try it: `python bench/protections_server.py --port 0`.
 """
 
 import sys
@@ -26,7 +26,7 @@ from typing import Callable, Iterable, NamedTuple, Optional
 
 import wire
 
-log = logging.getLogger("baseline")
+log = logging.getLogger("protections")
 
 
 class FixedAnswer(NamedTuple):
@@ -52,7 +52,7 @@ def make_fixed_application(answer: FixedAnswer) -> Callable:
     """A WSGI app that reads the request body, then sends `answer`, whatever was asked."""
 
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        # Reading the body is not Avro work: any server must do it, so the baseline does too.
+        # Reading the body is not Avro work: any server must do it, so this one does too.
         environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
         start_response(answer.status, answer.headers)
         return [answer.body]
@@ -81,7 +81,7 @@ def main(argv: Optional[list] = None) -> int:
         log.error("cannot listen on %s:%s: %s", args.host, args.port, e.strerror or e)
         return 1
     host, port = listener.getsockname()[:2]
-    log.info("baseline server listening on http://%s:%d/", host, port)
+    log.info("fixed-bytes server listening on http://%s:%d/", host, port)
     try:
         avrohttp.serve.serve(listener, make_fixed_application(answer))
     except KeyboardInterrupt:

@@ -1,0 +1,79 @@
+"""The benchmark's limit: bare eventlet.wsgi, with eventlet's defaults, answering every POST
+with fixed bytes (server.py's answer to the benchmark's call) and doing no Avro work.
+
+With --yield, it also gives one eventlet.sleep(0) per request, after each answer: then the
+green thread does not park on the hub only to find the client's next request there, and a
+connection whose next request has come does not run on while the others wait. That is
+faster at many connections, and slower at one. bench/run.py measures both, and takes the
+faster at each number of connections as the limit.
+
+eventlet's defaults, but for the listener: it is the one server.py uses (a backlog of 2,048,
+not eventlet's 50, which drops connections under a burst), so that the two differ only in
+how they serve. `log_output=False`, as a fast bare server would be run.
+
+Try it: `python bench/bare_server.py --port 0 [--yield]`.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import server  # first: it monkey-patches the standard library for eventlet
+import avrohttp.options
+import avrohttp.serve
+
+import argparse
+import logging
+from typing import Optional
+
+import eventlet
+import eventlet.wsgi
+
+import wire
+from bench.protections_server import answer_in_process, make_fixed_application
+
+log = logging.getLogger("bare")
+
+
+class YieldingProtocol(eventlet.wsgi.HttpProtocol):
+    """eventlet.wsgi's own, with one yield per request."""
+
+    def handle_one_request(self) -> None:
+        super().handle_one_request()
+        eventlet.sleep(0)
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Answer every POST with fixed bytes on bare eventlet.wsgi.")
+    parser.add_argument("--host", default=avrohttp.options.DEFAULT_HOST,
+                        help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="port to listen on, 0 for any free port (default: %(default)s)")
+    parser.add_argument("--yield", dest="yield_", action="store_true",
+                        help="yield to the other green threads once per request")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    answer = answer_in_process(server.application, wire.call_body())
+    try:
+        listener = avrohttp.serve.listen(args.host, args.port)
+    except OSError as e:
+        log.error("cannot listen on %s:%s: %s", args.host, args.port, e.strerror or e)
+        return 1
+    host, port = listener.getsockname()[:2]
+    log.info("bare eventlet.wsgi%s listening on http://%s:%d/",
+             " + yield" if args.yield_ else "", host, port)
+    protocol = YieldingProtocol if args.yield_ else eventlet.wsgi.HttpProtocol
+    try:
+        eventlet.wsgi.server(listener, make_fixed_application(answer), log_output=False,
+                             protocol=protocol)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
