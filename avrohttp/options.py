@@ -15,7 +15,8 @@ DEFAULT_PORT = 8130
 # kernel then drops SYNs: clients wait a second or more before they retry.
 LISTEN_BACKLOG = 2048
 # eventlet's defaults wait forever for a slow or silent client, and take 1,024 connections.
-# Seconds that each read or write on a connection may wait for the client:
+# Seconds that a client has to take its whole answer (a client that never reads it would
+# otherwise hold the connection, and a green thread, forever):
 SOCKET_TIMEOUT = 30.0
 # Seconds that a keep-alive connection may wait for its next request (longer than nginx's
 # 20 s upstream keep-alive, so that a balancer closes first):

@@ -284,3 +284,30 @@ def test_client_refuses_a_bad_cafile_in_one_line(tmp_path, name, content, messag
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
         f"client.py: error: argument --cafile: {message.format(path=path)} (see --help)\n")
+
+
+def test_a_tls_client_that_never_reads_its_answer_is_let_go(pki, caplog):
+    caplog.set_level(logging.INFO, logger="avrohttp")
+    size = 64 * 2**20
+    payload = b"x" * size
+
+    def large_answer(environ, start_response):
+        start_response("200 OK", [("Content-Length", str(size))])
+        return [payload]
+
+    with serving_tls(pki.cert, pki.key, large_answer, socket_timeout=0.5) as address, \
+            socket.create_connection(address, timeout=10) as plain, \
+            trusting(pki).wrap_socket(plain, server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # then, nothing read
+        waited = 0.0
+        while "the answer was not read within 0.5 s" not in caplog.text:
+            assert waited < 10, "the server still waits on the client"
+            eventlet.sleep(0.1)
+            waited += 0.1
+        received = 0
+        with contextlib.suppress(OSError):  # reset, or a TLS record cut short
+            while chunk := sock.recv(2**20):
+                received += len(chunk)
+    assert received < size
+    assert caplog.text.count("the answer was not read within 0.5 s") == 1
+    assert "Traceback" not in caplog.text
