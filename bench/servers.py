@@ -99,7 +99,8 @@ def avsc_missing() -> Optional[str]:
 
 # --- Servers: start, check, stop -------------------------------------------------------------
 
-def start_server(spec: ServerSpec, log_dir: Path) -> Running:
+def start_server(spec: ServerSpec, log_dir: Path,
+                 timeout: float = START_TIMEOUT_SECONDS) -> Running:
     """Start a server and wait for its "listening on" line. Raises Unavailable."""
     log_path = log_dir / f"{spec.name}.log"
     # The log goes to a file, not a pipe: a pipe that nobody reads would fill up and block
@@ -112,7 +113,7 @@ def start_server(spec: ServerSpec, log_dir: Path) -> Running:
     if spec.stdin is not None:
         with process.stdin:
             process.stdin.write(spec.stdin)
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    deadline = time.monotonic() + timeout
     while True:
         match = LISTENING.search(log_path.read_text(errors="replace"))
         if match:
@@ -126,7 +127,7 @@ def start_server(spec: ServerSpec, log_dir: Path) -> Running:
             raise Unavailable(f"exited with status {process.returncode}: {last[-1]}")
         if time.monotonic() > deadline:
             stop_server(process)
-            raise Unavailable(f"printed no 'listening on' line in {START_TIMEOUT_SECONDS} s")
+            raise Unavailable(f"printed no 'listening on' line in {timeout:g} s")
         time.sleep(0.05)
 
 

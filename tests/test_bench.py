@@ -20,7 +20,7 @@ import avrohttp.requestor
 import avrohttp.responder
 import server
 import wire
-from bench import protections_server, run
+from bench import instructions, protections_server, run
 from bench.load import (CLIENTS, calls_per_second, client_results, make_point, median_points,
                         parse_wrk_output, wrk_command)
 from bench.report import (add_ratios, busy_machine_note, evaluate_targets, format_table,
@@ -296,3 +296,21 @@ def test_missing_wrk_is_a_clear_error(monkeypatch, capsys):
     assert run.main(["--seconds", "1", "--no-client"]) == 1
     assert capsys.readouterr().err == (
         "bench: error: wrk is not installed: `make bench` installs it (apt-get install wrk)\n")
+
+
+def test_instruction_counts_and_what_each_layer_adds(tmp_path):
+    dump = tmp_path / "server.callgrind.1234.1"
+    dump.write_text("# callgrind format\nversion: 1\nevents: Ir\nsummary: 5400000\n"
+                    "fl=(1) x.c\nfn=(1) main\n1 5400000\ntotals: 5400000\n")
+    assert instructions.instructions_in(dump) == 5_400_000
+    (tmp_path / "empty.1").write_text("")
+    with pytest.raises(BenchError, match="no instruction count"):
+        instructions.instructions_in(tmp_path / "empty.1")
+    counts = [{"name": name, "label": name, "requests": 1_000, "instructions_per_request": n}
+              for name, n in (("bare", 480_000), ("bare_yield", 500_000),
+                              ("protections", 510_000), ("server", 540_000))]
+    text = instructions.format_counts(counts)
+    assert ("our protections, against bare eventlet.wsgi + yield: +10,000 (+2.0%) "
+            "instructions per request") in text
+    assert "the Avro work, server.py against our protections: +30,000 (+5.9%)" in text
+    assert "Avro work" not in instructions.format_counts(counts[:3])
