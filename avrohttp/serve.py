@@ -215,19 +215,19 @@ class ClientDeadline:
             self.at = None
             self.protocol.cut()
             return
-        waiting = self.deadlines.waiting_on(self.fileno)
+        deadlines = self.deadlines
+        waiting = deadlines.waiting_on(self.fileno)
         if waiting is None:
             return  # the application's own work, not the client's: see again next sweep
-        deadlines = self.deadlines
         if self.phase == self.REQUEST or (
                 self.phase == self.FIRST and deadlines.request_timeout <= deadlines.idle_timeout):
             error = RequestTimeout(
-                f"the request did not arrive within {self.deadlines.request_timeout:g} s")
+                f"the request did not arrive within {deadlines.request_timeout:g} s")
         elif self.phase in (self.IDLE, self.FIRST):
             error = socket.timeout("idle")  # HTTPProtocol closes the connection, silently
         else:
             error = AnswerTimeout(
-                f"the answer was not read within {self.deadlines.answer_timeout:g} s")
+                f"the answer was not read within {deadlines.answer_timeout:g} s")
             self.protocol.log_error("%s", error)  # eventlet's own report of it is dropped
         self.at = now + GRACE_SECONDS
         self.phase = self.TOLD
