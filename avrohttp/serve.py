@@ -109,8 +109,6 @@ class AnswerTimeout(socket.timeout):
     """The client did not read its answer within the socket timeout."""
 
 
-# How long a connection that was answered 408 waits for its client to close (see linger()).
-LINGER_SECONDS = 1.0
 # How often Deadlines checks the connections (at most; see Deadlines.sweep_seconds).
 SWEEP_SECONDS = 1.0
 # How long a connection that was told its time is up may take to say so (a 408) and close,
@@ -343,16 +341,16 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
         A slow client is still sending when it is told 408. Closing a socket with bytes
         unread makes the kernel send a reset, and a reset may make the client's kernel drop
         the 408 before the client reads it. So, as Apache does: say that nothing more will be
-        sent, then read and drop what the client still sends, until it closes, for at most
-        LINGER_SECONDS. Not under TLS, whose close is the TLS layer's business.
+        sent, then read and drop what the client still sends, until it closes, or until the
+        deadline's grace period ends (GRACE_SECONDS: Deadlines then cuts the connection).
+        Not under TLS, whose close is the TLS layer's business.
         """
         if isinstance(self.connection, ssl.SSLSocket):
             return
         self.wfile.flush()
         self.connection.shutdown(socket.SHUT_WR)
-        with eventlet.Timeout(LINGER_SECONDS, False):  # one timer, only on this rare path
-            while self.connection.recv(4096):
-                pass
+        while self.connection.recv(4096):
+            pass
 
     def cut(self) -> None:
         """Shut the connection down under its green thread, which then fails and closes it.

@@ -14,7 +14,7 @@ import pytest
 import avrohttp
 import avrohttp.wsgi
 import client
-from conftest import log_messages, read_http_response, server_program, serving
+from conftest import echo_app, log_messages, read_http_response, server_program, serving
 from wire import call_body, read_answer
 
 TRICKLERS = 1500  # more than eventlet's default limit of 1,024 connections
@@ -197,6 +197,25 @@ def large_answer(size: int):
         return [payload]
 
     return application
+
+
+def test_a_client_still_sending_when_told_408_may_send_a_moment_more():
+    # A slow client may be sending when the server answers 408 and closes. Without a
+    # lingering close (serve.linger()), what it sends next makes the server's kernel answer
+    # with a reset, and its next send fails before it has read the 408.
+    with serving(echo_app(), request_timeout=0.5) as address, \
+            socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        # Past the deadline (0.5 s) and its sweep: the 408 is sent. Within the grace period
+        # (GRACE_SECONDS, 1 s) that the server then lingers for.
+        eventlet.sleep(0.9)
+        for _ in range(3):
+            sock.sendall(b"x" * 100)
+            eventlet.sleep(0.05)
+        assert sock.recv(1024) == (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                                   b"Content-Length: 0\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1024) == b""
 
 
 def test_a_client_that_never_reads_its_answer_is_let_go(caplog):
