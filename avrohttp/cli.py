@@ -10,13 +10,17 @@ import logging
 import os
 import signal
 import sys
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 import avro.ipc
+import eventlet
 
 from avrohttp import serve, supervisor
-from avrohttp.options import ServerOptions
+from avrohttp.options import METRICS_DIR_ENV, ServerOptions
 from avrohttp.wsgi import make_application
+
+if TYPE_CHECKING:
+    from avrohttp.metrics import ServerMetrics
 
 log = logging.getLogger("avrohttp")
 
@@ -49,6 +53,9 @@ def parse_options(argv: Optional[List[str]] = None, prog: Optional[str] = None,
     add("--drain-timeout", type=float, default=defaults.drain_timeout, metavar="SECONDS",
         help="seconds a stop waits for the calls in flight (default: %(default)s)")
     add("--access-log", action="store_true", help="log one line per request")
+    add("--metrics", action="store_true",
+        help="count every call and serve them at GET /metrics, in Prometheus's format "
+             "(docs/metrics.md says what that costs)")
     # Given by the supervisor to each worker: the pipe on which to say it listens.
     add("--ready-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -116,9 +123,33 @@ def main(responder_factory: Callable[[], avro.ipc.Responder],
     else:
         host, port = listener.getsockname()[:2]
         log.info("%s server listening on %s://%s:%d/", name, options.scheme, host, port)
-    serve.serve(listener, make_application(responder, options.max_body_bytes), options)
+    metrics = _metrics(responder) if options.metrics else None
+    serve.serve(listener, make_application(responder, options.max_body_bytes, metrics),
+                options, server_metrics=metrics)
+    if metrics is not None:
+        metrics.flush()  # the last calls, for the workers that go on
     log.info("stopped")
     return 0
+
+
+def _metrics(responder: avro.ipc.Responder) -> Optional["ServerMetrics"]:
+    """The server's metrics, installed as a hook of the responder (an avrohttp.Responder)."""
+    if not hasattr(responder, "hooks"):
+        log.warning("no metrics: %s is not an avrohttp.Responder", type(responder).__name__)
+        return None
+    # Imported only when wanted: without metrics, prometheus_client is never imported.
+    from avrohttp.metrics import FLUSH_SECONDS, ServerMetrics
+    # Set by the supervisor for its workers (--workers N): they share their counts there.
+    directory = os.environ.get(METRICS_DIR_ENV)
+    metrics = ServerMetrics(responder, directory=directory)
+    responder.hooks.append(metrics)
+    if directory is not None:
+        def flush_forever() -> None:
+            while True:
+                eventlet.sleep(FLUSH_SECONDS)
+                metrics.flush()
+        eventlet.spawn_n(flush_forever)
+    return metrics
 
 
 def _this_program() -> List[str]:

@@ -11,13 +11,14 @@ import http.client
 import re
 import socket
 import ssl
-from typing import Optional, Union
+from typing import Iterable, Optional, Union
 
 import avro.errors
 import avro.ipc
 import avro.protocol
 
 from avrohttp import codec
+from avrohttp.hooks import CallHook
 from avrohttp.requestor import Requestor
 
 DEFAULT_HOST = "127.0.0.1"
@@ -181,6 +182,8 @@ class Client:
         ssl.create_default_context(cafile=...) only the one in that file.
     retry: send a call once more, on a new connection, if the server had closed the
         kept-alive one (see Transceiver.transceive). Only for idempotent messages.
+    call_hooks: avrohttp.hooks.CallHook objects run around each call (avrohttp.metrics's
+        ClientMetrics, say).
 
     call() raises CallFailed when the server cannot be reached or gives no Avro answer, and
     when the server answers with an Avro error, one of the two subclasses of
@@ -192,11 +195,12 @@ class Client:
     def __init__(self, protocol: Union[str, avro.protocol.Protocol], host: str = DEFAULT_HOST,
                  port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: Optional[float] = None,
-                 ssl_context: Optional[ssl.SSLContext] = None, retry: bool = False) -> None:
+                 ssl_context: Optional[ssl.SSLContext] = None, retry: bool = False,
+                 call_hooks: Iterable[CallHook] = ()) -> None:
         if connect_timeout is None:
             connect_timeout = min(timeout, DEFAULT_CONNECT_TIMEOUT)
         self.transceiver = Transceiver(host, port, timeout, connect_timeout, ssl_context, retry)
-        self.requestor = Requestor(protocol, self.transceiver)
+        self.requestor = Requestor(protocol, self.transceiver, call_hooks)
 
     def call(self, message: str, **parameters) -> object:
         """Call `message` with these parameters, and return the server's answer."""

@@ -242,3 +242,23 @@ def skip_metadata(decoder: avro.io.BinaryDecoder) -> bool:
     reader.seek(start)
     avro.ipc.META_READER.read(decoder)
     return False
+
+
+def read_metadata(decoder: avro.io.BinaryDecoder) -> dict:
+    """Read a metadata map (str to bytes), taking the one-byte empty map without avro's
+    generic reader, as skip_metadata does. Always a new dict: a hook may change it."""
+    reader = decoder.reader
+    start = reader.tell()
+    if reader.read(1) == EMPTY_META:
+        return {}
+    reader.seek(start)
+    return avro.ipc.META_READER.read(decoder)
+
+
+def encode_metadata(meta: dict) -> bytes:
+    """A metadata map (str to bytes), as avro.ipc's META_WRITER writes it."""
+    if not meta:
+        return EMPTY_META
+    buffer = io.BytesIO()
+    avro.ipc.META_WRITER.write(meta, avro.io.BinaryEncoder(buffer))
+    return buffer.getvalue()

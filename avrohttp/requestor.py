@@ -3,7 +3,7 @@ waste cut. avrohttp.Client builds on it; docs/avro-ipc.md lists what it fixes.
 """
 
 import io
-from typing import Callable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import avro.errors
 import avro.io
@@ -11,8 +11,9 @@ import avro.ipc
 import avro.protocol
 import avro.schema
 
-from avrohttp import codec
+from avrohttp import codec, hooks
 from avrohttp.errors import DeclaredError, RemoteSystemError
+from avrohttp.hooks import Call, CallHook
 from avrohttp.protocol import as_written
 
 
@@ -40,9 +41,12 @@ class Requestor(avro.ipc.Requestor):
     - Response readers (codec.reader_for) are made once per server protocol, not once per call.
     """
 
-    def __init__(self, local_protocol: Union[str, avro.protocol.Protocol],
-                 transceiver) -> None:
+    def __init__(self, local_protocol: Union[str, avro.protocol.Protocol], transceiver,
+                 call_hooks: Iterable[CallHook] = ()) -> None:
         super().__init__(as_written(local_protocol), transceiver)
+        # Run around each call (avrohttp.hooks); add one with self.hooks.append(hook).
+        self.hooks = hooks.Hooks(call_hooks)
+        self._call: Optional[Call] = None  # the call in progress, while hooks are installed
         self._handshake_requests = {}
         self._call_heads = {}
         self._request_encoders = {}
@@ -81,6 +85,37 @@ class Requestor(avro.ipc.Requestor):
             self._handshake_requests[key] = request
         encoder.write(request)
 
+    def request(self, message_name: str, request_datum: object) -> object:
+        """Call the message and return its answer (avro.ipc's request), with the hooks run
+        around it if any are installed."""
+        if not self.hooks.hooks or self._call is not None:  # (a resend after NONE: same call)
+            return super().request(message_name, request_datum)
+        call = self._call = Call(message_name)
+        self.hooks.before(call)
+        try:
+            response = super().request(message_name, request_datum)
+        except DeclaredError:
+            call.outcome = hooks.DECLARED_ERROR
+            raise
+        except avro.errors.AvroRemoteException:  # RemoteSystemError
+            call.outcome = hooks.SYSTEM_ERROR
+            raise
+        except BaseException:
+            call.outcome = hooks.FAILED
+            raise
+        else:
+            call.outcome = hooks.ANSWERED
+            return response
+        finally:
+            self._call = None
+            self.hooks.after(call)
+
+    def issue_request(self, call_request: bytes, message_name: str,
+                      request_datum: object) -> object:
+        if self._call is not None:
+            self._call.request_bytes += len(call_request)
+        return super().issue_request(call_request, message_name, request_datum)
+
     def write_call_request(self, message_name: str, request_datum: object,
                            encoder: avro.io.BinaryEncoder) -> None:
         head = self._call_heads.get(message_name)
@@ -93,10 +128,15 @@ class Requestor(avro.ipc.Requestor):
             avro.io.BinaryEncoder(buffer).write_utf8(message.name)
             head = self._call_heads[message_name] = buffer.getvalue()
             self._request_encoders[message_name] = codec.encoder_for(message.request)
+        if self._call is not None and self._call.request_meta:
+            # Metadata from a hook, in place of the cached head's empty map, for this call.
+            head = codec.encode_metadata(self._call.request_meta) + head[len(codec.EMPTY_META):]
         encoder.write(head + self._request_encoders[message_name](request_datum))
 
     def read_handshake_response(self, decoder: avro.io.BinaryDecoder) -> bool:
         reader = decoder.reader
+        if self._call is not None:
+            self._call.response_bytes += reader.getbuffer().nbytes
         start = reader.tell()
         if reader.read(len(self._both)) == self._both:
             self.send_protocol = False
@@ -114,7 +154,10 @@ class Requestor(avro.ipc.Requestor):
             readers = self._response_readers[message_name] = (
                 codec.reader_for(remote.response, local.response),
                 error_reader_for(remote.errors, local.errors))
-        codec.skip_metadata(decoder)
+        if self._call is None:
+            codec.skip_metadata(decoder)
+        else:
+            self._call.response_meta = codec.read_metadata(decoder)
         response_reader, error_reader = readers
         if decoder.read_boolean():
             raise error_reader(decoder)

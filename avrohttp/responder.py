@@ -10,15 +10,16 @@ test_codec.py fail without the fixes.
 import hashlib
 import io
 import logging
-from typing import Callable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import avro.errors
 import avro.io
 import avro.ipc
 import avro.protocol
 
-from avrohttp import codec
+from avrohttp import codec, hooks
 from avrohttp.errors import DeclaredError
+from avrohttp.hooks import Call, CallHook
 from avrohttp.protocol import as_written
 
 # Client protocols remembered by hash; the least recently used is forgotten first.
@@ -105,12 +106,17 @@ class Responder(avro.ipc.Responder):
     """
 
     def __init__(self, local_protocol: Union[str, avro.protocol.Protocol],
-                 max_cached_protocols: int = MAX_CACHED_PROTOCOLS) -> None:
+                 max_cached_protocols: int = MAX_CACHED_PROTOCOLS,
+                 call_hooks: Iterable[CallHook] = ()) -> None:
         """local_protocol: the protocol's JSON text (best: it is sent as written, so that
-        other implementations see its one-way messages), or a protocol avro has parsed."""
+        other implementations see its one-way messages), or a protocol avro has parsed.
+        call_hooks: avrohttp.hooks.CallHook objects run around each call."""
         local_protocol = as_written(local_protocol)
         one_way = getattr(local_protocol, "one_way", frozenset())
         self.max_cached_protocols = max_cached_protocols
+        # Run around each call (avrohttp.hooks); add one with self.hooks.append(hook).
+        self.hooks = hooks.Hooks(call_hooks)
+        self._hook_list = self.hooks.hooks  # the same list: one lookup per call, not two
         # For each hash in the protocol cache (and always our own): the request readers of
         # the protocol cached under it, by message name. Kept and forgotten with the protocol.
         self._request_readers = {}
@@ -155,19 +161,23 @@ class Responder(avro.ipc.Responder):
             if forgotten != self.local_hash:  # get_protocol_cache always knows our own
                 del self._request_readers[forgotten]
 
-    def respond(self, call_request: bytes) -> bytes:
+    def respond(self, call_request: bytes, call: Optional[Call] = None) -> bytes:
         """Answer one call: the handshake response, then the call response (if any).
 
         Raises BadRequest when the body does not even start with a handshake request.
+        `call` is for _respond_with_hooks: with no hook installed it stays None, and the
+        outcome of the call is not even noted.
         """
+        if call is None and self._hook_list:
+            return self._respond_with_hooks(call_request)
         decoder = codec.Decoder(io.BytesIO(call_request))
         # Saves: reading the handshake, the metadata and the message name, for a call that
         # starts with the same bytes as an earlier one (see _remember_head).
         for length in self._head_lengths:
-            call = self._call_heads.get(call_request[:length])
-            if call is not None:
+            head = self._call_heads.get(call_request[:length])
+            if head is not None:
                 decoder.reader.seek(length)
-                return self._handshake_responses["BOTH"] + self._call(*call, decoder)
+                return self._handshake_responses["BOTH"] + self._call(*head, decoder, call)
 
         if (len(call_request) >= _SHORT_HANDSHAKE and call_request[_HASH] == 0
                 and call_request[_SHORT_HANDSHAKE - 1] == 0):
@@ -184,27 +194,44 @@ class Responder(avro.ipc.Responder):
         except Exception as e:  # parsing untrusted JSON can fail in many ways
             # Answering NONE would make the client resend the same protocol (avsc does so
             # forever). Say the protocol was received, and why it cannot be used.
+            if call is not None:
+                call.outcome = hooks.SYSTEM_ERROR
             return (self._handshake_response(handshake, client_known=True)
                     + self._system_error(f"Invalid client protocol: {e}"))
         if client_protocol is None:
             # NONE: the client must resend with its protocol; no call response follows.
+            if call is not None:
+                call.outcome = hooks.HANDSHAKE
             return self._handshake_response(handshake, client_known=False)
         response = self._handshake_response(handshake, client_known=True)
-        return response + self._call_response(handshake, response, client_protocol, decoder)
+        return response + self._call_response(handshake, response, client_protocol, decoder,
+                                              call)
 
     def _call_response(self, handshake: dict, handshake_response: bytes,
                        client_protocol: avro.protocol.Protocol,
-                       decoder: avro.io.BinaryDecoder) -> bytes:
+                       decoder: avro.io.BinaryDecoder, call: Optional[Call]) -> bytes:
         try:
-            no_meta = codec.skip_metadata(decoder)
+            if call is None:
+                no_meta = codec.skip_metadata(decoder)
+            else:  # the hooks see the metadata
+                call.request_meta = codec.read_metadata(decoder)
+                no_meta = not call.request_meta
             name = decoder.read_utf8()
         except DECODING_ERRORS as e:
+            if call is not None:
+                call.outcome = hooks.SYSTEM_ERROR
             return self._system_error(f"Invalid call request: {e}")
+        if call is not None:
+            call.message = name
         if name == "":
+            if call is not None:
+                call.outcome = hooks.PING
             return b""  # a ping: the handshake alone is the answer
         local_message = self.local_protocol.messages.get(name)
         # avro parses a protocol with no messages (or "messages": {}) to messages=None.
         if name not in (client_protocol.messages or {}) or local_message is None:
+            if call is not None:
+                call.outcome = hooks.UNKNOWN_MESSAGE
             return self._system_error(f"Unknown message: {name}")
         readers = self._request_readers.get(handshake["clientHash"])
         reader = readers.get(name) if readers is not None else None
@@ -219,7 +246,7 @@ class Responder(avro.ipc.Responder):
             with decoder.reader.getbuffer() as call_request:
                 head = bytes(call_request[:decoder.reader.tell()])
             self._remember_head(head, (local_message, reader))
-        return self._call(local_message, reader, decoder)
+        return self._call(local_message, reader, decoder, call)
 
     def _remember_head(self, head: bytes, call: tuple) -> None:
         """Remember what a call's first bytes mean: a client whose protocol is cached, that
@@ -262,23 +289,36 @@ class Responder(avro.ipc.Responder):
             raise avro.errors.AvroRemoteException(f"Not implemented: {message.name}")
         return handler(**request)
 
-    def _call(self, local_message, reader: Callable, decoder: avro.io.BinaryDecoder) -> bytes:
+    def _call(self, local_message, reader: Callable, decoder: avro.io.BinaryDecoder,
+              call: Optional[Call] = None) -> bytes:
         """The call response: read the parameters, invoke the handler, write its answer."""
         name = local_message.name
+        if call is not None:
+            call.message = name
         try:
             request = reader(decoder)
         except DECODING_ERRORS as e:
+            if call is not None:
+                call.outcome = hooks.SYSTEM_ERROR
             return self._system_error(f"Invalid parameters for {name}: {e}")
+        if call is not None:
+            self.hooks.before(call)
         response_writer, error_writer = self._response_encoders[name]
         try:
             response = self.invoke(local_message, request)
             return self._call_result(response_writer, response, is_error=False)
         except avro.errors.AvroRemoteException as e:
             if len(e.args) == 1 and isinstance(e.args[0], str):  # a plain string stays one
-                return self._call_result(error_writer, e.args[0], is_error=True)
-            return self._declared_error(local_message, e)
+                answer = self._call_result(error_writer, e.args[0], is_error=True)
+            else:
+                answer = self._declared_error(local_message, e)
+            if call is not None:
+                call.outcome = _error_outcome(answer)
+            return answer
         except Exception:
             log.exception("handler for %r failed", name)
+            if call is not None:
+                call.outcome = hooks.SYSTEM_ERROR
             return self._system_error(f"Internal error in {name}")
 
     def _declared_error(self, message: avro.protocol.Message,
@@ -323,8 +363,65 @@ class Responder(avro.ipc.Responder):
     def _system_error(self, message: str) -> bytes:
         return self._call_result(_SYSTEM_ERROR_ENCODER, message[:MAX_ERROR_CHARS], is_error=True)
 
+    # --- Call hooks (avrohttp.hooks): only ever run when a hook is installed ---------------
+
+    def _respond_with_hooks(self, call_request: bytes) -> bytes:
+        """respond(), with the hooks run around it, and the response metadata they wrote."""
+        call = Call(request_bytes=len(call_request))
+        try:
+            response = self.respond(call_request, call)
+        except BadRequest:
+            call.outcome = hooks.BAD_REQUEST
+            self.hooks.after(call)
+            raise
+        except Exception:  # a bug: avrohttp.wsgi answers 500
+            call.outcome = hooks.SYSTEM_ERROR
+            self.hooks.after(call)
+            raise
+        if call.outcome is None:
+            call.outcome = hooks.ANSWERED
+        call.response_bytes = len(response)
+        self.hooks.after(call)
+        if call.response_meta and call.outcome not in (hooks.PING, hooks.HANDSHAKE):
+            response = self._with_response_meta(response, call.response_meta)
+        return response
+
+    def _with_response_meta(self, response: bytes, meta: dict) -> bytes:
+        """The response with `meta` in place of the empty metadata map of its call response.
+
+        Every call response is written with empty metadata (codec.EMPTY_META); only a call
+        whose hooks wrote some pays for encoding it. The call response starts right after
+        the handshake response, which is one of the three in _handshake_responses (their
+        first bytes, the match enum, differ).
+        """
+        for handshake in self._handshake_responses.values():
+            if response.startswith(handshake):
+                break
+        else:
+            raise AssertionError("a response that starts with no known handshake response")
+        start = len(handshake)
+        if response[start:start + 1] != codec.EMPTY_META:
+            raise AssertionError("a call response that does not start with empty metadata")
+        return response[:start] + codec.encode_metadata(meta) + response[start + 1:]
+
+    def bad_request(self, request_bytes: int) -> None:
+        """Tell the hooks of a body that is not even Avro-framed (avrohttp.wsgi answers 400
+        without calling respond())."""
+        if self.hooks.hooks:
+            call = Call(request_bytes=request_bytes)
+            call.outcome = hooks.BAD_REQUEST
+            self.hooks.after(call)
+
 
 _SYSTEM_ERROR_ENCODER = codec.encoder_for(avro.ipc.SYSTEM_ERROR_SCHEMA)
+
+
+def _error_outcome(call_response: bytes) -> str:
+    """How a handler's AvroRemoteException went out, as the client will read it: a declared
+    error (a branch of the errors union after the first), or a system error (the first
+    branch, the string: a plain string raised, or a datum that fits no declared error)."""
+    # Empty metadata, the error flag, then the branch index: 0 is the byte 0x00.
+    return hooks.SYSTEM_ERROR if call_response[2:3] == b"\x00" else hooks.DECLARED_ERROR
 
 
 def _encode_null(datum: object) -> bytes:

@@ -40,11 +40,13 @@ def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
 
 
 def serve(listener: socket.socket, app: Callable, options: Optional[ServerOptions] = None,
-          **changes) -> None:
+          server_metrics=None, **changes) -> None:
     """Serve app on listener until the accept loop is interrupted, then drain.
 
     options: the limits and timeouts (ServerOptions() by default); keyword arguments change
     single fields of it, as in serve(listener, app, idle_timeout=5).
+    server_metrics: the avrohttp.metrics.ServerMetrics that app serves, if any: it then also
+    counts the open connections, and the 408 answers sent before the application is called.
     """
     options = dataclasses.replace(options or ServerOptions(), **changes)
     deadlines = Deadlines(options)
@@ -69,7 +71,7 @@ def serve(listener: socket.socket, app: Callable, options: Optional[ServerOption
             keepalive=options.idle_timeout,
             max_size=options.max_connections,
             protocol=functools.partial(HTTPProtocol, deadlines=deadlines,
-                                       access_log=options.access_log),
+                                       access_log=options.access_log, metrics=server_metrics),
         )
     finally:
         deadlines.stop()
@@ -252,7 +254,8 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
     """
 
     def __init__(self, conn_state: list, server, deadlines: Deadlines,
-                 access_log: bool) -> None:
+                 access_log: bool, metrics=None) -> None:
+        self.metrics = metrics
         self.deadlines = deadlines
         self.deadline = ClientDeadline(deadlines, self, conn_state[1])
         self.requests = 0
@@ -267,6 +270,8 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
             deadlines.connections.discard(self.deadline)
 
     def handle(self) -> None:
+        if self.metrics is not None:
+            self.metrics.connection_opened()
         try:
             super().handle()
         except ssl.SSLError as e:  # the reason names the problem: HTTP_REQUEST, say
@@ -277,6 +282,9 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
             # TLS one raises ValueError.
             if self.conn_state[2] != eventlet.wsgi.STATE_CLOSE:
                 raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.connection_closed()
 
     def _read_request_line(self) -> bytes:
         # eventlet's own sets a socket timeout twice per request, for the idle timeout and
@@ -325,6 +333,8 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
         except RequestTimeout as e:  # in the request line or headers: no application yet
             self.log_error("%s", e)
             self.close_connection = 1
+            if self.metrics is not None:
+                self.metrics.count_status(408)
             if getattr(self, "raw_requestline", None) or not isinstance(self.connection,
                                                                         ssl.SSLSocket):
                 try:  # a courtesy, not worth waiting for (Deadlines cuts it after a grace

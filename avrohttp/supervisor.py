@@ -7,16 +7,20 @@ starts a new worker when one dies; and on SIGTERM or SIGINT it passes SIGTERM on
 every worker stops accepting and answers its calls in flight, and it exits when they all have.
 """
 
+import contextlib
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
-from avrohttp.options import ServerOptions
+from avrohttp import metrics
+from avrohttp.options import METRICS_DIR_ENV, ServerOptions
 
 log = logging.getLogger("avrohttp")
 
@@ -51,8 +55,10 @@ def reserve_port(host: str, port: int) -> socket.socket:
 class Supervisor:
     """Keeps `count` workers running `command`, each told to report on a pipe when ready."""
 
-    def __init__(self, command: List[str], count: int, drain_timeout: float) -> None:
+    def __init__(self, command: List[str], count: int, drain_timeout: float,
+                 metrics_dir: Optional[str] = None) -> None:
         self.command = command
+        self.metrics_dir = metrics_dir
         self.count = count
         self.drain_timeout = drain_timeout
         self.workers: List[Optional[subprocess.Popen]] = []  # None: a worker that did not start
@@ -68,8 +74,11 @@ class Supervisor:
         try:
             # Its own process group: Ctrl-C in a terminal reaches the supervisor alone, which
             # passes it on once. (Two signals would make a worker stop without draining.)
+            env = None
+            if self.metrics_dir is not None:  # where the workers add up their metrics
+                env = {**os.environ, METRICS_DIR_ENV: self.metrics_dir}
             worker = subprocess.Popen([*self.command, "--ready-fd", str(ready_writer)],
-                                      pass_fds=(ready_writer,), process_group=0)
+                                      pass_fds=(ready_writer,), process_group=0, env=env)
         finally:
             os.close(ready_writer)
         with os.fdopen(ready, "rb") as pipe:
@@ -123,6 +132,8 @@ class Supervisor:
         if dead is not None:
             log.warning("worker %d exited with status %d; starting another",
                         dead.pid, dead.returncode)
+            if self.metrics_dir is not None:
+                metrics.forget_worker_gauges(self.metrics_dir, dead.pid)
         wait = self.started[slot] + RESTART_INTERVAL - time.monotonic()
         if wait > 0:
             time.sleep(wait)
@@ -150,11 +161,11 @@ def run(program: List[str], argv: List[str], options: ServerOptions, name: str) 
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", options.host, options.port, e.strerror or e)
         return 1
-    with reservation:
+    with reservation, _metrics_dir(options.metrics) as metrics_dir:
         port = reservation.getsockname()[1]
         # argparse keeps the last of a repeated option, so these override the user's.
         command = [*program, *argv, "--workers", "1", "--port", str(port)]
-        supervisor = Supervisor(command, options.workers, options.drain_timeout)
+        supervisor = Supervisor(command, options.workers, options.drain_timeout, metrics_dir)
         if not supervisor.start():
             return 1
         log.info("%s server listening on %s://%s:%d/ (%d workers)", name, options.scheme,
@@ -162,3 +173,17 @@ def run(program: List[str], argv: List[str], options: ServerOptions, name: str) 
         status = supervisor.run()
     log.info("stopped")
     return status
+
+
+@contextlib.contextmanager
+def _metrics_dir(wanted: bool) -> Iterator[Optional[str]]:
+    """A new, empty directory for the workers' metrics files (avrohttp.metrics), removed at
+    the end: counts start from zero with each start of the server, as in one process."""
+    if not wanted:
+        yield None
+        return
+    directory = tempfile.mkdtemp(prefix="avrohttp-metrics-")
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

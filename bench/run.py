@@ -43,6 +43,7 @@ import tempfile
 import time
 from typing import Optional
 
+from bench import metrics_cost
 from bench.load import make_point, measure_clients, median_points, run_wrk
 from bench.report import (add_ratios, busy_machine_note, connections_text, evaluate_targets,
                           format_clients, format_table, format_targets, machine_facts, plot)
@@ -119,6 +120,9 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                              "On a busy machine, 3 gives steadier figures (default: 1)")
     parser.add_argument("--no-client", action="store_true",
                         help="skip the client measurement")
+    parser.add_argument("--metrics-cost", action="store_true",
+                        help="measure only what the metrics cost: the limit, server.py "
+                             "and server.py --metrics (use with --repeat 10 or more)")
     parser.add_argument("--json", type=Path, default=BENCH / "results.json",
                         help="where to write the results (default: bench/results.json)")
     parser.add_argument("--png", type=Path, default=BENCH / "results.png",
@@ -135,6 +139,9 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
 def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
     """Start every server, check it, load it at each point; returns their results."""
     specs = server_specs(args.workers, args.with_stdlib)
+    if args.metrics_cost:
+        specs = [spec for spec in specs
+                 if spec.name in (*REQUIRED_SERVERS, "server-metrics")]
     results = []
     running = []
     try:
@@ -177,9 +184,9 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
 
         steps = args.repeat * len(args.connections) * len(running)
         step = 0
-        for _ in range(args.repeat):
+        for repeat in range(args.repeat):
             for connections in args.connections:
-                for server in running:
+                for server in metrics_cost.in_turns(running, repeat):
                     step += 1
                     if server.process.poll() is not None:
                         raise BenchError(f"{server.spec.label} exited during the benchmark "
@@ -187,17 +194,27 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
                                          f"{log_tail(log_dir, server.spec)}")
                     progress(f"[{step}/{steps}] {server.spec.label} at "
                              f"{connections_text(connections)}, {args.seconds} s")
+                    cpu = metrics_cost.cpu_seconds(server.process.pid)
                     wrk = run_wrk(server, server.body_file, connections, args.seconds,
                                   args.threads)
+                    cpu = metrics_cost.cpu_seconds(server.process.pid) - cpu
                     point = make_point(connections, wrk, rss_bytes(server.process.pid))
+                    point["cpu_us_per_request"] = (
+                        round(cpu / point["requests"] * 1e6, 2) if point["requests"] else None)
                     server.points.append(point)
                     progress(f"  {point['requests_per_s']:,.0f} req/s, p50 "
                              f"{point['p50_ms']:.2f} ms, p99 {point['p99_ms']:.2f} ms, "
-                             f"{point['error_total']} errors")
+                             f"{point['error_total']} errors, "
+                             f"{point['cpu_us_per_request'] or 0:.0f} µs CPU a request")
                     time.sleep(0.5)  # let the closed connections go before the next point
         for server in running:  # still correct after the load?
             result = next(r for r in results if r["name"] == server.spec.name)
             result["points"] = median_points(server.points)
+            # Each repeat's figures, in the order run: bench/metrics_cost.py pairs them.
+            for key in ("requests_per_s", "cpu_us_per_request"):
+                result[f"{key}_by_run"] = {
+                    str(count): [p[key] for p in server.points if p["connections"] == count]
+                    for count in args.connections}
             try:
                 check_server(server, calls=1)
             except BenchError as e:
@@ -220,8 +237,10 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="avro-bench-") as log_dir:
         servers = measure_servers(args, Path(log_dir))
         clients = None
-        if not args.no_client:
+        if not args.no_client and not args.metrics_cost:
             clients = measure_client_against_bare(args, Path(log_dir))
+    progress("metrics: µs per call in process, with and without")
+    cost = metrics_cost.summary(servers, args.connections, metrics_cost.in_process_cost())
 
     results = {
         "machine": facts,
@@ -233,8 +252,9 @@ def run(args: argparse.Namespace) -> int:
                      "client_round_seconds": args.client_seconds},
         "servers": servers,
         "client": clients,
+        "metrics_cost": cost,
     }
-    results["targets"] = evaluate_targets(servers, clients)
+    results["targets"] = evaluate_targets(servers, clients) + [metrics_cost.target(cost)]
     facts["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
     print()
@@ -243,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nClient, calling bare eventlet.wsgi (medians of {args.client_rounds} rounds "
               f"of {args.client_seconds:g} s):")
         print(format_clients(clients))
+    print("\nWhat the metrics cost (server.py --metrics, against server.py):")
+    print(metrics_cost.format_summary(cost))
     print("\nTargets:")
     print(format_targets(results["targets"]))
     busy = busy_machine_note(facts)

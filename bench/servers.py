@@ -66,6 +66,9 @@ def server_specs(workers: int, with_stdlib: bool) -> list:
                    lambda: [python, str(BENCH / "protections_server.py"), "--port", "0"]),
         ServerSpec("server", "server.py",
                    lambda: [python, str(ROOT / "server.py"), "--port", "0"]),
+        # What the metrics cost (bench/metrics_cost.py): the same server with them.
+        ServerSpec("server-metrics", "server.py --metrics",
+                   lambda: [python, str(ROOT / "server.py"), "--port", "0", "--metrics"]),
         # Worker processes cannot share a port picked by port 0 after the fact: pass one.
         ServerSpec("workers", f"server.py --workers {workers}",
                    lambda: [python, str(ROOT / "server.py"), "--port", str(free_port()),

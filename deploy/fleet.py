@@ -115,8 +115,9 @@ class Server:
         self._log_start = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
+                # --metrics: Prometheus scrapes each server (deploy/prometheus.yml).
                 [sys.executable, str(ROOT / "server.py"), "--port", str(self.port),
-                 "--access-log"],
+                 "--access-log", "--metrics"],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                 start_new_session=True)
 

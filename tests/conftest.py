@@ -130,14 +130,15 @@ class ServerProcess(NamedTuple):
 
 
 @contextlib.contextmanager
-def server_program(*args: str):
-    """Run server.py on a free port, in its own session (so SIGINT reaches it).
+def server_program(*args: str, program: Path = ROOT / "server.py"):
+    """Run server.py (or another program of avrohttp.cli) on a free port, in its own session
+    (so SIGINT reaches it).
 
     Yields a ServerProcess; the test may stop it. Whatever is still running at the end is
     killed, so a failing test leaves no server behind.
     """
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "server.py"), "--port", "0", *args],
+        [sys.executable, str(program), "--port", "0", *args],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         # Workers (--workers) may log their own start before the supervisor's line.

@@ -156,3 +156,26 @@ def test_no_call_fails_when_a_server_is_killed(fleet):
     assert result.retried > 0
     assert result.answered_after_restart > 0  # the restarted server gets calls again
     assert all(count > 0 for count in result.answered), result.answered
+
+
+def test_metrics_are_scraped_from_each_server_not_through_nginx(fleet):
+    # nginx refuses /metrics (each scrape would show some instance's counts); each server
+    # answers it, as deploy/prometheus.yml scrapes them.
+    assert fleet.get("/metrics")[0] == 404
+    for server in fleet.servers:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        try:
+            connection.request("GET", "/metrics")
+            response = connection.getresponse()
+            assert response.status == 200
+            assert b"avro_server_calls_total" in response.read()
+        finally:
+            connection.close()
+
+
+def test_prometheus_scrapes_the_servers_that_nginx_balances():
+    nginx = fleet_module.CONFIG.read_text()
+    prometheus = (ROOT / "deploy" / "prometheus.yml").read_text()
+    upstream = re.findall(r"^\s*server (127\.0\.0\.1:\d+)\b", nginx, re.MULTILINE)
+    targets = re.findall(r"^\s*- (127\.0\.0\.1:\d+)$", prometheus, re.MULTILINE)
+    assert len(upstream) == 3 and targets == upstream

@@ -158,7 +158,7 @@ def test_server_help_lists_every_option():
     options = re.findall(r"^  (--[a-z-]+)", result.stdout, re.MULTILINE)
     assert options == ["--host", "--port", "--certfile", "--keyfile", "--workers",
                        "--max-body-bytes", "--request-timeout", "--idle-timeout",
-                       "--max-connections", "--drain-timeout", "--access-log"]
+                       "--max-connections", "--drain-timeout", "--access-log", "--metrics"]
 
 
 # client.py and protocol.py as programs.

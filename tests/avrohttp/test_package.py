@@ -34,11 +34,14 @@ def test_the_package_imports_no_eventlet():
                               make_application)
         from avrohttp import codec
         print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in
-                                ("eventlet", "greenlet", "dns", "avrohttp"))))
+                                ("eventlet", "greenlet", "dns", "avrohttp",
+                                 "prometheus_client"))))
     """)
+    # Nor prometheus_client: avrohttp.metrics imports it, and only a server with metrics
+    # imports avrohttp.metrics.
     assert imported == ["avrohttp", "avrohttp.client", "avrohttp.codec", "avrohttp.errors",
-                        "avrohttp.options", "avrohttp.protocol", "avrohttp.requestor",
-                        "avrohttp.responder", "avrohttp.wsgi"]
+                        "avrohttp.hooks", "avrohttp.options", "avrohttp.protocol",
+                        "avrohttp.requestor", "avrohttp.responder", "avrohttp.wsgi"]
 
 
 # What a library could change in a process on import: the standard library's objects (as
