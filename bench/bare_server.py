@@ -54,12 +54,15 @@ def main(argv: Optional[list] = None) -> int:
                         help="port to listen on, 0 for any free port (default: %(default)s)")
     parser.add_argument("--yield", dest="yield_", action="store_true",
                         help="yield to the other green threads once per request")
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="share the port with other processes (SO_REUSEPORT), to run "
+                             "several as --workers does")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     answer = answer_in_process(server.application, wire.call_body())
     try:
-        listener = avrohttp.serve.listen(args.host, args.port)
+        listener = avrohttp.serve.listen(args.host, args.port, reuse_port=args.reuse_port)
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", args.host, args.port, e.strerror or e)
         return 1
