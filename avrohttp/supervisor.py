@@ -19,7 +19,6 @@ import tempfile
 import time
 from typing import Iterator, List, Optional
 
-from avrohttp import metrics
 from avrohttp.options import METRICS_DIR_ENV, ServerOptions
 
 log = logging.getLogger("avrohttp")
@@ -133,7 +132,8 @@ class Supervisor:
             log.warning("worker %d exited with status %d; starting another",
                         dead.pid, dead.returncode)
             if self.metrics_dir is not None:
-                metrics.forget_worker_gauges(self.metrics_dir, dead.pid)
+                from avrohttp import metrics  # here: without --metrics, prometheus_client
+                metrics.forget_worker_gauges(self.metrics_dir, dead.pid)  # is never imported
         wait = self.started[slot] + RESTART_INTERVAL - time.monotonic()
         if wait > 0:
             time.sleep(wait)

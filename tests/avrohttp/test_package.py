@@ -44,6 +44,16 @@ def test_the_package_imports_no_eventlet():
                         "avrohttp.requestor", "avrohttp.responder", "avrohttp.wsgi"]
 
 
+def test_a_server_without_metrics_imports_no_prometheus_client():
+    imported = run_python("""
+        import json, sys
+        import server
+        from avrohttp import cli, supervisor
+        print(json.dumps("prometheus_client" in sys.modules))
+    """)
+    assert imported is False
+
+
 # What a library could change in a process on import: the standard library's objects (as
 # eventlet.monkey_patch() does), avro's limit, warnings, logging, signals, recursion.
 SNAPSHOT = """
