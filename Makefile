@@ -12,13 +12,14 @@ INTEROP := tests/interop
 .PHONY: demo test clean fuzz fleet nginx bench install-wrk
 
 demo: $(VENV)/.runtime
-	@log=$$(mktemp); \
+	@log=$$(mktemp); shown=0; waited=0; \
 	$(PY) server.py --port $(PORT) 2>$$log & server=$$!; \
-	trap 'kill $$server 2>/dev/null; wait $$server; sed 1d $$log; rm -f $$log' EXIT; \
+	trap 'kill $$server 2>/dev/null; wait $$server; tail -n +$$((shown + 1)) $$log; rm -f $$log' EXIT; \
 	until grep -q "listening on" $$log; do \
-		kill -0 $$server 2>/dev/null || { cat $$log; exit 1; }; sleep 0.1; \
+		kill -0 $$server 2>/dev/null && [ $$waited -lt 300 ] || exit 1; \
+		sleep 0.1; waited=$$((waited + 1)); \
 	done; \
-	cat $$log; \
+	cat $$log; shown=$$(wc -l <$$log); \
 	for message in echo split; do \
 		echo "\$$ $(PY) client.py --port $(PORT) --$$message --query \"Hello World\""; \
 		$(PY) client.py --port $(PORT) --$$message --query "Hello World" || exit 1; \

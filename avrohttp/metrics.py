@@ -11,12 +11,13 @@ docs/metrics.md shows a scrape and says what each metric is.
 Why not prometheus_client's own Counter and Histogram: each inc() or observe() takes a lock
 and walks the buckets in Python, 2 to 10 µs each under eventlet (measured), and a call
 needs six of them: more than a tenth of an echo's whole cost. Here a call costs a few
-additions into a flat array of doubles, and prometheus_client turns the array into its
-text format only when /metrics is scraped.
+additions into plain Python lists, one slot per series (_Layout), and prometheus_client
+turns them into its text format only when /metrics is scraped.
 
-With --workers N, each worker keeps its array in a file of its own, mapped into memory, in a
-directory that the supervisor makes (and removes) and names in METRICS_DIR_ENV; whichever
-worker answers /metrics adds up every worker's file. That is the idea of prometheus_client's
+With --workers N, each worker copies its counts, once every FLUSH_SECONDS and when it stops,
+into a file of its own, mapped into memory, in a directory that the supervisor makes (and
+removes) and names in METRICS_DIR_ENV; whichever worker answers /metrics adds up every
+worker's file. That is the idea of prometheus_client's
 multiprocess mode, without its per-value cost (a lock and a dict lookup for each write), and
 without its one switch, an environment variable read when prometheus_client is first
 imported, which would change how every metric of the process works.
@@ -59,8 +60,8 @@ HTTP_STATUSES = ("200", "400", "404", "405", "408", "413", "415", "500", "other"
 
 
 class _Layout:
-    """Where each count lives in the flat array of doubles: one slot per series (and per
-    bucket). The same protocol gives every worker the same layout."""
+    """Where each count lives in the lists of counts (and in a worker's file): one slot per
+    series (and per bucket). The same protocol gives every worker the same layout."""
 
     def __init__(self, messages: Iterable[str], outcomes: Tuple[str, ...],
                  gauges: Tuple[str, ...], statuses: Tuple[str, ...]) -> None:

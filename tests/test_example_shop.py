@@ -55,6 +55,14 @@ def test_an_order_then_out_of_stock(shop):
     assert (raised.value.name, raised.value.datum) == ("OutOfStock", {"sku": "boot", "left": 1})
 
 
+@pytest.mark.parametrize("quantities", [{}, {"boot": 0}, {"sock": 1, "boot": -5}])
+def test_an_order_of_nothing_or_less_is_refused_and_changes_no_stock(shop, quantities):
+    with pytest.raises(avrohttp.RemoteSystemError) as raised:
+        shop.call("order", quantities=quantities)
+    assert raised.value.message == "an order needs quantities of 1 or more"
+    assert shop.call("order", quantities={"boot": 3})["total_cents"] == 3 * 8900
+
+
 def test_a_one_way_visit_returns_none_and_is_counted(shop):
     assert shop.call("visit", page="/") is None
     assert shop.call("visit", page="/") is None

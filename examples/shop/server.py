@@ -16,6 +16,8 @@ import collections
 import uuid
 from typing import Dict, List, Optional
 
+import avro.errors
+
 import avrohttp
 from avrohttp import cli
 from examples.shop.protocol import PROTOCOL_JSON
@@ -45,6 +47,8 @@ class ShopResponder(avrohttp.Responder):
         return CATALOGUE[sku]
 
     def handle_order(self, quantities: Dict[str, int]) -> dict:
+        if not quantities or min(quantities.values()) < 1:  # a plain string: a system error
+            raise avro.errors.AvroRemoteException("an order needs quantities of 1 or more")
         for sku, quantity in quantities.items():
             if sku not in CATALOGUE:
                 raise avrohttp.DeclaredError("UnknownItem", {"sku": sku})
