@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Tuple, Union
 
 import server  # first: it monkey-patches the standard library for eventlet
 import avrohttp
@@ -130,15 +130,16 @@ class ServerProcess(NamedTuple):
 
 
 @contextlib.contextmanager
-def server_program(*args: str, program: Path = ROOT / "server.py"):
-    """Run server.py (or another program of avrohttp.cli) on a free port, in its own session
-    (so SIGINT reaches it).
+def server_program(*args: str, program: Union[Path, Tuple[str, ...]] = ROOT / "server.py"):
+    """Run server.py (or another program of avrohttp.cli: a path, or ("-m", "a.module")) on
+    a free port, in its own session (so SIGINT reaches it).
 
     Yields a ServerProcess; the test may stop it. Whatever is still running at the end is
     killed, so a failing test leaves no server behind.
     """
     process = subprocess.Popen(
-        [sys.executable, str(program), "--port", "0", *args],
+        [sys.executable, *(program if isinstance(program, tuple) else [str(program)]),
+         "--port", "0", *args],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         # Workers (--workers) may log their own start before the supervisor's line.

@@ -13,7 +13,7 @@ import avro.errors
 import pytest
 
 import avrohttp
-from conftest import ROOT, call_app, serving
+from conftest import ROOT, call_app, server_program, serving
 from examples.shop import client as shop_client, server as shop_server
 from examples.shop.protocol import PROTOCOL_JSON
 from avsc_peer import AvscPeer, outcome
@@ -98,23 +98,12 @@ def test_the_handshake_sends_the_protocol_as_written():
 
 @contextlib.contextmanager
 def shop_server_program(*args: str):
-    """`python -m examples.shop.server` on a free port: yields its port."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "examples.shop.server", "--port", "0", *args],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        for line in iter(process.stderr.readline, ""):
-            match = re.search(r"Shop server listening on http://127\.0\.0\.1:(\d+)/", line)
-            if match:
-                break
-        assert match, f"no startup line from the shop server: {line!r}"
-        yield int(match.group(1))
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
+    """`python -m examples.shop.server` on a free port: yields its port, then stops it with
+    SIGTERM and checks that it exits 0."""
+    with server_program(*args, program=("-m", "examples.shop.server")) as running:
+        yield running.port
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(timeout=20) == 0
 
 
 def run_client(port: int, *args: str) -> subprocess.CompletedProcess:
