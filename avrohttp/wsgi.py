@@ -82,26 +82,26 @@ def make_application(responder: avro.ipc.Responder, max_body_bytes: int = MAX_BO
             return [text]
         if environ["REQUEST_METHOD"] != "POST":
             return refuse(environ, start_response, "405 Method Not Allowed",
-                           "Avro calls must be POSTed", [("Allow", "POST")])
+                          "Avro calls must be POSTed", [("Allow", "POST")])
         content_type = environ.get("CONTENT_TYPE", "avro/binary")
         if (content_type != "avro/binary"  # checked first: what every Avro client sends
                 and content_type and content_type.split(";")[0].strip().lower() != "avro/binary"):
             return refuse(environ, start_response, "415 Unsupported Media Type",
-                           "Content-Type must be avro/binary")
+                          "Content-Type must be avro/binary")
         try:
             body = _read_body(environ, max_body_bytes)
         except BodyTooLarge:
             # The rest of the body is not wanted: ask the client to close the connection.
             return refuse(environ, start_response, "413 Content Too Large",
-                           f"Body is larger than {max_body_bytes} bytes", [("Connection", "close")])
+                          f"Body is larger than {max_body_bytes} bytes", [("Connection", "close")])
         except RequestTimeout as e:
             _log_client(environ, e)
             return plain(start_response, "408 Request Timeout", "The body came too slowly",
-                          [("Connection", "close")])
+                         [("Connection", "close")])
         except (OSError, ValueError) as e:  # the client stalled, hung up, or broke the chunking
             _log_client(environ, f"the body could not be read: {e}")
             return plain(start_response, "400 Bad Request", "Body could not be read",
-                          [("Connection", "close")])
+                         [("Connection", "close")])
         if environ.get(DEADLINE):
             environ[DEADLINE].cancel()  # the request is in: the rest is the server's time
         try:
