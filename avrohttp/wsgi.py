@@ -41,8 +41,9 @@ def make_application(responder: avro.ipc.Responder, max_body_bytes: int = MAX_BO
     """Return a WSGI application that answers Avro calls POSTed to any path but /health (and
     /metrics, with metrics).
 
-    metrics: an avrohttp.metrics.ServerMetrics, installed as a hook of the responder: GET
-    /metrics then serves it, and every answer that is not an Avro answer is counted by status.
+    metrics: an avrohttp.metrics.ServerMetrics that the caller has made a hook of the
+    responder (responder.hooks.append(metrics), as avrohttp.cli does): GET /metrics then
+    serves it, and every answer that is not an Avro answer is counted by status.
     This is the server's start-up, so it also lowers avro.io's process-wide cap on
     zero-byte items (see avrohttp.responder.limit_zero_byte_items).
     """
