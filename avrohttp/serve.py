@@ -306,11 +306,11 @@ def allow_open_files(connections: int) -> int:
 
 
 def stop_gracefully_on(listener: socket.socket, *signums: int,
-                       drain_timeout: float = DRAIN_TIMEOUT) -> None:
+                       drain_timeout: float = DRAIN_TIMEOUT) -> eventlet.greenthread.GreenThread:
     """On these signals, stop accepting, answer the calls in flight, then return from serve().
 
     A second signal, or drain_timeout seconds without the calls in flight all answered,
-    stops at once, with exit status 1.
+    stops at once, with exit status 1. Returns the green thread that watches for the signals.
     """
     serving = greenlet.getcurrent()
     # A Python signal handler runs in whichever green thread the signal interrupts, where
@@ -324,14 +324,20 @@ def stop_gracefully_on(listener: socket.socket, *signums: int,
     def stop(status: int) -> None:
         eventlet.hubs.get_hub().schedule_call_global(0, serving.throw, SystemExit(status))
 
+    def stop_accepting() -> None:  # run by the hub
+        serving.throw(SystemExit(0))  # eventlet.wsgi ends its accept loop, then waits for the
+        # calls in flight; the hub goes on here once it does. Only then is the listener closed:
+        # closed first, its descriptor may be reused at once, and eventlet then ends the
+        # accept loop by itself, so that the SystemExit lands in the wait and cuts the calls
+        # in flight off. Closed now, not once they are answered: meanwhile, new connections
+        # are refused at once, and a balancer tries another server.
+        listener.close()
+
     def watch() -> None:
         with wakeup, wakeup_writer:  # both stay open while this green thread lives
             wakeup.recv(1)
             log.info("stopping: answering the calls in flight")
-            # Closed now, not when the calls in flight are answered: meanwhile, new
-            # connections are refused at once, and a balancer tries another server.
-            listener.close()
-            stop(0)
+            eventlet.hubs.get_hub().schedule_call_global(0, stop_accepting)
             with eventlet.Timeout(drain_timeout, False):
                 wakeup.recv(1)
                 log.warning("stopping now, without waiting for the calls in flight")
@@ -340,9 +346,9 @@ def stop_gracefully_on(listener: socket.socket, *signums: int,
                         drain_timeout)
             stop(1)
 
-    eventlet.spawn_n(watch)
     for signum in signums:
         signal.signal(signum, lambda signum, frame: None)  # the wakeup socket does the work
+    return eventlet.spawn(watch)
 
 
 def stop_when_orphaned(supervisor: int) -> None:
