@@ -14,6 +14,7 @@ import resource
 import signal
 import socket
 import ssl
+import time
 from typing import Callable, Iterable, Optional
 
 import eventlet
@@ -26,6 +27,13 @@ from avrohttp.options import DRAIN_TIMEOUT, LISTEN_BACKLOG, ServerOptions
 from avrohttp.wsgi import DEADLINE, RequestTimeout
 
 log = logging.getLogger("avrohttp")
+
+# How long a connection may be served on, request after request, while others wait: its
+# turn. A connection that yields after every request is fairest, but each yield is a trip
+# through the hub, and each request then wakes the client alone: with two workers on two
+# cores, that cost a quarter of the throughput. One millisecond keeps every wait short
+# (a p99 of about 20 ms with 50 connections on two workers; docs/speed.md).
+TURN_SECONDS = 0.001
 
 
 def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -131,6 +139,7 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
         self.deadlines = deadlines
         self.deadline = ClientDeadline(deadlines, self, conn_state[1])
         self.requests = 0
+        self.turn_ends = 0.0  # when this connection's turn is over: see _read_request_line
         # eventlet keeps its log (EventletLog) only if log_output is set when it starts, but
         # while it is set, formats an access line for every request, a few µs each. Once
         # started, log_output decides only that: so it says whether access lines are wanted.
@@ -168,13 +177,14 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
             self.close_connection = 1
             return b""
         if self.requests:  # a keep-alive connection, between requests
-            if len(self.deadlines.connections) > 1:
+            if len(self.deadlines.connections) > 1 and time.monotonic() >= self.turn_ends:
                 # Fair turns: without this, a connection whose next request has already come
                 # is served again at once, and again, while the others wait (seconds, with
-                # two processes on one port). And when it has not come, the green thread
-                # would park on the hub anyway. With no other connection, it would only cost
-                # a hub cycle (10-15% at one connection), so it is skipped.
+                # two processes on one port). So once its turn is over, it lets the others
+                # run first. With no other connection, that would only cost a hub cycle
+                # (10-15% at one connection), so it is skipped.
                 eventlet.sleep(0)
+                self.turn_ends = time.monotonic() + TURN_SECONDS
             self.deadline.idle()
         try:
             self.rfile.peek(1)  # the request's first byte (and, first, any TLS handshake)
