@@ -159,6 +159,29 @@ def test_a_stop_under_load_answers_every_call_in_flight(workers):
     assert "Traceback" not in log, log[log.find("Traceback") - 300:log.find("Traceback") + 2500]
 
 
+def test_a_connection_with_many_calls_waiting_takes_turns_with_the_others():
+    # Connection A has 500 calls waiting in the server's socket buffer at once (pipelined),
+    # so that its green thread never has to wait for the next one. B sends one call. Without
+    # fair turns (HTTPProtocol._read_request_line), A's green thread would answer all 500
+    # before B's call is read; with them, A yields after each turn (avrohttp.serve
+    # TURN_SECONDS), and B is answered within a few turns.
+    calls = 500
+    request = call_request("echo", "Hello")
+    with serving(echo_app()) as address, \
+            socket.create_connection(address, timeout=10) as a, \
+            socket.create_connection(address, timeout=10) as b:
+        for sock in (a, b):  # both kept alive, past their first request
+            sock.sendall(request)
+            assert read_http_response(sock)[0] == "HTTP/1.1 200 OK"
+        a.sendall(request * calls)  # about 60 KB: the kernel takes it all at once
+        eventlet.sleep(0)  # A's green thread starts on them
+        b.sendall(request)
+        assert read_http_response(b)[0] == "HTTP/1.1 200 OK"
+        answered_before_b = a.recv(2**20, socket.MSG_DONTWAIT).count(b"HTTP/1.1 200 OK")
+    print(f"\nA's calls answered before B's one: {answered_before_b} of {calls}")
+    assert answered_before_b < 50  # a few turns at most; without turns, hundreds
+
+
 def test_a_stop_answers_the_call_in_flight_though_the_listeners_descriptor_is_reused():
     # A stop closes the listener. If the accept loop were still waiting on it, a socket opened
     # at that moment (reusing the descriptor, as the kernel does) would make eventlet end the
