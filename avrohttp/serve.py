@@ -1,6 +1,6 @@
 """Serving a WSGI application on eventlet.wsgi, past eventlet's defaults: listen(), serve(),
-deadlines for slow clients without a timer per read, fair turns between connections, one log
-line for each failure, TLS, the open-file limit, and stopping gracefully.
+deadlines for slow clients without a timer per read, fair turns between connections, fast
+headers, one log line for each failure, TLS, the open-file limit, and stopping gracefully.
 
 Import this after eventlet.monkey_patch(), as server.py does.
 """
@@ -118,7 +118,8 @@ def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
 
 class HTTPProtocol(eventlet.wsgi.HttpProtocol):
     """eventlet.wsgi's HTTP handling, with deadlines for slow clients, fair turns between
-    connections, and each failure of a client logged once, in one line.
+    connections, headers read without the email package (avrohttp.headers), and each
+    failure of a client logged once, in one line.
 
     - eventlet's socket_timeout bounds each read, not the request: a client that sends a
       byte every few seconds keeps its connection, and a green thread, forever. Here the
