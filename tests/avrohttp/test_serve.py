@@ -2,6 +2,7 @@
 sockets."""
 
 import logging
+import os
 import re
 import resource
 import signal
@@ -198,8 +199,10 @@ def test_a_stop_answers_the_call_in_flight_though_the_listeners_descriptor_is_re
 
     def close_and_reuse() -> None:
         listener.close = close  # once
-        close()
-        sock = socket.socket()  # it takes the lowest free descriptor: the listener's
+        with socket.socket() as spare:  # made while the descriptor is the listener's
+            close()
+            os.dup2(spare.fileno(), descriptor)  # a new socket on the listener's descriptor
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=descriptor)
         reused.append((sock, sock.fileno()))
 
     listener.close = close_and_reuse
