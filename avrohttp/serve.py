@@ -325,7 +325,9 @@ def stop_gracefully_on(listener: socket.socket, *signums: int,
     """On these signals, stop accepting, answer the calls in flight, then return from serve().
 
     A second signal, or drain_timeout seconds without the calls in flight all answered,
-    stops at once, with exit status 1. Returns the green thread that watches for the signals.
+    stops at once, with exit status 1. Returns the green thread that watches for the signals:
+    a program that goes on after serve() has returned kills it, lest a second signal or the
+    drain timeout stop what it does then (cli.main does not: it ends).
     """
     serving = greenlet.getcurrent()
     # A Python signal handler runs in whichever green thread the signal interrupts, where

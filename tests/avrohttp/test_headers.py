@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import avrohttp.serve
 from avrohttp import headers
 from conftest import echo_app, read_http_response, serving
-from wire import call_body
+from wire import call_body, read_answer
 
 
 def parse_both(block: bytes) -> tuple:
@@ -76,6 +76,16 @@ def test_plain_headers_skip_the_email_parser_and_others_use_it(monkeypatch):
     assert plain.items() == [("Host", "h"), ("Content-Length", "3 ")]
     with pytest.raises(AssertionError, match="the email parser was used"):
         headers.parse_headers(io.BytesIO(b"Host: h\r\n folded\r\n\r\n"))
+
+
+def test_the_server_reads_plain_headers_without_the_email_parser(monkeypatch):
+    def no_email_parser(*args, **kwargs):
+        raise AssertionError("the email parser was used")
+
+    monkeypatch.setattr(email.parser, "Parser", no_email_parser)
+    with serving(echo_app()) as address:
+        status, _, body = exchange(address, call_request(b"X-Trace: abc\r\n"))
+    assert (status, read_answer(body).datum) == ("HTTP/1.1 200 OK", "Hello World")
 
 
 def test_only_the_server_reads_headers_this_way():

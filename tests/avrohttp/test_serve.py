@@ -163,28 +163,42 @@ def test_a_stop_under_load_answers_every_call_in_flight(workers):
 
 def test_a_connection_with_many_calls_waiting_takes_turns_with_the_others():
     # Connection A has 500 calls waiting in the server's socket buffer at once (pipelined),
-    # so that its green thread never has to wait for the next one. B sends one call. Without
-    # fair turns (HTTPProtocol._read_request_line), A's green thread would answer all 500
-    # before B's call is read; with them, A yields after each turn (avrohttp.serve
-    # TURN_SECONDS), and B is answered within a few turns.
+    # so that its green thread never has to wait for the next one. B sends one call once A's
+    # green thread is on them. Each call takes at least 0.2 ms, so a turn
+    # (avrohttp.serve.TURN_SECONDS, 1 ms) holds 6 of A's calls at most, on any machine, and
+    # B is served within A's next turn or two. Without turns, B waits for all 500; with turns
+    # ten times as long, for 50 or more.
     calls = 500
+    served = []  # the client port of each call, in the order the server takes them
+    echo = echo_app()
+
+    def app(environ, start_response):
+        served.append(environ["REMOTE_PORT"])
+        busy_until = time.perf_counter() + 0.0002
+        while time.perf_counter() < busy_until:
+            pass
+        return echo(environ, start_response)
+
     request = call_request("echo", "Hello")
-    with serving(echo_app()) as address, \
+    with serving(app) as address, \
             socket.create_connection(address, timeout=10) as a, \
             socket.create_connection(address, timeout=10) as b:
+        a_port, b_port = (str(sock.getsockname()[1]) for sock in (a, b))
         for sock in (a, b):  # both kept alive, past their first request
             sock.sendall(request)
             assert read_http_response(sock)[0] == "HTTP/1.1 200 OK"
         a.sendall(request * calls)  # about 60 KB: the kernel takes it all at once
-        eventlet.sleep(0)  # A's green thread starts on them
+        while len(served) < 3:  # until A's green thread is on them
+            eventlet.sleep(0)
         b.sendall(request)
         assert read_http_response(b)[0] == "HTTP/1.1 200 OK"
-        answers = a.recv(2**20, socket.MSG_DONTWAIT)
-        answered_before_b = answers.count(b"HTTP/1.1 200 OK")
-        while answers.count(b"HTTP/1.1 200 OK") < calls:  # the rest, before the server stops
+        answers = b""
+        while answers.count(b"HTTP/1.1 200 OK") < calls:  # all of A's, before the server stops
             answers += receive(a)
-    print(f"\nA's calls answered before B's one: {answered_before_b} of {calls}")
-    assert answered_before_b < 50  # a few turns at most; without turns, hundreds
+    assert served[:2] == [a_port, b_port]
+    answered_before_b = served[2:].index(b_port)
+    print(f"\nA's calls served before B's one: {answered_before_b} of {calls}")
+    assert answered_before_b <= 20  # three turns at most
 
 
 def test_a_stop_answers_the_call_in_flight_though_the_listeners_descriptor_is_reused():
