@@ -45,6 +45,10 @@ class CallFailed(Exception):
     """The server could not be reached, or did not answer with an Avro response."""
 
 
+class NoAnswerInTime(TimeoutError):
+    """The call went out, but its answer did not come within the timeout."""
+
+
 class _Connection(http.client.HTTPConnection):
     """http.client's connection, writing a request's headers and body in one send.
 
@@ -129,8 +133,7 @@ class Transceiver(avro.ipc.HTTPTransceiver):
         try:
             return self.conn.getresponse()
         except TimeoutError as e:
-            raise TimeoutError(f"timed out waiting for the answer (after {self.timeout:g} s)"
-                               ) from e
+            raise NoAnswerInTime(f"no answer within {self.timeout:g} s") from e
 
     def _read_answer(self, response: http.client.HTTPResponse) -> bytes:
         content_type = response.getheader("Content-Type", "").split(";")[0]
@@ -206,6 +209,10 @@ class Client:
         """Call `message` with these parameters, and return the server's answer."""
         try:
             return self.requestor.request(message, parameters)
+        except NoAnswerInTime as e:  # the server was reached: it is slow, or stuck
+            self.close()  # the next call starts on a fresh connection
+            host, port = self.transceiver.remote_name
+            raise CallFailed(f"the server at {host}:{port} sent {e}") from e
         except (OSError, http.client.HTTPException, avro.errors.ConnectionClosedException) as e:
             self.close()  # the next call starts on a fresh connection
             host, port = self.transceiver.remote_name

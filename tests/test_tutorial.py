@@ -220,8 +220,8 @@ def test_client_says_in_one_line_when_the_server_does_not_answer_in_time():
     result = run_program("client.py", "--port", str(port), "--timeout", "0.3", "-e", "-q", "hi")
     listener.close()
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == (f"client.py: error: cannot reach the server at 127.0.0.1:{port}: "
-                             "timed out waiting for the answer (after 0.3 s)\n")
+    assert result.stderr == (f"client.py: error: the server at 127.0.0.1:{port} sent no answer "
+                             "within 0.3 s\n")
 
 
 def test_client_says_in_one_line_when_the_server_answers_with_an_avro_error(capsys):

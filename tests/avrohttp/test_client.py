@@ -110,8 +110,7 @@ def test_server_that_never_answers_times_out():
     host, port = listener.getsockname()
     with client.EchoClient(host, port, timeout=0.3) as echo_client:
         started = time.monotonic()
-        with fails_with(f"cannot reach the server at {host}:{port}: "
-                        "timed out waiting for the answer (after 0.3 s)"):
+        with fails_with(f"the server at {host}:{port} sent no answer within 0.3 s"):
             echo_client.echo("hi")
     assert time.monotonic() - started < 5
     listener.close()
@@ -312,8 +311,7 @@ def test_a_timeout_is_not_retried():
     with scripted_server((1, "hang")) as (address, counts), \
             client.EchoClient(*address, timeout=0.3) as echo_client:
         assert echo_client.echo("one") == "one"
-        with fails_with(f"cannot reach the server at {address[0]}:{address[1]}: "
-                        "timed out waiting for the answer (after 0.3 s)"):
+        with fails_with(f"the server at {address[0]}:{address[1]} sent no answer within 0.3 s"):
             echo_client.echo("two")
         assert (counts.connections, counts.requests) == (1, 2)
 
