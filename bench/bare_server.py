@@ -21,10 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import server  # first: it monkey-patches the standard library for eventlet
-import avrohttp.options
 import avrohttp.serve
 
-import argparse
 import logging
 from typing import Optional
 
@@ -32,7 +30,8 @@ import eventlet
 import eventlet.wsgi
 
 import wire
-from bench.protections_server import answer_in_process, make_fixed_application
+from bench.protections_server import (answer_in_process, listen_arguments,
+                                      make_fixed_application)
 
 log = logging.getLogger("bare")
 
@@ -46,12 +45,7 @@ class YieldingProtocol(eventlet.wsgi.HttpProtocol):
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Answer every POST with fixed bytes on bare eventlet.wsgi.")
-    parser.add_argument("--host", default=avrohttp.options.DEFAULT_HOST,
-                        help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=0,
-                        help="port to listen on, 0 for any free port (default: %(default)s)")
+    parser = listen_arguments("Answer every POST with fixed bytes on bare eventlet.wsgi.")
     parser.add_argument("--yield", dest="yield_", action="store_true",
                         help="yield to the other green threads once per request")
     parser.add_argument("--reuse-port", action="store_true",

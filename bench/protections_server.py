@@ -60,14 +60,19 @@ def make_fixed_application(answer: FixedAnswer) -> Callable:
     return application
 
 
-def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Answer every POST with server.py's answer to the benchmark's echo call.")
+def listen_arguments(description: str) -> argparse.ArgumentParser:
+    """A command line with --host and --port, for this and bench/bare_server.py."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default=avrohttp.options.DEFAULT_HOST,
                         help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=0,
                         help="port to listen on, 0 for any free port (default: %(default)s)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = listen_arguments(
+        "Answer every POST with server.py's answer to the benchmark's echo call.").parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     answer = answer_in_process(server.application, wire.call_body())
