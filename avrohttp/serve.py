@@ -342,12 +342,13 @@ def stop_gracefully_on(listener: socket.socket, *signums: int,
         eventlet.hubs.get_hub().schedule_call_global(0, serving.throw, SystemExit(status))
 
     def stop_accepting() -> None:  # run by the hub
-        serving.throw(SystemExit(0))  # eventlet.wsgi ends its accept loop, then waits for the
-        # calls in flight; the hub goes on here once it does. Only then is the listener closed:
-        # closed first, its descriptor may be reused at once, and eventlet then ends the
-        # accept loop by itself, so that the SystemExit lands in the wait and cuts the calls
-        # in flight off. Closed now, not once they are answered: meanwhile, new connections
-        # are refused at once, and a balancer tries another server.
+        # eventlet.wsgi ends its accept loop, then parks to wait for the calls in flight, and
+        # the hub goes on here. Only then is the listener closed. Closed first, its
+        # descriptor could be reused at once; eventlet would then end the accept loop by
+        # itself, and the SystemExit would land in the wait, cutting the calls in flight off.
+        # Closed now, not once they are answered: meanwhile, new connections are refused at
+        # once, and a balancer tries another server.
+        serving.throw(SystemExit(0))
         listener.close()
 
     def watch() -> None:
