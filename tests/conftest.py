@@ -57,6 +57,19 @@ def call_app(app, body: bytes = b"", method: str = "POST", content_type="avro/bi
     return Response(started["status"], started["headers"], payload)
 
 
+class LocalTransceiver:
+    """What a Requestor needs of a transceiver: each request handed to a responder
+    in-process, with no HTTP."""
+
+    remote_name = ("local", 0)
+
+    def __init__(self, responder) -> None:
+        self.responder = responder
+
+    def transceive(self, request: bytes) -> bytes:
+        return self.responder.respond(request)
+
+
 def free_port() -> int:
     """A local port that nothing listens on (for now)."""
     with socket.socket() as sock:

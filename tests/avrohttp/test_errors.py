@@ -15,6 +15,7 @@ import pytest
 
 import avrohttp
 from avrohttp import codec
+from conftest import LocalTransceiver
 
 PROTOCOL_JSON = json.dumps({
     "protocol": "Stock", "namespace": "test.stock", "doc": "Kept in the handshake.",
@@ -52,22 +53,10 @@ class PlainRaising(avro.ipc.Responder):
         raise self.error
 
 
-class Local:
-    """A transceiver that hands each request to a responder in-process."""
-
-    remote_name = ("local", 0)
-
-    def __init__(self, responder) -> None:
-        self.responder = responder
-
-    def transceive(self, request: bytes) -> bytes:
-        return self.responder.respond(request)
-
-
 def call(error, message="take", requestor_class=avrohttp.Requestor, **parameters):
     responder = Raising(PROTOCOL_JSON)
     responder.error = error
-    requestor = requestor_class(PROTOCOL_JSON, Local(responder))
+    requestor = requestor_class(PROTOCOL_JSON, LocalTransceiver(responder))
     return requestor.request(message, parameters or ({"item": "x"} if message == "take" else {}))
 
 
@@ -162,7 +151,8 @@ def test_a_message_the_server_lacks_raises_the_servers_words():
     responder = Raising(PROTOCOL_JSON)
     for requestor_class, expected in [(avrohttp.Requestor, avrohttp.RemoteSystemError),
                                       (avro.ipc.Requestor, avro.errors.AvroException)]:
-        requestor = requestor_class(avrohttp.parse_protocol(json.dumps(newer)), Local(responder))
+        requestor = requestor_class(avrohttp.parse_protocol(json.dumps(newer)),
+                                    LocalTransceiver(responder))
         with pytest.raises(expected) as raised:
             requestor.request("give", {})
         words = "Unknown message: give" if expected is avrohttp.RemoteSystemError \
@@ -178,7 +168,7 @@ def test_errors_are_matched_by_name_when_the_protocols_differ():
     older["types"] = older["types"][1:]
     older["messages"] = {"take": {**older["messages"]["take"], "errors": ["Closed"]}}
     responder = Raising(PROTOCOL_JSON)
-    requestor = avrohttp.Requestor(json.dumps(older), Local(responder))
+    requestor = avrohttp.Requestor(json.dumps(older), LocalTransceiver(responder))
     responder.error = avrohttp.DeclaredError("Closed", {"until": "Monday"})
     with pytest.raises(avrohttp.DeclaredError) as raised:
         requestor.request("take", {"item": "x"})

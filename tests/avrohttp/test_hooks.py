@@ -9,7 +9,7 @@ import pytest
 import avrohttp
 import server
 from avrohttp import codec, hooks
-from conftest import call_app
+from conftest import LocalTransceiver, call_app
 from outcomes_server import OUTCOMES_PROTOCOL, OutcomesResponder
 from wire import call_body, call_head, frame, handshake_request
 
@@ -88,18 +88,6 @@ def test_the_handler_runs_between_before_and_after(recorded):
     finally:
         OutcomesResponder.handle_echo = responder_handle
     assert seen == [[("before", "echo", None)]]
-
-
-class LocalTransceiver:
-    """Carries a Requestor's calls straight to a responder, with no HTTP."""
-
-    remote_name = ("local", 0)
-
-    def __init__(self, responder) -> None:
-        self.responder = responder
-
-    def transceive(self, request: bytes) -> bytes:
-        return self.responder.respond(request)
 
 
 # docs/metrics.md shows this one.

@@ -15,7 +15,7 @@ from hypothesis import given, strategies as st
 import avrohttp
 import avrohttp.responder
 import server
-from conftest import call_app, echo_app
+from conftest import LocalTransceiver, call_app, echo_app
 from protocol import PROTOCOL_JSON, EchoProtocol
 from wire import (STRING, Answer, call_body, call_head, call_request, encode, frame,
                   handshake_request, read_answer)
@@ -66,23 +66,11 @@ def test_echo_and_split_for_any_text(query):
     assert half == query[: len(query) // 2]
 
 
-class InMemoryTransceiver:
-    """What avro.ipc.Requestor needs of a transceiver, answered by a responder in-process."""
-
-    remote_name = "in-memory"
-
-    def __init__(self, responder: avro.ipc.Responder) -> None:
-        self.responder = responder
-
-    def transceive(self, request: bytes) -> bytes:
-        return self.responder.respond(request)
-
-
 def test_responder_is_an_avro_ipc_responder():
     responder = server.EchoResponder()
     assert isinstance(responder, avro.ipc.Responder)
     # It keeps avro.ipc's interface: avro's own requestor gets its answers.
-    requestor = avro.ipc.Requestor(EchoProtocol, InMemoryTransceiver(responder))
+    requestor = avro.ipc.Requestor(EchoProtocol, LocalTransceiver(responder))
     assert requestor.request("echo", {"query": "Hello World"}) == "Hello World"
     assert requestor.request("split", {"query": "Hello World"}) == "Hello"
 
