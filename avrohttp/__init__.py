@@ -1,12 +1,13 @@
 """avrohttp: Avro RPC over HTTP, for any protocol, with avro.ipc's flaws fixed.
 
 The parts that need no eventlet are here: Responder (the server side of a call), Requestor
-and Client (the client side), make_application (a WSGI application for any WSGI server),
-and ServerOptions; DeclaredError and RemoteSystemError, the two kinds of Avro error a call
-can raise; parse_protocol, which keeps a protocol's JSON text as written; CallHook, code run
-around each call (avrohttp.metrics is one, in Prometheus's format). The eventlet server is
-avrohttp.serve, and its command line avrohttp.cli; import those after
-eventlet.monkey_patch(). Importing avrohttp changes no global state.
+and Client (the client side; AsyncClient for asyncio, imported on first use), make_application
+(a WSGI application for any WSGI server), and ServerOptions; DeclaredError and
+RemoteSystemError, the two kinds of Avro error a call can raise; parse_protocol, which keeps
+a protocol's JSON text as written; CallHook, code run around each call (avrohttp.metrics is
+one, in Prometheus's format). The eventlet server is avrohttp.serve, and its command line
+avrohttp.cli; import those after eventlet.monkey_patch(). Importing avrohttp changes no
+global state.
 """
 
 from avrohttp.client import CallFailed, Client
@@ -18,5 +19,14 @@ from avrohttp.requestor import Requestor
 from avrohttp.responder import Responder
 from avrohttp.wsgi import make_application
 
-__all__ = ["Call", "CallFailed", "CallHook", "Client", "DeclaredError", "RemoteSystemError",
-           "Requestor", "Responder", "ServerOptions", "make_application", "parse_protocol"]
+__all__ = ["AsyncClient", "Call", "CallFailed", "CallHook", "Client", "DeclaredError",
+           "RemoteSystemError", "Requestor", "Responder", "ServerOptions", "make_application",
+           "parse_protocol"]
+
+
+def __getattr__(name: str) -> object:
+    # AsyncClient is imported on first use: a program that does not use it loads no asyncio.
+    if name == "AsyncClient":
+        from avrohttp.async_client import AsyncClient
+        return AsyncClient
+    raise AttributeError(f"module 'avrohttp' has no attribute {name!r}")

@@ -4,6 +4,8 @@ clear error for every failure.
 
 Try it: `Client(EchoProtocol, "127.0.0.1", 8130).call("echo", query="Hi")`, with server.py
 running. add_arguments() and options_from() give a command line the same client options.
+The rules that avrohttp.AsyncClient shares (the retry rule, reading an answer, the words of
+a CallFailed) are functions here, below Client's transport.
 """
 
 import argparse
@@ -39,6 +41,8 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 # connection raises ssl.SSLEOFError, or SSLZeroReturnError if the server said goodbye.
 _CLOSED_BY_SERVER = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError,
                      ssl.SSLEOFError, ssl.SSLZeroReturnError)
+# What a call's transport can fail with; call() turns each into a CallFailed (failure()).
+TRANSPORT_ERRORS = (OSError, http.client.HTTPException, avro.errors.ConnectionClosedException)
 
 
 class CallFailed(Exception):
@@ -90,16 +94,8 @@ class Transceiver(avro.ipc.HTTPTransceiver):
             return self._read_answer(self._send(body))
         try:
             response = self._send(body)
-        except _CLOSED_BY_SERVER:
-            # The server closed this kept-alive connection before the call reached it, or
-            # while it ran. With retry, send the same call once more, on a new connection.
-            # That is safe only for idempotent messages (echo computes an answer and changes
-            # nothing, so running it twice does no harm); a message with side effects (a
-            # payment, say) could run twice, so retry is off unless the caller asks. Never
-            # retried: a failure on a new connection (the server is down, or refuses
-            # the call), a second failure, and a timeout (the server may still be working
-            # on the call, and a copy of it would only add to its load).
-            if not self.retry:
+        except OSError as error:
+            if not resend(error, self.retry):
                 raise
             self.conn.close()
             self._connect()
@@ -136,20 +132,70 @@ class Transceiver(avro.ipc.HTTPTransceiver):
             raise NoAnswerInTime(f"no answer within {self.timeout:g} s") from e
 
     def _read_answer(self, response: http.client.HTTPResponse) -> bytes:
-        content_type = response.getheader("Content-Type", "").split(";")[0]
-        if response.status != 200 or content_type != "avro/binary":
-            reason = response.read(200).decode("utf-8", "replace").strip()
-            raise CallFailed(f"server answered {response.status} {response.reason}: {reason}")
+        if not is_avro_answer(response.status, response.getheader("Content-Type", "")):
+            raise not_avro(response.status, response.reason, response.read(NOT_AVRO_BYTES))
         # The whole body at once (this also readies the connection for the next call), then
         # the frames out of it: cheaper than avro's FramedReader, which reads the response a
         # few bytes at a time. One byte more than the limit, to tell whether it is over.
-        body = response.read(MAX_ANSWER_BYTES + 1)
-        if len(body) > MAX_ANSWER_BYTES:
-            raise CallFailed(f"server answered with more than {MAX_ANSWER_BYTES} bytes")
-        try:
-            return codec.unframe(body)
-        except codec.BadFraming as e:
-            raise CallFailed(f"server answered with a broken Avro body: {e}") from e
+        return unframe_answer(response.read(MAX_ANSWER_BYTES + 1))
+
+
+def resend(error: BaseException, retry: bool) -> bool:
+    """Whether a call whose request failed with `error` on a kept-alive connection, before
+    any answer came, is sent once more on a new connection: with retry, if the server had
+    closed the connection.
+
+    The server closed this kept-alive connection before the call reached it, or while it ran.
+    Sending the same call again is safe only for idempotent messages (echo computes an answer
+    and changes nothing, so running it twice does no harm); a message with side effects (a
+    payment, say) could run twice, so retry is off unless the caller asks. Never retried (the
+    transports ask only about a connection that had answered before, and once per call): a
+    failure on a new connection (the server is down, or refuses the call), a second failure,
+    and a timeout (the server may still be working on the call, and a copy of it would only
+    add to its load).
+    """
+    return retry and isinstance(error, _CLOSED_BY_SERVER)
+
+
+# Of an answer that is not Avro, how many bytes of its body a CallFailed quotes.
+NOT_AVRO_BYTES = 200
+
+
+def is_avro_answer(status: int, content_type: str) -> bool:
+    """Whether an answer with this status and Content-Type carries an Avro response."""
+    return status == 200 and content_type.split(";")[0] == "avro/binary"
+
+
+def not_avro(status: int, reason: str, body_start: bytes) -> CallFailed:
+    """The CallFailed of an answer that is not Avro, quoting the start of its body."""
+    quoted = body_start[:NOT_AVRO_BYTES].decode("utf-8", "replace").strip()
+    return CallFailed(f"server answered {status} {reason}: {quoted}")
+
+
+def unframe_answer(body: bytes) -> bytes:
+    """The Avro message in an answer's body, read up to one byte over MAX_ANSWER_BYTES;
+    CallFailed if it is over, or not framed as Avro frames."""
+    if len(body) > MAX_ANSWER_BYTES:
+        raise CallFailed(f"server answered with more than {MAX_ANSWER_BYTES} bytes")
+    try:
+        return codec.unframe(body)
+    except codec.BadFraming as e:
+        raise CallFailed(f"server answered with a broken Avro body: {e}") from e
+
+
+def failure(error: Exception, address: tuple, tls: bool) -> CallFailed:
+    """The CallFailed for a call whose transport failed with `error` (TRANSPORT_ERRORS)."""
+    host, port = address
+    if isinstance(error, NoAnswerInTime):  # the server was reached: it is slow, or stuck
+        return CallFailed(f"the server at {host}:{port} sent {error}")
+    return CallFailed(f"cannot reach the server at {host}:{port}: {describe(error, tls)}")
+
+
+def connect_timeout_for(timeout: float, connect_timeout: Optional[float]) -> float:
+    """The connect timeout: as given, or DEFAULT_CONNECT_TIMEOUT, or timeout if shorter."""
+    if connect_timeout is None:
+        return min(timeout, DEFAULT_CONNECT_TIMEOUT)
+    return connect_timeout
 
 
 def describe(error: Exception, tls: bool) -> str:
@@ -200,24 +246,19 @@ class Client:
                  connect_timeout: Optional[float] = None,
                  ssl_context: Optional[ssl.SSLContext] = None, retry: bool = False,
                  call_hooks: Iterable[CallHook] = ()) -> None:
-        if connect_timeout is None:
-            connect_timeout = min(timeout, DEFAULT_CONNECT_TIMEOUT)
-        self.transceiver = Transceiver(host, port, timeout, connect_timeout, ssl_context, retry)
+        self.transceiver = Transceiver(host, port, timeout,
+                                       connect_timeout_for(timeout, connect_timeout),
+                                       ssl_context, retry)
         self.requestor = Requestor(protocol, self.transceiver, call_hooks)
 
     def call(self, message: str, **parameters) -> object:
         """Call `message` with these parameters, and return the server's answer."""
         try:
             return self.requestor.request(message, parameters)
-        except NoAnswerInTime as e:  # the server was reached: it is slow, or stuck
+        except TRANSPORT_ERRORS as e:
             self.close()  # the next call starts on a fresh connection
-            host, port = self.transceiver.remote_name
-            raise CallFailed(f"the server at {host}:{port} sent {e}") from e
-        except (OSError, http.client.HTTPException, avro.errors.ConnectionClosedException) as e:
-            self.close()  # the next call starts on a fresh connection
-            host, port = self.transceiver.remote_name
-            reason = describe(e, tls=self.transceiver.ssl_context is not None)
-            raise CallFailed(f"cannot reach the server at {host}:{port}: {reason}") from e
+            raise failure(e, self.transceiver.remote_name,
+                          tls=self.transceiver.ssl_context is not None) from e
         except CallFailed:
             self.close()
             raise

@@ -3,7 +3,7 @@ waste cut. avrohttp.Client builds on it; docs/avro-ipc.md lists what it fixes.
 """
 
 import io
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Generator, Iterable, Optional, Union
 
 import avro.errors
 import avro.io
@@ -86,14 +86,26 @@ class Requestor(avro.ipc.Requestor):
         encoder.write(request)
 
     def request(self, message_name: str, request_datum: object) -> object:
-        """Call the message and return its answer (avro.ipc's request), with the hooks run
-        around it if any are installed."""
-        if not self.hooks.hooks or self._call is not None:  # (a resend after NONE: same call)
-            return super().request(message_name, request_datum)
+        """Call the message through the transceiver and return its answer, with the hooks
+        run around it if any are installed."""
+        return run_exchange(self.exchange(message_name, request_datum),
+                            self.transceiver.transceive)
+
+    def exchange(self, message_name: str,
+                 request_datum: object) -> Generator[bytes, bytes, object]:
+        """The call without its I/O: yields each request to send, is sent the answer to it,
+        and returns the call's answer (or raises its error), with the hooks run around it.
+
+        One generator serves both clients: request() drives it with a blocking transceiver
+        (avrohttp.Client), avrohttp.AsyncClient with an awaited one. A transport failure is
+        thrown into it, so that the hooks see the call fail.
+        """
+        if not self.hooks.hooks:
+            return (yield from self._exchange(message_name, request_datum))
         call = self._call = Call(message_name)
         self.hooks.before(call)
         try:
-            response = super().request(message_name, request_datum)
+            response = yield from self._exchange(message_name, request_datum)
         except DeclaredError:
             call.outcome = hooks.DECLARED_ERROR
             raise
@@ -110,11 +122,21 @@ class Requestor(avro.ipc.Requestor):
             self._call = None
             self.hooks.after(call)
 
-    def issue_request(self, call_request: bytes, message_name: str,
-                      request_datum: object) -> object:
-        if self._call is not None:
-            self._call.request_bytes += len(call_request)
-        return super().issue_request(call_request, message_name, request_datum)
+    def _exchange(self, message_name: str,
+                  request_datum: object) -> Generator[bytes, bytes, object]:
+        """avro.ipc's request and issue_request, with the transport left to the caller."""
+        while True:
+            buffer = io.BytesIO()
+            encoder = avro.io.BinaryEncoder(buffer)
+            self.write_handshake_request(encoder)
+            self.write_call_request(message_name, request_datum, encoder)
+            call_request = buffer.getvalue()
+            if self._call is not None:
+                self._call.request_bytes += len(call_request)
+            decoder = avro.io.BinaryDecoder(io.BytesIO((yield call_request)))
+            if self.read_handshake_response(decoder):
+                return self.read_call_response(message_name, decoder)
+            # NONE: the server did not know our protocol. The same call again, with it.
 
     def write_call_request(self, message_name: str, request_datum: object,
                            encoder: avro.io.BinaryEncoder) -> None:
@@ -199,3 +221,18 @@ def error_reader_for(writers_errors: avro.schema.UnionSchema,
         name, read = branches[index]
         return DeclaredError(name, read(decoder))
     return read_error
+
+
+def run_exchange(exchange: Generator[bytes, bytes, object],
+                 transceive: Callable[[bytes], bytes]) -> object:
+    """Drive a Requestor.exchange with a blocking transceive: the call's answer."""
+    request = next(exchange)
+    while True:
+        try:
+            answer = transceive(request)
+        except BaseException as error:
+            exchange.throw(error)  # which raises it again, once the hooks have seen it
+        try:
+            request = exchange.send(answer)
+        except StopIteration as done:
+            return done.value

@@ -1,0 +1,280 @@
+"""The client side of Avro RPC over HTTP on asyncio: AsyncClient(protocol, host, port) and
+its `await call(message, **parameters)`, with avrohttp.Client's options, errors, retry rule
+and hooks, over keep-alive connections: one per call in flight, each kept for the next call.
+
+Its HTTP is a minimal HTTP/1.1 client on asyncio's streams, in this module: it was the
+fastest of the three measured (aiohttp, httpx, and this), and it needs no package
+(docs/asyncio.md, "The async client", has the figures; bench/async_client_libraries.py
+measures them). Try it, with server.py running:
+
+    async with AsyncClient(EchoProtocol, "127.0.0.1", 8130) as client:
+        print(await client.call("echo", query="Hi"))
+"""
+
+import asyncio
+import http.client
+import os
+import ssl
+from typing import Iterable, List, Optional, Tuple, Union
+
+import avro.errors
+import avro.protocol
+
+from avrohttp import client, codec, hooks
+from avrohttp.client import (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT, NoAnswerInTime)
+from avrohttp.protocol import as_written
+from avrohttp.requestor import Requestor
+
+# Connections open at once, so calls in flight at once; more calls wait for a connection. A
+# program that gathers ten thousand calls then does not open ten thousand sockets.
+MAX_CONNECTIONS = 100
+# The longest status line and headers of an answer, as http.client's limit of a line.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+async def _within(seconds: float, awaitable):
+    """The awaitable's result, or TimeoutError once `seconds` have passed."""
+    if not hasattr(asyncio, "timeout"):  # Python 3.10
+        try:
+            return await asyncio.wait_for(awaitable, seconds)
+        except asyncio.TimeoutError as e:
+            raise TimeoutError from e
+    async with asyncio.timeout(seconds):
+        return await awaitable
+
+
+class _Answer:
+    """An answer's status line and headers (names in lower case)."""
+
+    __slots__ = ("status", "reason", "headers", "keep_alive")
+
+    def __init__(self, head: bytes) -> None:
+        lines = head.decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        status, _, self.reason = rest.partition(" ")
+        if not version.startswith("HTTP/1.") or not status.isdigit():
+            raise http.client.BadStatusLine(lines[0])
+        self.status = int(status)
+        self.headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+        connection = self.headers.get("connection", "").lower()
+        self.keep_alive = connection != "close" and (
+            version != "HTTP/1.0" or connection == "keep-alive")
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection, made on its first call, and its Requestor: one
+    call at a time, as on Client's connection. Closed after a failure; the next call on it
+    connects anew."""
+
+    def __init__(self, owner: "AsyncClient") -> None:
+        self.owner = owner
+        self.remote_name = owner.remote_name
+        self.reader: Optional[asyncio.StreamReader] = None
+        self.writer: Optional[asyncio.StreamWriter] = None
+        self.requestor = Requestor(owner.protocol, self)
+        self.requestor.hooks = owner.hooks  # one list of hooks for all the connections
+
+    async def call(self, message: str, parameters: dict) -> object:
+        """Requestor.exchange, driven with this connection's transceive."""
+        exchange = self.requestor.exchange(message, parameters)
+        step, value = exchange.send, None
+        while True:
+            try:
+                request = step(value)
+            except StopIteration as done:
+                return done.value
+            try:
+                step, value = exchange.send, await self.transceive(request)
+            except BaseException as error:  # thrown into the exchange: the hooks see it
+                step, value = exchange.throw, error
+
+    async def transceive(self, request: bytes) -> bytes:
+        body = codec.frame(request)
+        fresh = self.writer is None
+        if fresh:
+            await self._connect()
+        try:
+            answer = await self._send(body)
+        except OSError as error:  # the retry rule is Client's: avrohttp.client.resend
+            if fresh or not client.resend(error, self.owner.retry):
+                raise
+            self.close()
+            await self._connect()
+            answer = await self._send(body)
+        return await self._read_answer(answer)
+
+    async def _connect(self) -> None:
+        owner = self.owner
+        host, port = self.remote_name
+        tls = owner.ssl_context
+        connecting = asyncio.open_connection(host, port, ssl=tls, limit=MAX_HEAD_BYTES,
+                                             server_hostname=host if tls else None)
+        try:
+            self.reader, self.writer = await _within(owner.connect_timeout, connecting)
+        except TimeoutError as e:
+            raise TimeoutError(
+                f"timed out connecting (after {owner.connect_timeout:g} s)") from e
+        except OSError as e:
+            if e.errno is None or isinstance(e, ssl.SSLError):
+                raise
+            # asyncio words it "Connect call failed ('127.0.0.1', 8130)"; Client's error
+            # (the system's words) says why.
+            raise type(e)(e.errno, os.strerror(e.errno)) from e
+
+    async def _send(self, body: bytes) -> _Answer:
+        """Send the call (headers and body in one write), and read the answer's head."""
+        self.writer.write(self.owner.request_head + b"%d\r\n\r\n" % len(body) + body)
+        try:
+            head = await self._read(self.reader.readuntil(b"\r\n\r\n"))
+        except asyncio.IncompleteReadError as e:
+            if e.partial:
+                raise http.client.BadStatusLine(e.partial[:80].decode("latin-1")) from e
+            # What http.client raises here; a ConnectionResetError, so the retry rule's.
+            raise http.client.RemoteDisconnected(
+                "Remote end closed connection without response") from e
+        except asyncio.LimitOverrunError as e:
+            raise http.client.LineTooLong("answer head") from e
+        return _Answer(head[:-4])
+
+    async def _read_answer(self, answer: _Answer) -> bytes:
+        avro_answer = client.is_avro_answer(answer.status, answer.headers.get("content-type", ""))
+        limit = client.MAX_ANSWER_BYTES if avro_answer else client.NOT_AVRO_BYTES
+        try:
+            body = await self._read_body(answer, limit)
+        except asyncio.IncompleteReadError as e:
+            raise http.client.IncompleteRead(e.partial, e.expected) from e
+        if not answer.keep_alive or len(body) > limit:
+            self.close()  # the rest of the body is not read: the connection cannot go on
+        if not avro_answer:
+            raise client.not_avro(answer.status, answer.reason, body)
+        return client.unframe_answer(body)
+
+    async def _read_body(self, answer: _Answer, limit: int) -> bytes:
+        """The answer's body, or its first limit + 1 bytes if it is longer."""
+        headers = answer.headers
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            return await self._read_chunks(limit)
+        if "content-length" not in headers:  # the body ends when the connection does
+            answer.keep_alive = False
+            parts = []
+            size = 0
+            while size <= limit and (part := await self._read(self.reader.read(limit + 1))):
+                parts.append(part)
+                size += len(part)
+            return b"".join(parts)
+        try:
+            length = int(headers["content-length"])
+        except ValueError:
+            raise http.client.HTTPException(
+                f"bad Content-Length: {headers['content-length']!r}") from None
+        return await self._read(self.reader.readexactly(min(length, limit + 1)))
+
+    async def _read_chunks(self, limit: int) -> bytes:
+        chunks = []
+        size = 0
+        while size <= limit:
+            line = await self._read(self.reader.readuntil(b"\r\n"))
+            try:
+                length = int(line.split(b";")[0], 16)
+            except ValueError:
+                raise http.client.HTTPException(f"bad chunk size: {line[:80]!r}") from None
+            if length == 0:
+                while await self._read(self.reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass  # a trailer: ignored, as http.client ignores it
+                break
+            chunks.append(await self._read(self.reader.readexactly(min(length, limit + 1))))
+            size += len(chunks[-1])
+            if size <= limit:
+                await self._read(self.reader.readexactly(2))  # the chunk's CRLF
+        return b"".join(chunks)
+
+    async def _read(self, awaitable) -> bytes:
+        """A read of the answer, within the timeout (Client's: for each part of it)."""
+        try:
+            return await _within(self.owner.timeout, awaitable)
+        except TimeoutError as e:
+            raise NoAnswerInTime(f"no answer within {self.owner.timeout:g} s") from e
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+
+class AsyncClient:
+    """Calls an Avro RPC server from asyncio, over keep-alive HTTP connections.
+
+    The options and errors are avrohttp.Client's: protocol, host, port, timeout,
+    connect_timeout, ssl_context, retry and call_hooks mean what they mean there, and call()
+    raises CallFailed, DeclaredError and RemoteSystemError with the same words. A one-way
+    message's call returns None.
+
+    Calls may run at once (asyncio.gather): each call in flight has a connection of its
+    own, up to MAX_CONNECTIONS; a call then waits for one to be free. A connection stays
+    open for the next call, and each has its own Requestor (the handshake's state is per
+    sequence of calls). `hooks` is the avrohttp.hooks.Hooks that all of them run; add a hook
+    with client.hooks.append(hook).
+    """
+
+    def __init__(self, protocol: Union[str, avro.protocol.Protocol], host: str = DEFAULT_HOST,
+                 port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT,
+                 connect_timeout: Optional[float] = None,
+                 ssl_context: Optional[ssl.SSLContext] = None, retry: bool = False,
+                 call_hooks: Iterable[hooks.CallHook] = ()) -> None:
+        self.protocol = as_written(protocol)  # parsed once, for every connection's Requestor
+        self.remote_name: Tuple[str, int] = (host, port)
+        self.timeout = timeout
+        self.connect_timeout = client.connect_timeout_for(timeout, connect_timeout)
+        self.ssl_context = ssl_context
+        self.retry = retry
+        self.hooks = hooks.Hooks(call_hooks)
+        name = f"[{host}]" if ":" in host else host  # an IPv6 address, in brackets
+        self.request_head = (b"POST / HTTP/1.1\r\nHost: %s:%d\r\n"
+                             b"Content-Type: avro/binary\r\nContent-Length: "
+                             % (name.encode("idna"), port))
+        self._connections: List[_Connection] = []
+        self._idle: List[_Connection] = []
+        self._free = asyncio.Semaphore(MAX_CONNECTIONS)
+
+    async def call(self, message: str, **parameters) -> object:
+        """Call `message` with these parameters, and return the server's answer."""
+        async with self._free:
+            if self._idle:
+                connection = self._idle.pop()
+            else:
+                connection = _Connection(self)
+                self._connections.append(connection)
+            try:
+                return await connection.call(message, parameters)
+            except client.TRANSPORT_ERRORS as e:
+                connection.close()  # the next call on it starts on a fresh connection
+                raise client.failure(e, self.remote_name, self.ssl_context is not None) from e
+            except avro.errors.AvroException:
+                # An Avro error of the call: its answer was read whole (or nothing was sent,
+                # for a message that the protocol lacks), so the connection can go on.
+                raise
+            except BaseException:  # CallFailed, a cancelled call: the answer was not read
+                connection.close()
+                raise
+            finally:
+                self._idle.append(connection)
+
+    async def close(self) -> None:
+        """Close every connection; a call in flight on one of them fails."""
+        writers = [connection.writer for connection in self._connections if connection.writer]
+        for connection in self._connections:
+            connection.close()
+        for writer in writers:
+            try:
+                await writer.wait_closed()
+            except OSError:  # it failed while closing: it is closed all the same
+                pass
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
