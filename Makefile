@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8130
 INTEROP := tests/interop
 
-.PHONY: demo test clean fuzz fleet nginx bench install-wrk
+.PHONY: demo test clean fuzz fleet nginx bench install-h2load
 
 demo: $(VENV)/.runtime
 	@log=$$(mktemp); shown=0; waited=0; \
@@ -87,20 +87,21 @@ nginx:
 BENCH_SECONDS ?= 5
 BENCH_ARGS ?= --repeat 3
 
-bench: $(VENV)/.bench $(INTEROP)/node_modules/.installed install-wrk
+bench: $(VENV)/.bench $(INTEROP)/node_modules/.installed install-h2load
 	$(PY) bench/run.py --seconds $(BENCH_SECONDS) $(BENCH_ARGS)
 
-# The plot's dependencies, kept out of the runtime and test requirements.
+# The peers (uvicorn, gRPC) and the plot's dependencies, kept out of the test requirements.
 $(VENV)/.bench: $(VENV)/.runtime requirements-bench.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	touch $@
 
-# wrk, the HTTP load generator, from Debian.
-install-wrk:
-	@if ! command -v wrk >/dev/null; then \
+# h2load, the load generator for HTTP/1.1 and HTTP/2 alike, from Debian's nghttp2-client.
+install-h2load:
+	@if ! command -v h2load >/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
+			apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; \
 		else \
-			echo "make bench needs wrk: install it (Debian: apt-get install wrk)" >&2; exit 1; \
+			echo "make bench needs h2load: install it (Debian: apt-get install nghttp2-client)" >&2; \
+			exit 1; \
 		fi; \
 	fi

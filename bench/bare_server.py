@@ -15,25 +15,32 @@ Try it: `python bench/bare_server.py --port 0 [--yield]`.
 """
 
 import sys
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import server  # first: it monkey-patches the standard library for eventlet
-import avrohttp.serve
+# eventlet warns on import that it is deprecated (README.md, "eventlet's status").
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+import eventlet
+
+# First, as any eventlet program does: sockets, time and threads then cooperate with it.
+eventlet.monkey_patch()
 
 import logging
 from typing import Optional
 
-import eventlet
 import eventlet.wsgi
 
+import server
 import wire
-from bench.protections_server import (answer_in_process, listen_arguments,
-                                      make_fixed_application)
+from bench.fixed_bytes import answer_in_process, listen_arguments, make_fixed_application
 
 log = logging.getLogger("bare")
+# server.py's backlog, not eventlet.listen's default of 50, which drops connections under a
+# burst of them.
+LISTEN_BACKLOG = 2048
 
 
 class YieldingProtocol(eventlet.wsgi.HttpProtocol):
@@ -56,7 +63,9 @@ def main(argv: Optional[list] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     answer = answer_in_process(server.application, wire.call_body())
     try:
-        listener = avrohttp.serve.listen(args.host, args.port, reuse_port=args.reuse_port)
+        # Told, since eventlet.listen would otherwise set SO_REUSEPORT for any port but 0.
+        listener = eventlet.listen((args.host, args.port), backlog=LISTEN_BACKLOG,
+                                   reuse_port=args.reuse_port)
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", args.host, args.port, e.strerror or e)
         return 1

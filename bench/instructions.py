@@ -4,9 +4,9 @@ a shared machine does not disturb.
 `make bench` measures time, and on a machine shared with other work its req/s move by 10 to
 30% from one run to the next. This counts the work instead. Each server that answers in one
 process (bare eventlet.wsgi with and without one yield per request, our protections with no
-Avro work, server.py) runs under callgrind; wrk loads it for a warm-up, the counters are
-zeroed, wrk loads it again, and the instructions counted are divided by the requests that
-wrk saw answered. What one row costs more than another is then read off directly: the
+Avro work, server.py) runs under callgrind; h2load loads it for a warm-up, the counters are
+zeroed, h2load loads it again, and the instructions counted are divided by the requests that
+h2load saw answered. What one row costs more than another is then read off directly: the
 protections (our protections against bare eventlet.wsgi + yield) and the Avro work
 (server.py against our protections).
 
@@ -14,7 +14,7 @@ Under valgrind a server runs some 50 times slower, so it takes its turns differe
 real run (a green thread finds its client's next request already there): the counts compare
 the work per request, not the scheduling.
 
-Try it: `python bench/instructions.py` (it needs valgrind and wrk; a few minutes).
+Try it: `python bench/instructions.py` (it needs valgrind and h2load; a few minutes).
 """
 
 import sys
@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 from typing import Optional
 
-from bench.load import run_wrk
+from bench.load import run_load
 from bench.servers import ServerSpec, check_server, server_specs, start_server, stop_server
 from bench.settings import WORKERS, BenchError, Unavailable, progress
 
@@ -65,16 +65,16 @@ def count(spec: ServerSpec, log_dir: Path, connections: int, seconds: int) -> di
         check_server(running, calls=1)
         running.body_file = log_dir / f"{spec.name}.body"
         running.body_file.write_bytes(running.body)
-        run_wrk(running, running.body_file, connections, 3, threads=1)  # warm-up
+        run_load(running, connections, 3, threads=1)  # warm-up
         callgrind_control("--zero", running.process.pid)
-        wrk = run_wrk(running, running.body_file, connections, seconds, threads=1)
+        load = run_load(running, connections, seconds, threads=1)
         callgrind_control("--dump", running.process.pid)
         dump = Path(f"{out_prefix}.{running.process.pid}.1")
         instructions = instructions_in(dump)
     finally:
         stop_server(running.process)
-    return {"name": spec.name, "label": spec.label, "requests": wrk["requests"],
-            "instructions_per_request": round(instructions / max(wrk["requests"], 1))}
+    return {"name": spec.name, "label": spec.label, "requests": load["requests"],
+            "instructions_per_request": round(instructions / max(load["requests"], 1))}
 
 
 def format_counts(counts: list) -> str:
@@ -106,11 +106,11 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description="Count the instructions per request of the "
                                                  "benchmark's one-process servers.")
     parser.add_argument("--connections", type=int, default=50,
-                        help="wrk's connections (default: %(default)s)")
+                        help="h2load's connections (default: %(default)s)")
     parser.add_argument("--seconds", type=int, default=10,
                         help="seconds of counted load per server (default: %(default)s)")
     args = parser.parse_args(argv)
-    for tool in ("valgrind", "callgrind_control", "wrk"):
+    for tool in ("valgrind", "callgrind_control", "h2load"):
         if shutil.which(tool) is None:
             print(f"instructions: error: {tool} is not installed", file=sys.stderr)
             return 1

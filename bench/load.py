@@ -1,11 +1,15 @@
-"""The load: wrk against a server, and the clients' calls per second.
+"""The load: h2load against a server, and the clients' calls per second.
 
-wrk runs post.lua, which prints its results as one JSON line; the clients are timed in
+h2load, nghttp2's load generator, speaks HTTP/1.1 (to the Avro servers and bare uvicorn)
+and HTTP/2 (to the gRPC servers), so that every row of the table comes from the same
+generator in the same run. It prints its counts as text, and writes each request's
+latency to a log file, from which the percentiles are read. The clients are timed in
 alternating rounds against bare eventlet.wsgi.
 """
 
 import http.client
-import json
+import math
+import re
 import statistics
 import subprocess
 import time
@@ -17,64 +21,115 @@ import avro.ipc
 
 # First of the project's modules: it puts the repository's root and tests/ on sys.path.
 import avrohttp
-from bench.settings import (BENCH, CONTENT_TYPE, QUERY, WRK_RESULT, WRK_THREADS,
-                            WRK_TIMEOUT_SECONDS, BenchError, progress)
+from bench.settings import (CONTENT_TYPE, LOAD_THREADS, LOAD_TIMEOUT_SECONDS, QUERY,
+                            BenchError, progress)
 
 import client
+from bench.grpc_echo import ECHO_PATH
 from bench.servers import Running
 from protocol import EchoProtocol
 
 
-# --- wrk -------------------------------------------------------------------------------------
+# --- h2load ----------------------------------------------------------------------------------
 
-def wrk_command(url: str, body_file: Path, connections: int, seconds: int,
-                threads: int = WRK_THREADS) -> list:
-    return ["wrk", f"--threads={min(threads, connections)}", f"--connections={connections}",
-            f"--duration={seconds}s", f"--timeout={WRK_TIMEOUT_SECONDS}s", "--latency",
-            f"--script={BENCH / 'post.lua'}", url, "--", str(body_file)]
-
-
-def parse_wrk_output(output: str) -> dict:
-    """The JSON that post.lua's done() prints, found among wrk's own text."""
-    match = WRK_RESULT.search(output)
-    if not match:
-        raise BenchError(f"wrk printed no result:\n{output.strip()[-1000:]}")
-    return json.loads(match.group(1))
+# What h2load prints at the end of a run (nghttp2 1.52's wording).
+H2LOAD_RATE = re.compile(r"^finished in ([0-9.]+)s, ([0-9.]+) req/s", re.MULTILINE)
+H2LOAD_REQUESTS = re.compile(
+    r"^requests: (?P<total>\d+) total, (?P<started>\d+) started, (?P<done>\d+) done, "
+    r"(?P<succeeded>\d+) succeeded, (?P<failed>\d+) failed, (?P<errored>\d+) errored, "
+    r"(?P<timeout>\d+) timeout$", re.MULTILINE)
+H2LOAD_STATUS = re.compile(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx$",
+                           re.MULTILINE)
 
 
-def run_wrk(running: Running, body_file: Path, connections: int, seconds: int,
-            threads: int) -> dict:
-    """Load the server with wrk: post.lua's results. A run that prints none is tried again
-    once, so that one crash of wrk does not throw away the whole benchmark."""
+def h2load_command(url: str, body_file: Path, connections: int, seconds: int,
+                   log_file: Path, threads: int = LOAD_THREADS, grpc: bool = False) -> list:
+    """h2load for one point: HTTP/1.1 POSTs of the Avro call, or, for a gRPC server, HTTP/2
+    with one stream per connection (as a gRPC client calls), `seconds` long."""
+    command = ["h2load", f"--threads={min(threads, connections)}", f"--clients={connections}",
+               "--max-concurrent-streams=1", f"--duration={seconds}",
+               f"--connection-inactivity-timeout={LOAD_TIMEOUT_SECONDS}",
+               f"--data={body_file}", f"--log-file={log_file}"]
+    if grpc:
+        # A unary call: POST to /package.Service/Method; `te: trailers` is required, since
+        # gRPC's status comes in trailers (which h2load does not read: check_server has
+        # checked the answer with a real gRPC client).
+        return [*command, "--header=content-type: application/grpc", "--header=te: trailers",
+                url.rstrip("/") + ECHO_PATH]
+    return [*command, "--h1", f"--header=content-type: {CONTENT_TYPE}", url]
+
+
+def percentile(ordered: list, fraction: float) -> float:
+    """The nearest-rank percentile of a sorted list (as wrk's and HdrHistogram's are)."""
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def parse_h2load(output: str, log_text: str) -> dict:
+    """One run's figures: h2load's counts from its output, latencies from its log file (one
+    line per request answered: start time in µs, status, latency in µs)."""
+    rate, counts = H2LOAD_RATE.search(output), H2LOAD_REQUESTS.search(output)
+    statuses = H2LOAD_STATUS.search(output)
+    if not (rate and counts and statuses):
+        raise BenchError(f"h2load printed no result:\n{output.strip()[-1000:]}")
+    latencies = sorted(int(line.split("\t")[2]) for line in log_text.splitlines() if line)
+    counts = {key: int(value) for key, value in counts.groupdict().items()}
+    _, _, client_errors, server_errors = (int(n) for n in statuses.groups())
+    return {
+        "requests": counts["succeeded"],
+        "seconds": float(rate.group(1)),
+        "requests_per_s": float(rate.group(2)),
+        "latency_ms": {
+            "p50": percentile(latencies, 0.50) / 1000 if latencies else None,
+            "p90": percentile(latencies, 0.90) / 1000 if latencies else None,
+            "p99": percentile(latencies, 0.99) / 1000 if latencies else None,
+            "max": latencies[-1] / 1000 if latencies else None,
+        },
+        # h2load's `failed` counts every request that did not succeed: those answered 4xx or
+        # 5xx, those `errored` (the connection broke, or the stream was reset), timed out.
+        "errors": {"errored": counts["errored"], "timeout": counts["timeout"],
+                   "4xx": client_errors, "5xx": server_errors},
+        "error_total": counts["failed"],
+    }
+
+
+def run_load(running: Running, connections: int, seconds: int,
+             threads: int = LOAD_THREADS) -> dict:
+    """Load the server with h2load: parse_h2load's figures. A run that prints none is tried
+    again once, so that one crash of h2load does not throw away the whole benchmark."""
     url = f"http://{running.host}:{running.port}/"
-    command = wrk_command(url, body_file, connections, seconds, threads)
+    log_file = running.body_file.with_suffix(".h2load.log")
+    command = h2load_command(url, running.body_file, connections, seconds, log_file, threads,
+                             grpc=running.spec.kind == "grpc")
     for attempt in (1, 2):
+        log_file.unlink(missing_ok=True)  # h2load appends to it
         try:
             result = subprocess.run(command, capture_output=True, text=True,
                                     timeout=seconds + 60)
         except subprocess.TimeoutExpired as e:
-            raise BenchError(f"wrk did not finish within {seconds + 60} s") from e
+            raise BenchError(f"h2load did not finish within {seconds + 60} s") from e
         try:
-            return parse_wrk_output(result.stdout + result.stderr)
+            log_text = log_file.read_text() if log_file.exists() else ""
+            return parse_h2load(result.stdout + result.stderr, log_text)
         except BenchError as e:
             if attempt == 2 or running.process.poll() is not None:
-                raise BenchError(f"{e}\n(wrk exited with status {result.returncode})") from e
-            progress(f"  wrk printed no result (status {result.returncode}): trying again")
+                raise BenchError(f"{e}\n(h2load exited with status {result.returncode})") from e
+            progress(f"  h2load printed no result (status {result.returncode}): trying again")
+        finally:
+            log_file.unlink(missing_ok=True)
 
 
-def make_point(connections: int, wrk: dict, rss: Optional[int]) -> dict:
-    """One row of results.json from one wrk run."""
-    seconds = wrk["duration_us"] / 1e6
+def make_point(connections: int, load: dict, rss: Optional[int]) -> dict:
+    """One row of results.json from one h2load run."""
     return {
         "connections": connections,
-        "requests": wrk["requests"],
-        "seconds": round(seconds, 3),
-        "requests_per_s": round(wrk["requests"] / seconds, 1) if seconds else 0.0,
-        "p50_ms": wrk["latency_us"]["p50"] / 1000,
-        "p99_ms": wrk["latency_us"]["p99"] / 1000,
-        "max_ms": wrk["latency_us"]["max"] / 1000,
-        "errors": dict(wrk["errors"]),
-        "error_total": sum(wrk["errors"].values()),
+        "requests": load["requests"],
+        "seconds": load["seconds"],
+        "requests_per_s": load["requests_per_s"],
+        "p50_ms": load["latency_ms"]["p50"],
+        "p99_ms": load["latency_ms"]["p99"],
+        "max_ms": load["latency_ms"]["max"],
+        "errors": dict(load["errors"]),
+        "error_total": load["error_total"],
         "rss_bytes": rss,
     }
 

@@ -2,7 +2,7 @@
 in the same run, taking turns at each point; and, steadier, the µs that they
 add to a call in process.
 
-Under wrk, one run's req/s varies by 5% on a quiet shared machine, and by half when others
+Under load, one run's req/s varies by 5% on a quiet shared machine, and by half when others
 load it: more than what is measured here. So three figures are reported, each as a median
 of the repeats with its spread: the req/s of each repeat's pair (with, without); the
 server's CPU time per request in each run (from /proc), which others' load barely changes,
@@ -153,7 +153,7 @@ def estimated_cost(servers: list, in_process: Optional[dict], connections: int =
                    ) -> Optional[float]:
     """The share of server.py's throughput that the metrics take, from CPU accounting: the
     µs they add to a call (in process, steady) over the server's whole CPU time per request
-    without them (under wrk, the median of the runs). A server that has a core to itself
+    without them (under h2load, the median of the runs). A server that has a core to itself
     serves requests at the rate its CPU time per request allows."""
     without = next((server for server in servers if server["name"] == "server"), {})
     runs = [cpu for cpu in without.get("cpu_us_per_request_by_run", {}).get(str(connections),
@@ -166,16 +166,16 @@ def estimated_cost(servers: list, in_process: Optional[dict], connections: int =
 
 def target(cost: dict) -> dict:
     """Metrics cost at most MAX_COST of the throughput at 50 connections, by both measures:
-    CPU accounting (estimated_cost), and the median of the paired wrk runs' CPU per request.
+    CPU accounting (estimated_cost), and the median of the paired h2load runs' CPU per request.
     They were seen to disagree (docs/metrics.md), so the target is met only if both say so."""
     text = (f"metrics cost <= {MAX_COST:.0%} of server.py's throughput at 50 connections "
-            "(by CPU accounting, and by paired wrk runs)")
+            "(by CPU accounting, and by paired h2load runs)")
     estimate = cost.get("estimated_cost_at_50")
     figures = cost.get("cpu_per_request_with_over_without", {}).get("50")
     if estimate is None or not figures:
         return {"target": text, "met": None, "measured": "not measured"}
     met = estimate <= MAX_COST and figures["median_ratio"] <= 1 + MAX_COST
     return {"target": text, "met": met,
-            "measured": f"{estimate:.1%} by CPU accounting; paired wrk runs: CPU per request "
+            "measured": f"{estimate:.1%} by CPU accounting; paired h2load runs: CPU per request "
                         f"x{figures['median_ratio']:.3f} ({figures['min_ratio']:.3f} to "
                         f"{figures['max_ratio']:.3f} over {len(figures['ratios'])} runs)"}

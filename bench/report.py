@@ -12,9 +12,12 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from bench.settings import (LIMIT_SERVERS, QUERY, ROOT, STRETCH_LIMIT_RATIO,
-                            STRETCH_WORKERS_RATIO, TARGET_CLIENT_RATIO, TARGET_LIMIT_RATIO,
-                            TARGET_ONE_CONNECTION_RATIO, TARGET_P99_RATIO,
+from bench.settings import (LIMIT_SERVERS, QUERY, ROOT, STRETCH_ASYNCIO_RATIO,
+                            STRETCH_LIMIT_RATIO, STRETCH_WORKERS_RATIO,
+                            TARGET_ASYNC_CLIENT_RATIO, TARGET_ASYNCIO_P99_RATIO,
+                            TARGET_ASYNCIO_RATIO, TARGET_ASYNCIO_WORKERS_P99_MS,
+                            TARGET_ASYNCIO_WORKERS_RATIO, TARGET_CLIENT_RATIO,
+                            TARGET_LIMIT_RATIO, TARGET_ONE_CONNECTION_RATIO, TARGET_P99_RATIO,
                             TARGET_WORKERS_P99_MS, TARGET_WORKERS_RATIO)
 
 
@@ -76,7 +79,8 @@ def format_table(servers: list) -> str:
             rss = point["rss_bytes"] / 2**20 if point["rss_bytes"] else None
             if point["error_total"]:
                 kinds = ", ".join(f"{kind} {n}" for kind, n in point["errors"].items() if n)
-                notes.append(f"{server['label']} at {connections_text(count)}: errors {kinds}")
+                notes.append(f"{server['label']} at {connections_text(count)}: "
+                             f"{point['error_total']:,} errors ({kinds or 'no kind given'})")
             rows.append((f"{count:,}", server["label"],
                          _cell(point["requests_per_s"], ratios.get("requests_per_s"), 0),
                          _cell(point["p50_ms"], ratios.get("p50_ms"), 2),
@@ -109,6 +113,93 @@ def _point(servers: list, name: str, connections: int) -> Optional[dict]:
         if server["name"] == name:
             return next((p for p in server["points"] if p["connections"] == connections), None)
     return None
+
+
+def _label(servers: list, name: str) -> str:
+    return next((s["label"] for s in servers if s["name"] == name), name)
+
+
+def asyncio_targets(servers: list) -> list:
+    """The asyncio host's targets: `server.py --loop asyncio` against bare uvicorn answering
+    fixed bytes, in one process and with as many workers, in the same run."""
+    targets = []
+
+    def add(text: str, met: Optional[bool], measured: str) -> None:
+        targets.append({"target": text, "met": met, "measured": measured})
+
+    def not_measured(*names: str) -> str:
+        gone = [_label(servers, name) for name in names if _point(servers, name, 50) is None
+                and _point(servers, name, 1000) is None]
+        return f"not measured ({' and '.join(gone) or 'no point there'} not available)"
+
+    host, bare = _label(servers, "server_asyncio"), _label(servers, "uvicorn")
+    ours, limit = _point(servers, "server_asyncio", 50), _point(servers, "uvicorn", 50)
+    for wanted, stretch in ((TARGET_ASYNCIO_RATIO, ""), (STRETCH_ASYNCIO_RATIO, " (stretch)")):
+        text = f"{host} at 50 connections: req/s >= {wanted:.2f} x {bare}{stretch}"
+        if ours and limit:
+            r = ratio(ours["requests_per_s"], limit["requests_per_s"])
+            add(text, r is not None and r >= wanted,
+                f"{ours['requests_per_s']:,.0f} against {limit['requests_per_s']:,.0f} "
+                f"({r or 0:.2f})")
+        else:
+            add(text, None, not_measured("server_asyncio", "uvicorn"))
+
+    ours, limit = _point(servers, "server_asyncio", 1000), _point(servers, "uvicorn", 1000)
+    text = (f"{host} at 1,000 connections: no errors or timeouts, "
+            f"p99 <= {TARGET_ASYNCIO_P99_RATIO} x {bare}'s")
+    if ours and limit:
+        r = ratio(ours["p99_ms"], limit["p99_ms"])
+        met = ours["error_total"] == 0 and r is not None and r <= TARGET_ASYNCIO_P99_RATIO
+        add(text, met, f"{ours['error_total']} errors, p99 {ours['p99_ms'] or 0:.1f} ms "
+                       f"against {limit['p99_ms'] or 0:.1f} ms ({r or 0:.2f})")
+    else:
+        add(text, None, not_measured("server_asyncio", "uvicorn"))
+
+    host, bare = _label(servers, "workers_asyncio"), _label(servers, "uvicorn_workers")
+    ours, limit = _point(servers, "workers_asyncio", 50), _point(servers, "uvicorn_workers", 50)
+    text = f"{host} at 50 connections: req/s >= {TARGET_ASYNCIO_WORKERS_RATIO:.2f} x {bare}"
+    if ours and limit:
+        r = ratio(ours["requests_per_s"], limit["requests_per_s"])
+        add(text, r is not None and r >= TARGET_ASYNCIO_WORKERS_RATIO,
+            f"{ours['requests_per_s']:,.0f} against {limit['requests_per_s']:,.0f} "
+            f"({r or 0:.2f})")
+    else:
+        add(text, None, not_measured("workers_asyncio", "uvicorn_workers"))
+    text = f"{host} at 50 connections: p99 <= {TARGET_ASYNCIO_WORKERS_P99_MS:g} ms"
+    if ours:
+        add(text, ours["p99_ms"] is not None and ours["p99_ms"] <= TARGET_ASYNCIO_WORKERS_P99_MS,
+            f"{ours['p99_ms'] or 0:.1f} ms")
+    else:
+        add(text, None, not_measured("workers_asyncio"))
+    return targets
+
+
+def comparisons(servers: list, connections: int = 50) -> list:
+    """For information: the asyncio host's req/s against eventlet's server.py and against
+    the faster of the two gRPC servers, at 50 connections."""
+    ours = _point(servers, "server_asyncio", connections)
+    if ours is None:
+        return []
+    found = []
+    grpc = [(_label(servers, name), point) for name in ("grpc", "grpc_aio")
+            if (point := _point(servers, name, connections))]
+    others = [(_label(servers, "server"), _point(servers, "server", connections))]
+    if grpc:
+        others.append(max(grpc, key=lambda pair: pair[1]["requests_per_s"]))
+    for label, point in others:
+        if point and point["requests_per_s"]:
+            found.append({
+                "server": _label(servers, "server_asyncio"), "against": label,
+                "connections": connections,
+                "ratio": round(ours["requests_per_s"] / point["requests_per_s"], 3),
+                "measured": f"{ours['requests_per_s']:,.0f} against "
+                            f"{point['requests_per_s']:,.0f} req/s"})
+    return found
+
+
+def format_comparisons(found: list) -> str:
+    return "\n".join(f"  {c['server']} at {connections_text(c['connections'])}: "
+                     f"{c['ratio']:.2f} x {c['against']} ({c['measured']})" for c in found)
 
 
 def evaluate_targets(servers: list, clients: Optional[dict]) -> list:
@@ -149,8 +240,8 @@ def evaluate_targets(servers: list, clients: Optional[dict]) -> list:
         add(text, None, "not measured")
 
     workers, avsc = _point(servers, "workers", 50), _point(servers, "avsc_workers", 50)
-    label = next((s["label"] for s in servers if s["name"] == "workers"), "--workers")
-    avsc_label = next((s["label"] for s in servers if s["name"] == "avsc_workers"), "avsc")
+    label = _label(servers, "workers")
+    avsc_label = _label(servers, "avsc_workers")
     text = f"{label} at 50 connections: p99 <= {TARGET_WORKERS_P99_MS:g} ms"
     if workers:
         add(text, workers["p99_ms"] <= TARGET_WORKERS_P99_MS, f"{workers['p99_ms']:.1f} ms")
@@ -167,12 +258,24 @@ def evaluate_targets(servers: list, clients: Optional[dict]) -> list:
             missing = [n for n, p in (("--workers", workers), (avsc_label, avsc)) if p is None]
             add(text, None, f"not measured ({' and '.join(missing)} not available)")
 
+    targets.extend(asyncio_targets(servers))
+
     text = f"EchoClient: calls/s >= {TARGET_CLIENT_RATIO:.2f} x a bare http.client loop"
     if clients:
         r = clients["ratio_to_http_client"]["EchoClient"]
         add(text, r is not None and r >= TARGET_CLIENT_RATIO, f"{r:.2f} x")
     else:
         add(text, None, "not measured")
+    # AsyncClient, against a bare loop of its HTTP library: see bench/load.py, ASYNC_CLIENTS.
+    text = (f"AsyncClient: calls/s >= {TARGET_ASYNC_CLIENT_RATIO:.2f} x a bare loop of its "
+            "HTTP library")
+    async_ratio = (clients or {}).get("ratio_to_bare_async_loop")
+    if async_ratio is not None:
+        add(text, async_ratio >= TARGET_ASYNC_CLIENT_RATIO, f"{async_ratio:.2f} x")
+    elif clients is None:
+        add(text, None, "not measured")
+    else:
+        add(text, None, "not measured (avrohttp.AsyncClient is not there)")
     return targets
 
 
@@ -205,7 +308,8 @@ def plot(results: dict, path: Path) -> None:
             continue
         x = [p["connections"] for p in points]
         style = ({"color": "black" if server["name"] == "bare" else "grey", "linestyle": "--"}
-                 if server["name"] in LIMIT_SERVERS else {})
+                 if server["name"] in LIMIT_SERVERS else
+                 {"linestyle": ":"} if server["name"].startswith("uvicorn") else {})
         throughput.plot(x, [p["requests_per_s"] for p in points], marker="o",
                         label=server["label"], **style)
         latency.plot(x, [p["p99_ms"] for p in points], marker="o", label=server["label"],
@@ -229,7 +333,7 @@ def plot(results: dict, path: Path) -> None:
     machine = results["machine"]
     settings = results["settings"]
     runs = f", median of {settings['repeat']} runs" if settings["repeat"] > 1 else ""
-    figure.suptitle(f"AvroEcho echo(\"{QUERY}\") under wrk: {machine['cores']} cores, "
+    figure.suptitle(f"AvroEcho echo(\"{QUERY}\") under h2load: {machine['cores']} cores, "
                     f"{settings['seconds']} s per point{runs}, {machine['date'][:10]}")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -270,9 +374,17 @@ def machine_facts() -> dict:
         "avro": importlib.metadata.version("avro"),
         "node": first_line(["node", "--version"]),
         "avsc": avsc,
-        "wrk": first_line(["wrk", "--version"]),
+        "h2load": first_line(["h2load", "--version"]),
+        "uvicorn": _version("uvicorn"),
+        "grpcio": _version("grpcio"),
         "commit": commit,
     }
+
+
+def _version(package: str) -> Optional[str]:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        return importlib.metadata.version(package)
+    return None
 
 
 def busy_machine_note(facts: dict) -> Optional[str]:

@@ -1,15 +1,23 @@
-"""`make bench`: how fast the AvroEcho server and client are, next to the limit of their stack.
+"""`make bench`: how fast the AvroEcho server and client are, next to the limit of their stack
+and the servers a user would pick instead.
 
 Every server runs as its own process on a free port. Each must first answer a real echo call
-correctly; then wrk loads it with that same framed call at each number of connections. The
+correctly; then h2load loads it with that same call at each number of connections (HTTP/1.1
+for the Avro servers and bare uvicorn, HTTP/2 with one stream per connection for gRPC). The
 servers take turns at each point, so that a busy moment on a shared machine hits them alike:
 
 - bare eventlet.wsgi with eventlet's defaults, sending fixed bytes (bench/bare_server.py),
   with and without one yield per request: at each number of connections, the faster of the
   two is the limit, and every figure is reported as a ratio to it;
-- "our protections, no Avro work": the same fixed bytes through avrohttp.serve.serve()
-  (bench/protections_server.py), for the cost of the protections;
-- server.py, as a user runs it, and `server.py --workers N`;
+- "our protections, no Avro work": the same fixed bytes through server.py's own start-up
+  (avrohttp.cli.main) with a responder that does no Avro work (bench/protections_server.py),
+  for the cost of the protections, on each host;
+- server.py, as a user runs it, and `server.py --workers N`, on eventlet and on asyncio
+  (`--loop asyncio`);
+- bare uvicorn (httptools, uvloop) sending the fixed bytes (bench/uvicorn_server.py), in one
+  process and with `--workers N`: the asyncio host's limit;
+- gRPC Python serving the same echo (bench/echo.proto), sync (bench/grpc_server.py) and
+  grpc.aio (bench/grpc_aio_server.py);
 - avsc, the Node implementation of Avro (bench/avsc_server.js), in one process and in N
   (Node's cluster), when Node is installed;
 - with --with-stdlib, http.server the way Avro's own sample does it (bench/stdlib_server.py).
@@ -18,12 +26,12 @@ Then it times the client: EchoClient against a bare http.client loop posting the
 both calling the bare server. It prints a table, says which of the performance targets are
 met, and writes bench/results.json and bench/results.png.
 
-Its parts: bench/servers.py starts and checks the servers, bench/load.py runs wrk and times
-the client, bench/report.py makes the table, targets and plot, and bench/settings.py holds
-the defaults they share; this module reads the options and drives the run.
+Its parts: bench/servers.py starts and checks the servers, bench/load.py runs h2load and
+times the client, bench/report.py makes the table, targets and plot, and bench/settings.py
+holds the defaults they share; this module reads the options and drives the run.
 
-Try it: `make bench` (it installs wrk, matplotlib and avsc), or `make bench BENCH_SECONDS=2`;
-`python bench/run.py --help` lists the options.
+Try it: `make bench` (it installs h2load, gRPC, matplotlib and avsc), or
+`make bench BENCH_SECONDS=2`; `python bench/run.py --help` lists the options.
 """
 
 import sys
@@ -44,25 +52,26 @@ import time
 from typing import Optional
 
 from bench import metrics_cost
-from bench.load import make_point, measure_clients, median_points, run_wrk
-from bench.report import (add_ratios, busy_machine_note, connections_text, evaluate_targets,
-                          format_clients, format_table, format_targets, machine_facts, plot)
-from bench.servers import (avsc_missing, check_server, log_tail, rss_bytes, server_specs,
+from bench.load import make_point, measure_clients, median_points, run_load
+from bench.report import (add_ratios, busy_machine_note, comparisons, connections_text,
+                          evaluate_targets, format_clients, format_comparisons, format_table,
+                          format_targets, machine_facts, plot)
+from bench.servers import (check_server, log_tail, missing, rss_bytes, server_specs,
                            start_server, stop_server)
 from bench.settings import (BENCH, CLIENT_ROUND_SECONDS, LIMIT_SERVERS, CLIENT_ROUNDS, CONNECTIONS,
-                            FD_HEADROOM, QUERY, SECONDS, WARMUP_SECONDS, WORKERS,
-                            WRK_THREADS, WRK_TIMEOUT_SECONDS, BenchError, Unavailable,
-                            progress)
+                            FD_HEADROOM, LOAD_THREADS, LOAD_TIMEOUT_SECONDS, QUERY, SECONDS,
+                            WARMUP_SECONDS, WORKERS, BenchError, Unavailable, progress)
 
 
 # Servers that answer fixed bytes: each must send exactly server.py's answer.
-FIXED_BYTES_SERVERS = (*LIMIT_SERVERS, "protections")
+FIXED_BYTES_SERVERS = (*LIMIT_SERVERS, "protections", "protections_asyncio", "uvicorn",
+                       "uvicorn_workers")
 # Without these, there is nothing to report.
 REQUIRED_SERVERS = (*LIMIT_SERVERS, "server")
 
 
 def raise_fd_limit(connections: int) -> None:
-    """Raise the soft limit on open files for wrk and the servers (they inherit it)."""
+    """Raise the soft limit on open files for h2load and the servers (they inherit it)."""
     wanted = connections + FD_HEADROOM
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -94,21 +103,26 @@ def connection_list(text: str) -> list:
 
 def parse_args(argv: Optional[list]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Measure AvroEcho's servers with wrk, and its client, against the limit "
-                    "of their stack.")
+        description="Measure AvroEcho's servers with h2load, and its client, against the "
+                    "limit of their stack and the servers a user would pick instead.")
     parser.add_argument("--seconds", type=positive_int, default=SECONDS,
-                        help="wrk's duration per point, in whole seconds (default: %(default)s)")
+                        help="h2load's duration per point, in whole seconds "
+                             "(default: %(default)s)")
     parser.add_argument("--connections", type=connection_list,
                         default=list(CONNECTIONS), metavar="N,N,...",
                         help="numbers of connections to measure at (default: 1,50,1000)")
     parser.add_argument("--warmup", type=int, default=WARMUP_SECONDS,
                         help="seconds of load on each server before measuring, 0 for none "
                              "(default: %(default)s)")
-    parser.add_argument("--threads", type=positive_int, default=WRK_THREADS,
-                        help="wrk threads (default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=LOAD_THREADS,
+                        help="h2load threads (default: %(default)s)")
     parser.add_argument("--workers", type=positive_int, default=WORKERS,
-                        help="worker processes for the `server.py --workers` row "
+                        help="worker processes for the `--workers` rows "
                              "(default: %(default)s)")
+    parser.add_argument("--only", metavar="NAME,NAME,...",
+                        type=lambda text: [name for name in text.split(",") if name],
+                        help="measure only these servers (by their names in results.json), "
+                             "and the limit and server.py")
     parser.add_argument("--with-stdlib", action="store_true",
                         help="also measure http.server the way Avro's Python sample does it")
     parser.add_argument("--client-rounds", type=positive_int, default=CLIENT_ROUNDS,
@@ -142,6 +156,8 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
     if args.metrics_cost:
         specs = [spec for spec in specs
                  if spec.name in (*REQUIRED_SERVERS, "server-metrics")]
+    if args.only:
+        specs = [spec for spec in specs if spec.name in (*REQUIRED_SERVERS, *args.only)]
     results = []
     running = []
     try:
@@ -149,7 +165,7 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
             result = {"name": spec.name, "label": spec.label, "available": True,
                       "reason": None, "note": spec.note, "points": []}
             results.append(result)
-            reason = avsc_missing() if spec.name.startswith("avsc") else None
+            reason = missing(spec)
             try:
                 if reason:
                     raise Unavailable(reason)
@@ -180,7 +196,7 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
             server.body_file.write_bytes(server.body)
             if args.warmup:
                 progress(f"warming up {server.spec.label} ({args.warmup} s)")
-                run_wrk(server, server.body_file, 50, args.warmup, args.threads)
+                run_load(server, 50, args.warmup, args.threads)
 
         steps = args.repeat * len(args.connections) * len(running)
         step = 0
@@ -195,15 +211,14 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
                     progress(f"[{step}/{steps}] {server.spec.label} at "
                              f"{connections_text(connections)}, {args.seconds} s")
                     cpu = metrics_cost.cpu_seconds(server.process.pid)
-                    wrk = run_wrk(server, server.body_file, connections, args.seconds,
-                                  args.threads)
+                    load = run_load(server, connections, args.seconds, args.threads)
                     cpu = metrics_cost.cpu_seconds(server.process.pid) - cpu
-                    point = make_point(connections, wrk, rss_bytes(server.process.pid))
+                    point = make_point(connections, load, rss_bytes(server.process.pid))
                     point["cpu_us_per_request"] = (
                         round(cpu / point["requests"] * 1e6, 2) if point["requests"] else None)
                     server.points.append(point)
                     progress(f"  {point['requests_per_s']:,.0f} req/s, p50 "
-                             f"{point['p50_ms']:.2f} ms, p99 {point['p99_ms']:.2f} ms, "
+                             f"{point['p50_ms'] or 0:.2f} ms, p99 {point['p99_ms'] or 0:.2f} ms, "
                              f"{point['error_total']} errors, "
                              f"{point['cpu_us_per_request'] or 0:.0f} µs CPU a request")
                     time.sleep(0.5)  # let the closed connections go before the next point
@@ -228,12 +243,14 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    if shutil.which("wrk") is None:
-        raise BenchError("wrk is not installed: `make bench` installs it (apt-get install wrk)")
+    if shutil.which("h2load") is None:
+        raise BenchError("h2load is not installed: `make bench` installs it "
+                         "(apt-get install nghttp2-client)")
     raise_fd_limit(max(args.connections))
     facts = machine_facts()
     progress(f"{facts['cores']} cores, load average {facts['load_average_at_start']}, "
-             f"Python {facts['python']}, eventlet {facts['eventlet']}, avro {facts['avro']}")
+             f"Python {facts['python']}, eventlet {facts['eventlet']}, avro {facts['avro']}, "
+             f"{facts['h2load']}")
     with tempfile.TemporaryDirectory(prefix="avro-bench-") as log_dir:
         servers = measure_servers(args, Path(log_dir))
         clients = None
@@ -246,8 +263,8 @@ def run(args: argparse.Namespace) -> int:
         "machine": facts,
         "settings": {"seconds": args.seconds, "warmup_seconds": args.warmup,
                      "connections": args.connections, "repeat": args.repeat,
-                     "wrk_threads": args.threads,
-                     "wrk_timeout_seconds": WRK_TIMEOUT_SECONDS, "workers": args.workers,
+                     "load_generator": "h2load", "load_threads": args.threads,
+                     "load_timeout_seconds": LOAD_TIMEOUT_SECONDS, "workers": args.workers,
                      "query": QUERY, "client_rounds": args.client_rounds,
                      "client_round_seconds": args.client_seconds},
         "servers": servers,
@@ -255,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
         "metrics_cost": cost,
     }
     results["targets"] = evaluate_targets(servers, clients) + [metrics_cost.target(cost)]
+    results["comparisons"] = comparisons(servers)
     facts["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
     print()
@@ -267,6 +285,9 @@ def run(args: argparse.Namespace) -> int:
     print(metrics_cost.format_summary(cost))
     print("\nTargets:")
     print(format_targets(results["targets"]))
+    if results["comparisons"]:
+        print("\nSide by side, for information:")
+        print(format_comparisons(results["comparisons"]))
     busy = busy_machine_note(facts)
     if busy:
         print(f"\nnote: {busy}")

@@ -1,11 +1,13 @@
 """The benchmark's servers: what to run, starting, checking and stopping them, their memory.
 
 A server counts only once it answers a real echo call correctly (check_server); the call it
-settles on is the one wrk then sends it.
+settles on is the one h2load then sends it. The gRPC servers are checked by a real gRPC
+client, sending the same bytes on the same path as h2load does.
 """
 
 import contextlib
 import http.client
+import importlib.util
 import os
 import shutil
 import signal
@@ -32,6 +34,7 @@ class ServerSpec:
     command: Callable[[], list]  # called at start-up: a free port is picked then
     stdin: Optional[str] = None
     note: str = ""
+    kind: str = "avro"  # or "grpc": an echo of bench/echo.proto over HTTP/2
 
 
 @dataclass
@@ -41,9 +44,9 @@ class Running:
     host: str
     port: int
     log_path: Path
-    body: bytes = b""  # the call that wrk sends: the one a client sends once handshaken
+    body: bytes = b""  # the call that h2load sends: the one a client sends once handshaken
     answer: bytes = b""
-    body_file: Optional[Path] = None  # the body, for post.lua to read
+    body_file: Optional[Path] = None  # the body, for h2load to read
     points: list = field(default_factory=list)
 
 
@@ -55,24 +58,47 @@ def free_port() -> int:
 
 
 def server_specs(workers: int, with_stdlib: bool) -> list:
-    """The servers to measure: the two whose better figure is the limit first, then ours."""
+    """The servers to measure: the two whose better figure is the limit first, then ours on
+    eventlet, then ours on asyncio and its limit, then the gRPC and avsc peers."""
     python = sys.executable
+
+    def program(path: Path, *arguments: str) -> Callable[[], list]:
+        return lambda: [python, str(path), *arguments]
+
+    def on_a_free_port(path: Path, *arguments: str) -> Callable[[], list]:
+        # Worker processes cannot share a port picked by port 0 after the fact: pass one.
+        return lambda: [python, str(path), "--port", str(free_port()), *arguments]
+
+    server, bare, protections = ROOT / "server.py", BENCH / "bare_server.py", \
+        BENCH / "protections_server.py"
+    uvicorn = BENCH / "uvicorn_server.py"
     specs = [
-        ServerSpec("bare", "bare eventlet.wsgi",
-                   lambda: [python, str(BENCH / "bare_server.py"), "--port", "0"]),
+        ServerSpec("bare", "bare eventlet.wsgi", program(bare, "--port", "0")),
         ServerSpec("bare_yield", "bare eventlet.wsgi + yield",
-                   lambda: [python, str(BENCH / "bare_server.py"), "--port", "0", "--yield"]),
+                   program(bare, "--port", "0", "--yield")),
         ServerSpec("protections", "our protections, no Avro work",
-                   lambda: [python, str(BENCH / "protections_server.py"), "--port", "0"]),
-        ServerSpec("server", "server.py",
-                   lambda: [python, str(ROOT / "server.py"), "--port", "0"]),
+                   program(protections, "--port", "0")),
+        ServerSpec("server", "server.py", program(server, "--port", "0")),
         # What the metrics cost (bench/metrics_cost.py): the same server with them.
         ServerSpec("server-metrics", "server.py --metrics",
-                   lambda: [python, str(ROOT / "server.py"), "--port", "0", "--metrics"]),
-        # Worker processes cannot share a port picked by port 0 after the fact: pass one.
+                   program(server, "--port", "0", "--metrics")),
         ServerSpec("workers", f"server.py --workers {workers}",
-                   lambda: [python, str(ROOT / "server.py"), "--port", str(free_port()),
-                            "--workers", str(workers)]),
+                   on_a_free_port(server, "--workers", str(workers))),
+        # The asyncio host, and its limit: bare uvicorn, with no protections and no Avro work.
+        ServerSpec("uvicorn", "bare uvicorn", program(uvicorn, "--port", "0")),
+        ServerSpec("protections_asyncio", "our protections on asyncio, no Avro work",
+                   program(protections, "--port", "0", "--loop", "asyncio")),
+        ServerSpec("server_asyncio", "server.py --loop asyncio",
+                   program(server, "--port", "0", "--loop", "asyncio")),
+        ServerSpec("uvicorn_workers", f"bare uvicorn --workers {workers}",
+                   on_a_free_port(uvicorn, "--workers", str(workers))),
+        ServerSpec("workers_asyncio", f"server.py --loop asyncio --workers {workers}",
+                   on_a_free_port(server, "--loop", "asyncio", "--workers", str(workers))),
+        # What a user would pick instead: gRPC Python, serving the same echo.
+        ServerSpec("grpc", "gRPC Python, sync", program(BENCH / "grpc_server.py", "--port", "0"),
+                   kind="grpc"),
+        ServerSpec("grpc_aio", "gRPC Python, grpc.aio",
+                   program(BENCH / "grpc_aio_server.py", "--port", "0"), kind="grpc"),
     ]
     node = shutil.which("node")
     specs.append(ServerSpec(
@@ -85,10 +111,28 @@ def server_specs(workers: int, with_stdlib: bool) -> list:
     if with_stdlib:
         specs.append(ServerSpec(
             "stdlib", "http.server (Avro's sample)",
-            lambda: [python, str(BENCH / "stdlib_server.py"), "--port", "0"],
+            program(BENCH / "stdlib_server.py", "--port", "0"),
             note="closes the connection after each answer (HTTP/1.0, as in Avro's sample); "
-                 "wrk counts each close as a read error"))
+                 "h2load counts each close as an error"))
     return specs
+
+
+def missing(spec: ServerSpec) -> Optional[str]:
+    """Why a server cannot run here, or None."""
+    if spec.name.startswith("avsc"):
+        return avsc_missing()
+    if spec.kind == "grpc":
+        return grpc_missing()
+    return None
+
+
+def grpc_missing() -> Optional[str]:
+    """Why the gRPC servers cannot run here, or None."""
+    for module, package in (("grpc", "grpcio"), ("grpc_tools", "grpcio-tools")):
+        if importlib.util.find_spec(module) is None:
+            return (f"{package} is not installed (pip install -r requirements-bench.txt, "
+                    "which make bench runs)")
+    return None
 
 
 def avsc_missing() -> Optional[str]:
@@ -230,11 +274,37 @@ def check_server(running: Running, calls: int = 4) -> None:
 
     Several, so that each worker of `--workers N` is likely to answer at least one.
     """
+    if running.spec.kind == "grpc":
+        return check_grpc_server(running, calls)
     running.body, running.answer = handshake_call(running.host, running.port)
     for _ in range(calls - 1):
         answer = decode(post(running.host, running.port, running.body))
         if answer.handshake["match"] != "BOTH" or answer.is_error or answer.datum != QUERY:
             raise BenchError(f"a later call was answered {answer}")
+
+
+def check_grpc_server(running: Running, calls: int = 4) -> None:
+    """A gRPC server answers echo(QUERY) correctly, to a real gRPC client sending exactly the
+    message bytes, on exactly the path, that h2load then sends (each call on a channel of
+    its own, so on a connection of its own)."""
+    import grpc
+
+    from bench.grpc_echo import ECHO_PATH, echo_modules, grpc_frame
+
+    echo_pb2, _ = echo_modules()
+    request = echo_pb2.EchoRequest(query=QUERY).SerializeToString()
+    for _ in range(calls):
+        try:
+            with grpc.insecure_channel(f"{running.host}:{running.port}") as channel:
+                # No serializers: the bytes go as they are, and come back as they are.
+                answer = channel.unary_unary(ECHO_PATH)(request, timeout=10)
+        except grpc.RpcError as e:
+            raise BenchError(f"no answer from {running.host}:{running.port}: {e.code()} "
+                             f"{e.details()}") from e
+        reply = echo_pb2.EchoReply.FromString(answer)
+        if reply.answer != QUERY:
+            raise BenchError(f"echo({QUERY!r}) answered {reply.answer!r}")
+    running.body, running.answer = grpc_frame(request), answer
 
 
 # --- Memory ----------------------------------------------------------------------------------

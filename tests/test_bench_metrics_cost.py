@@ -31,7 +31,7 @@ def test_runs_are_paired_in_order_and_judged_on_cpu():
     assert cost["estimated_cost_at_50"] == 0.0099
     verdict = metrics_cost.target(cost)
     assert verdict["met"] is True
-    assert verdict["measured"] == ("1.0% by CPU accounting; paired wrk runs: CPU per request "
+    assert verdict["measured"] == ("1.0% by CPU accounting; paired h2load runs: CPU per request "
                                    "x1.010 (0.990 to 1.100 over 3 runs)")
     text = metrics_cost.format_summary(cost)
     assert "server CPU per request with metrics / without = 1.010" in text
