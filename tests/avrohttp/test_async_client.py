@@ -1,0 +1,421 @@
+"""End-to-end tests of avrohttp.AsyncClient: what test_client.py checks of Client, on asyncio.
+
+The servers it calls run as programs (server.py, the Shop example, avsc), not in this test
+process, which eventlet has monkey-patched (conftest.py imports server.py); each test runs
+its own event loop with asyncio.run, with no pytest plugin. The scripted servers that close
+or hang are asyncio servers in the test's own loop.
+"""
+
+import asyncio
+import contextlib
+import functools
+import json
+import re
+import socket
+import ssl
+import time
+
+import avro.errors
+import pytest
+import trustme
+
+import avrohttp
+import avrohttp.async_client
+import avrohttp.client
+from avrohttp import hooks
+from avsc_peer import AvscPeer
+from conftest import call_app, echo_app, free_port, server_program
+from examples.shop.protocol import PROTOCOL_JSON as SHOP_JSON
+from protocol import EchoProtocol
+from protocols import encode
+
+SHOP = avrohttp.parse_protocol(SHOP_JSON)
+
+
+def on_asyncio(test):
+    """Run an `async def` test in a fresh event loop (asyncio.run), as a plain test."""
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        return asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+def echo_client(port: int, **options) -> avrohttp.AsyncClient:
+    return avrohttp.AsyncClient(EchoProtocol, "127.0.0.1", port, **{"timeout": 5, **options})
+
+
+def fails_with(message: str):
+    """pytest.raises for a CallFailed whose message is exactly `message`."""
+    return pytest.raises(avrohttp.CallFailed, match=f"^{re.escape(message)}$")
+
+
+@pytest.fixture(scope="module")
+def shop_port():
+    """The Shop example's server (declared errors, a one-way message), as a program."""
+    with server_program(program=("-m", "examples.shop.server")) as running:
+        yield running.port
+
+
+# --- answers and Avro errors ----------------------------------------------------------------
+
+@pytest.mark.parametrize("query", ["Hello World", "héllo wörld! ✓ 𝄞", "", "x" * 100_000])
+@on_asyncio
+async def test_echo_and_split_round_trip(server_process, query):
+    async with echo_client(server_process) as client:
+        assert await client.call("echo", query=query) == query
+        assert await client.call("split", query=query) == query[: len(query) // 2]
+
+
+@on_asyncio
+async def test_calls_one_after_another_reuse_one_connection(server_process):
+    async with echo_client(server_process) as client:
+        for n in range(5):
+            assert await client.call("echo", query=f"call {n}") == f"call {n}"
+        [connection] = client._connections
+        writer = connection.writer
+        assert await client.call("split", query="ab") == "a"
+        assert connection.writer is writer
+
+
+@on_asyncio
+async def test_many_calls_at_once_with_gather(server_process):
+    async with echo_client(server_process) as client:
+        answers = await asyncio.gather(*(client.call("echo", query=f"call {n}")
+                                         for n in range(500)))
+        assert answers == [f"call {n}" for n in range(500)]
+        # One connection per call in flight, up to the limit, each kept for the next calls.
+        assert 1 < len(client._connections) <= avrohttp.async_client.MAX_CONNECTIONS
+        opened = len(client._connections)
+        await asyncio.gather(*(client.call("split", query="ab") for n in range(opened)))
+        assert len(client._connections) == opened
+
+
+@on_asyncio
+async def test_a_declared_error_a_system_error_and_a_one_way_call(shop_port):
+    async with avrohttp.AsyncClient(SHOP_JSON, "127.0.0.1", shop_port, timeout=5) as shop:
+        assert (await shop.call("item", sku="sock"))["name"] == "Wool sock"
+        with pytest.raises(avrohttp.DeclaredError) as raised:
+            await shop.call("item", sku="hat")
+        assert (raised.value.name, raised.value.datum) == ("UnknownItem", {"sku": "hat"})
+        assert isinstance(raised.value, avro.errors.AvroRemoteException)
+        with pytest.raises(avrohttp.RemoteSystemError) as raised:
+            await shop.call("order", quantities={})
+        assert raised.value.message == "an order needs quantities of 1 or more"
+        assert await shop.call("visit", page="/async") is None
+        assert await shop.call("visit", page="/async") is None
+        assert (await shop.call("visits"))["/async"] == 2
+        assert len(shop._connections) == 1  # an Avro error leaves the connection open
+
+
+@on_asyncio
+async def test_a_message_unknown_here_or_to_the_server(shop_port):
+    newer = json.loads(SHOP_JSON)
+    newer["messages"]["refund"] = {"request": [{"name": "order", "type": "OrderId"}],
+                                   "response": "null"}
+    async with avrohttp.AsyncClient(json.dumps(newer), "127.0.0.1", shop_port) as shop:
+        with pytest.raises(avro.errors.AvroException, match="^Unknown message: shout$"):
+            await shop.call("shout", query="hi")  # not in our protocol: nothing is sent
+        with pytest.raises(avrohttp.RemoteSystemError) as raised:
+            await shop.call("refund", order=bytes(16))
+        assert raised.value.message == "Unknown message: refund"
+
+
+class Recording(avrohttp.CallHook):
+    def __init__(self) -> None:
+        self.calls = []
+
+    def after(self, call: avrohttp.Call) -> None:
+        self.calls.append((call.message, call.outcome, call.request_bytes > 0))
+
+
+@on_asyncio
+async def test_call_hooks_see_every_outcome(shop_port):
+    recording = Recording()
+    async with avrohttp.AsyncClient(SHOP_JSON, "127.0.0.1", shop_port,
+                                    call_hooks=[recording]) as shop:
+        await shop.call("item", sku="boot")
+        with pytest.raises(avrohttp.DeclaredError):
+            await shop.call("item", sku="hat")
+        with pytest.raises(avrohttp.RemoteSystemError):
+            await shop.call("order", quantities={"boot": 0})
+    async with avrohttp.AsyncClient(SHOP_JSON, "127.0.0.1", free_port(),
+                                    call_hooks=[recording]) as unreachable:
+        with pytest.raises(avrohttp.CallFailed):
+            await unreachable.call("visits")
+    assert recording.calls == [("item", hooks.ANSWERED, True),
+                               ("item", hooks.DECLARED_ERROR, True),
+                               ("order", hooks.SYSTEM_ERROR, True),
+                               ("visits", hooks.FAILED, True)]
+
+
+# --- failures: Client's words ---------------------------------------------------------------
+
+@on_asyncio
+async def test_unreachable_server_is_a_call_failed():
+    port = free_port()
+    async with echo_client(port) as client:
+        with fails_with(f"cannot reach the server at 127.0.0.1:{port}: "
+                        "[Errno 111] Connection refused"):
+            await client.call("echo", query="hi")
+
+
+@on_asyncio
+async def test_server_that_never_answers_times_out():
+    with socket.socket() as listener:  # accepts (via the backlog) but never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        host, port = listener.getsockname()
+        async with echo_client(port, timeout=0.3) as client:
+            started = time.monotonic()
+            with fails_with(f"the server at {host}:{port} sent no answer within 0.3 s"):
+                await client.call("echo", query="hi")
+        assert time.monotonic() - started < 5
+
+
+@contextlib.asynccontextmanager
+async def http_server(handle):
+    """An asyncio server in this loop on a free port, each connection handled by `handle`
+    (reader, writer): yields its port. Connections still open at the end are cut."""
+    handlers = set()
+
+    async def handle_connection(reader, writer):
+        handlers.add(asyncio.current_task())
+        try:
+            await handle(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle_connection, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for handler in handlers:
+            handler.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """Read a request with a Content-Length: its body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    return await reader.readexactly(int(re.search(rb"Content-Length: (\d+)", head)[1]))
+
+
+@on_asyncio
+async def test_non_avro_answer_is_a_call_failed_with_the_status():
+    async def not_found(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+                     b"Content-Length: 13\r\n\r\nno such thing")
+
+    async with http_server(not_found) as port, echo_client(port) as client:
+        with fails_with("server answered 404 Not Found: no such thing"):
+            await client.call("echo", query="hi")
+
+
+@pytest.mark.parametrize("answer, reason", [
+    (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "the answer is not HTTP"),
+    (b"", "the server closed the connection without an answer"),
+])
+@on_asyncio
+async def test_what_is_not_an_answer_says_so(answer, reason):
+    async def not_http(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+
+    async with http_server(not_http) as port, echo_client(port) as client:
+        with fails_with(f"cannot reach the server at 127.0.0.1:{port}: {reason} "
+                        "(if the server serves HTTPS, call it with TLS)"):
+            await client.call("echo", query="hi")
+
+
+@on_asyncio
+async def test_an_answer_over_the_limit_is_a_call_failed(monkeypatch):
+    monkeypatch.setattr(avrohttp.client, "MAX_ANSWER_BYTES", 1000)
+
+    async def chunked(reader, writer):  # a chunked answer, longer than the limit
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: avro/binary\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n"
+                         + b"3e8\r\n" + b"\x00" * 1000 + b"\r\n" + b"1\r\n\x00\r\n0\r\n\r\n")
+
+    async with http_server(chunked) as port, echo_client(port) as client:
+        with fails_with("server answered with more than 1000 bytes"):
+            await client.call("echo", query="x" * 20)
+
+
+@on_asyncio
+async def test_a_chunked_answer_is_read():
+    app = echo_app()
+
+    async def chunked(reader, writer):
+        answer = call_app(app, await read_request(reader)).body
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: avro/binary\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n"
+                     + b"".join(b"%x\r\n%s\r\n" % (len(answer[i:i + 5]), answer[i:i + 5])
+                                for i in range(0, len(answer), 5)) + b"0\r\n\r\n")
+
+    async with http_server(chunked) as port, echo_client(port) as client:
+        assert await client.call("echo", query="in chunks") == "in chunks"
+
+
+# --- the retry rule: Client's -----------------------------------------------------------------
+
+class Counts:
+    connections = 0
+    requests = 0
+
+
+def scripted(*plans):
+    """A server that answers the first `answers` calls of connection n with the real echo
+    application, then reads one more request and closes the connection ("close") or never
+    answers ("hang"), as plans[n] = (answers, then) says (the last plan for any after those).
+    Returns the handler for http_server, and its counts."""
+    app = echo_app()
+    counts = Counts()
+
+    async def handle(reader, writer):
+        answers, then = plans[min(counts.connections, len(plans) - 1)]
+        counts.connections += 1
+        for n in range(answers + 1):
+            try:
+                body = await read_request(reader)
+            except asyncio.IncompleteReadError:  # the client closed the connection
+                return
+            counts.requests += 1
+            if n == answers:
+                if then == "hang":
+                    await asyncio.sleep(60)
+                return
+            answer = call_app(app, body).body
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: avro/binary\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(answer) + answer)
+
+    return handle, counts
+
+
+CLOSED = ("the server closed the connection without an answer "
+          "(if the server serves HTTPS, call it with TLS)")
+
+
+@on_asyncio
+async def test_a_kept_alive_connection_that_the_server_closed_is_retried_on_a_new_one():
+    handle, counts = scripted((1, "close"))
+    async with http_server(handle) as port, echo_client(port, retry=True) as client:
+        assert await client.call("echo", query="one") == "one"
+        assert await client.call("echo", query="two") == "two"  # sent twice
+        assert await client.call("split", query="three") == "th"
+    assert (counts.connections, counts.requests) == (3, 5)
+
+
+@on_asyncio
+async def test_without_retry_the_closed_connection_is_a_call_failed():
+    handle, counts = scripted((1, "close"))
+    async with http_server(handle) as port, echo_client(port) as client:
+        assert await client.call("echo", query="one") == "one"
+        with fails_with(f"cannot reach the server at 127.0.0.1:{port}: {CLOSED}"):
+            await client.call("echo", query="two")
+        assert await client.call("echo", query="three") == "three"  # on a new connection
+    assert (counts.connections, counts.requests) == (2, 3)
+
+
+@on_asyncio
+async def test_the_retry_is_made_once_only():
+    handle, counts = scripted((1, "close"), (0, "close"))
+    async with http_server(handle) as port, echo_client(port, retry=True) as client:
+        assert await client.call("echo", query="one") == "one"
+        with fails_with(f"cannot reach the server at 127.0.0.1:{port}: {CLOSED}"):
+            await client.call("echo", query="two")
+        assert (counts.connections, counts.requests) == (2, 3)
+        # A failure on a new connection is not retried at all.
+        with fails_with(f"cannot reach the server at 127.0.0.1:{port}: {CLOSED}"):
+            await client.call("echo", query="three")
+        assert (counts.connections, counts.requests) == (3, 4)
+
+
+@on_asyncio
+async def test_a_timeout_is_not_retried():
+    handle, counts = scripted((1, "hang"))
+    async with http_server(handle) as port, \
+            echo_client(port, timeout=0.3, retry=True) as client:
+        assert await client.call("echo", query="one") == "one"
+        with fails_with(f"the server at 127.0.0.1:{port} sent no answer within 0.3 s"):
+            await client.call("echo", query="two")
+        assert (counts.connections, counts.requests) == (1, 2)
+
+
+@on_asyncio
+async def test_an_idle_connection_closed_by_the_real_server_is_retried():
+    with server_program("--idle-timeout", "0.2") as running:
+        async with echo_client(running.port, retry=True) as client:
+            assert await client.call("echo", query="one") == "one"
+            [connection] = client._connections
+            first = connection.writer
+            await asyncio.sleep(0.6)  # the server closes the idle connection after 0.2 s
+            assert await client.call("echo", query="two") == "two"
+            assert connection.writer is not first
+
+
+# --- TLS --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tls_port(tmp_path_factory):
+    """server.py over HTTPS with a throwaway CA's certificate: yields (port, CA file)."""
+    directory = tmp_path_factory.mktemp("async-pki")
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(directory / "ca.pem")
+    issued.cert_chain_pems[0].write_to_path(directory / "cert.pem")
+    issued.private_key_pem.write_to_path(directory / "key.pem")
+    with server_program("--certfile", str(directory / "cert.pem"),
+                        "--keyfile", str(directory / "key.pem")) as running:
+        yield running.port, str(directory / "ca.pem")
+
+
+@on_asyncio
+async def test_tls_calls_and_their_failures(tls_port):
+    port, cafile = tls_port
+    trusting = ssl.create_default_context(cafile=cafile)
+    async with echo_client(port, ssl_context=trusting) as client:
+        assert await client.call("echo", query="over TLS") == "over TLS"
+    untrusted = ssl.create_default_context()  # the system's CAs only
+    async with echo_client(port, ssl_context=untrusted) as client:
+        with fails_with(f"cannot reach the server at 127.0.0.1:{port}: its TLS certificate "
+                        "is not trusted (unable to get local issuer certificate)"):
+            await client.call("echo", query="hi")
+    async with echo_client(port) as client:  # plain HTTP to an HTTPS server
+        with pytest.raises(avrohttp.CallFailed,
+                           match=r"\(if the server serves HTTPS, call it with TLS\)$"):
+            await client.call("echo", query="hi")
+
+
+# --- avsc, the Node.js implementation of Avro, as the server ----------------------------------
+
+@on_asyncio
+async def test_calling_an_avsc_server():
+    avsc = AvscPeer()
+    try:
+        item, visits = SHOP.messages["item"], SHOP.messages["visits"]
+        sock = {"sku": "sock", "name": "Wool sock", "price_cents": 650, "sizes": ["SMALL"],
+                "discount_percent": 10, "photo": b"\x01"}
+        script = [{"message": "item", "response": encode(item.response, sock).hex()},
+                  {"message": "item", "error": encode(item.errors, {"sku": "hat"}).hex()},
+                  {"message": "visit", "response": ""}]
+        script += [{"message": "visits", "response": encode(visits.response, {"/": 1}).hex()}
+                   ] * 20
+        port = avsc.ask(op="serve", protocol=json.loads(SHOP_JSON), script=script)["port"]
+        async with avrohttp.AsyncClient(SHOP_JSON, "127.0.0.1", port, timeout=10) as shop:
+            assert await shop.call("item", sku="sock") == sock
+            with pytest.raises(avrohttp.DeclaredError) as raised:
+                await shop.call("item", sku="hat")
+            assert (raised.value.name, raised.value.datum) == ("UnknownItem", {"sku": "hat"})
+            assert await shop.call("visit", page="/") is None
+            # At once: each new connection makes its own handshake with avsc.
+            answers = await asyncio.gather(*(shop.call("visits") for _ in range(20)))
+            assert answers == [{"/": 1}] * 20
+        assert len(avsc.ask(op="served")["requests"]) == 23
+    finally:
+        avsc.close()
