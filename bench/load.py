@@ -7,6 +7,7 @@ latency to a log file, from which the percentiles are read. The clients are time
 alternating rounds against bare eventlet.wsgi.
 """
 
+import asyncio
 import http.client
 import math
 import re
@@ -195,11 +196,61 @@ CLIENTS = {
 }
 
 
+# --- The async client ------------------------------------------------------------------------
+# avrohttp.AsyncClient, against a bare loop of its HTTP library posting the same bytes
+# (TARGET_ASYNC_CLIENT_RATIO). Its HTTP library is asyncio's own streams: AsyncClient speaks
+# HTTP/1.1 on them itself (avrohttp/async_client.py says why). Should it move to another
+# library, BARE_ASYNC_LOOP becomes a loop of that one: the target is against its library.
+
+def asyncio_streams_loop(host: str, port: int, body: bytes) -> Callable:
+    """The least an asyncio client can do: post the bytes on one connection, read the status
+    line and headers, then Content-Length bytes."""
+    request = (f"POST / HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {CONTENT_TYPE}\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    streams = []
+
+    async def call() -> None:
+        if not streams:
+            streams.extend(await asyncio.open_connection(host, port))
+        reader, writer = streams
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(int(CONTENT_LENGTH.search(head).group(1)))
+
+    async def close() -> None:
+        if streams:
+            streams[1].close()
+            await streams[1].wait_closed()
+
+    call.close = close
+    return call
+
+
+def async_client_loop(host: str, port: int, body: bytes) -> Callable:
+    echo = avrohttp.AsyncClient(EchoProtocol, host, port, timeout=10, retry=True)
+
+    async def call() -> None:
+        await echo.call("echo", query=QUERY)
+
+    call.close = echo.close
+    return call
+
+
+ASYNC_LOOPS = (asyncio_streams_loop, async_client_loop)  # timed in an event loop
+BARE_ASYNC_LOOP = "asyncio streams loop"
+# Empty where avrohttp has no AsyncClient (it came after the rest of this benchmark).
+ASYNC_CLIENTS = ({BARE_ASYNC_LOOP: asyncio_streams_loop, "AsyncClient": async_client_loop}
+                 if hasattr(avrohttp, "AsyncClient") else {})
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
+
+
 def calls_per_second(make_call: Callable, host: str, port: int, body: bytes,
                      seconds: float) -> float:
+    """Calls per second of one client (of CLIENTS, or of ASYNC_CLIENTS: in a loop of its own)."""
+    timed = _async_calls_per_second if make_call in ASYNC_LOOPS else _calls_per_second
     try:
-        return _calls_per_second(make_call, host, port, body, seconds)
-    except (OSError, http.client.HTTPException, avrohttp.CallFailed,
+        return timed(make_call, host, port, body, seconds)
+    except (OSError, EOFError, ValueError, http.client.HTTPException, avrohttp.CallFailed,
             avro.errors.AvroException) as e:
         raise BenchError(f"{make_call.__name__} failed: {e}") from e
 
@@ -221,6 +272,26 @@ def _calls_per_second(make_call: Callable, host: str, port: int, body: bytes,
         call.close()
 
 
+def _async_calls_per_second(make_call: Callable, host: str, port: int, body: bytes,
+                            seconds: float) -> float:
+    async def measure() -> float:
+        call = make_call(host, port, body)
+        try:
+            await call()  # connect and handshake outside the timing
+            count = 0
+            started = time.perf_counter()
+            while True:
+                await call()
+                count += 1
+                elapsed = time.perf_counter() - started
+                if elapsed >= seconds:
+                    return count / elapsed
+        finally:
+            await call.close()
+
+    return asyncio.run(measure())
+
+
 def measure_clients(host: str, port: int, body: bytes, rounds: int, seconds: float,
                     progress: Callable[[str], None]) -> dict:
     """Calls per second of each client, in short alternating rounds.
@@ -228,12 +299,13 @@ def measure_clients(host: str, port: int, body: bytes, rounds: int, seconds: flo
     The clients take turns, in a rotating order, so that each round measures them all under
     much the same load; see client_results for how the rounds are summed up.
     """
-    rates = {name: [] for name in CLIENTS}
-    names = list(CLIENTS)
+    clients = {**CLIENTS, **ASYNC_CLIENTS}
+    rates = {name: [] for name in clients}
+    names = list(clients)
     for round_number in range(rounds):
         order = names[round_number % len(names):] + names[:round_number % len(names)]
         for name in order:
-            rates[name].append(calls_per_second(CLIENTS[name], host, port, body, seconds))
+            rates[name].append(calls_per_second(clients[name], host, port, body, seconds))
         progress(f"client round {round_number + 1}/{rounds}: " + ", ".join(
             f"{name} {rates[name][-1]:,.0f}/s" for name in names))
     return client_results(rates)
@@ -248,6 +320,7 @@ def client_results(rates: dict) -> dict:
     the rounds that a burst hit.
     """
     bare = rates["http.client loop"]
+    bare_async = rates.get(BARE_ASYNC_LOOP)
     return {
         "rounds": {name: [round(rate, 1) for rate in values] for name, values in rates.items()},
         "median_calls_per_s": {name: round(statistics.median(values), 1)
@@ -256,5 +329,9 @@ def client_results(rates: dict) -> dict:
         "ratio_to_http_client": {
             name: round(statistics.median(rate / base for rate, base in zip(values, bare)), 3)
             for name, values in rates.items()},
+        # AsyncClient's target: against the bare loop of its own HTTP library, the same way.
+        "ratio_to_bare_async_loop": round(statistics.median(
+            rate / base for rate, base in zip(rates["AsyncClient"], bare_async)), 3)
+        if bare_async and rates.get("AsyncClient") else None,
     }
 

@@ -115,8 +115,15 @@ def _point(servers: list, name: str, connections: int) -> Optional[dict]:
     return None
 
 
+# What a target names a server by when it was not measured at all (--only, say).
+LABELS = {"workers": "server.py --workers", "avsc_workers": "avsc in as many processes",
+          "server_asyncio": "server.py --loop asyncio", "uvicorn": "bare uvicorn",
+          "workers_asyncio": "server.py --loop asyncio --workers",
+          "uvicorn_workers": "bare uvicorn --workers"}
+
+
 def _label(servers: list, name: str) -> str:
-    return next((s["label"] for s in servers if s["name"] == name), name)
+    return next((s["label"] for s in servers if s["name"] == name), LABELS.get(name, name))
 
 
 def asyncio_targets(servers: list) -> list:
@@ -291,6 +298,9 @@ def format_clients(clients: dict) -> str:
         r = clients["ratio_to_http_client"][name]
         lines.append(f"  {name:<20} {median:>7,.0f} calls/s  ({r:.2f} of the http.client loop; "
                      f"best round {clients['best_calls_per_s'][name]:,.0f})")
+    if clients.get("ratio_to_bare_async_loop") is not None:
+        lines.append(f"  AsyncClient: {clients['ratio_to_bare_async_loop']:.2f} of the bare "
+                     "loop of its HTTP library, asyncio's streams (median of the rounds' ratios)")
     return "\n".join(lines)
 
 

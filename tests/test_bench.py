@@ -25,10 +25,11 @@ import avrohttp.responder
 import server
 import wire
 from bench import fixed_bytes, grpc_echo, instructions, run
-from bench.load import (CLIENTS, calls_per_second, client_results, h2load_command, make_point,
+from bench.load import (ASYNC_CLIENTS, BARE_ASYNC_LOOP, CLIENTS, asyncio_streams_loop,
+                        calls_per_second, client_results, h2load_command, make_point,
                         median_points, parse_h2load, percentile, run_load)
 from bench.report import (add_ratios, busy_machine_note, comparisons, evaluate_targets,
-                          format_comparisons, format_table, limit_points)
+                          format_clients, format_comparisons, format_table, limit_points)
 from bench.servers import (ServerSpec, avsc_missing, check_server, descendants, grpc_missing,
                            handshake_call, rss_bytes, server_specs, start_server, stop_server)
 from bench.settings import BenchError, Unavailable
@@ -241,14 +242,16 @@ def test_each_client_loop_makes_calls(monkeypatch):
     body = wire.call_body()
     answer = fixed_bytes.answer_in_process(echo_app(), body)
     with serving(fixed_bytes.make_fixed_application(answer)) as (host, port):
-        for name, make_call in CLIENTS.items():
+        # AsyncClient's bare loop is there whether AsyncClient is or not.
+        for name, make_call in {**CLIENTS, **ASYNC_CLIENTS,
+                                BARE_ASYNC_LOOP: asyncio_streams_loop}.items():
             assert calls_per_second(make_call, host, port, body, 0.05) > 0, name
 
 
-@pytest.mark.parametrize("name", list(CLIENTS))
-def test_a_client_that_cannot_connect_is_a_bench_error(name):
+@pytest.mark.parametrize("make_call", [*CLIENTS.values(), asyncio_streams_loop])
+def test_a_client_that_cannot_connect_is_a_bench_error(make_call):
     with pytest.raises(BenchError, match="failed"):
-        calls_per_second(CLIENTS[name], "127.0.0.1", free_port(), wire.call_body(), 0.05)
+        calls_per_second(make_call, "127.0.0.1", free_port(), wire.call_body(), 0.05)
 
 
 def h2load_run(requests: int, p50_us: int, p99_us: int, timeouts: int = 0) -> dict:
@@ -359,12 +362,19 @@ def test_targets_met_missed_or_not_measured():
     assert targets[9]["measured"] == "0 errors, p99 140.0 ms against 100.0 ms (1.40)"
     assert targets[10]["measured"] == "38,000 against 50,000 (0.76)"
     assert [t["met"] for t in evaluate_targets(servers, None)][-2:] == [None, None]
+    # AsyncClient, per round 0.97, 0.90 and 0.96 of the bare loop of its HTTP library.
+    clients = client_results({"http.client loop": [100, 200, 400], "EchoClient": [96, 190, 200],
+                              "asyncio streams loop": [200, 300, 500],
+                              "AsyncClient": [194, 270, 480]})
+    assert clients["ratio_to_bare_async_loop"] == 0.96
+    assert evaluate_targets(servers, clients)[-1]["met"] is True
+    assert "AsyncClient: 0.96 of the bare loop of its HTTP library" in format_clients(clients)
     without_avsc = [s for s in servers if s["name"] != "avsc_workers"]
     assert [t["met"] for t in evaluate_targets(without_avsc, clients)][5:7] == [None, None]
     without_uvicorn = [s for s in servers if s["name"] != "uvicorn"]
     targets = evaluate_targets(without_uvicorn, clients)
     assert [t["met"] for t in targets][7:10] == [None, None, None]
-    assert targets[7]["measured"] == "not measured (uvicorn not available)"
+    assert targets[7]["measured"] == "not measured (bare uvicorn not available)"
 
 
 def test_the_asyncio_host_is_compared_with_eventlet_and_the_faster_grpc_server():
