@@ -112,8 +112,8 @@ def server_specs(workers: int, with_stdlib: bool) -> list:
         specs.append(ServerSpec(
             "stdlib", "http.server (Avro's sample)",
             program(BENCH / "stdlib_server.py", "--port", "0"),
-            note="closes the connection after each answer (HTTP/1.0, as in Avro's sample); "
-                 "h2load counts each close as an error"))
+            note="closes the connection after each answer (HTTP/1.0, as in Avro's sample), "
+                 "and h2load does not open another: its figures are not this server's speed"))
     return specs
 
 
