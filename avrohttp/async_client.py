@@ -14,6 +14,7 @@ measures them). Try it, with server.py running:
 import asyncio
 import http.client
 import os
+import re
 import ssl
 from typing import Iterable, List, Optional, Tuple, Union
 
@@ -32,36 +33,41 @@ MAX_CONNECTIONS = 100
 MAX_HEAD_BYTES = 64 * 1024
 
 
-async def _within(seconds: float, awaitable):
-    """The awaitable's result, or TimeoutError once `seconds` have passed."""
-    if not hasattr(asyncio, "timeout"):  # Python 3.10
-        try:
-            return await asyncio.wait_for(awaitable, seconds)
-        except asyncio.TimeoutError as e:
-            raise TimeoutError from e
-    async with asyncio.timeout(seconds):
-        return await awaitable
+# An answer's status line, and the headers that the client reads, found in the head (in
+# lower case) with one search; the others (Date, Server...) are not split out.
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) (\d\d\d)(?: ([^\r]*))?\r\n")
+_HEADERS = re.compile(rb"\r\n(content-length|content-type|transfer-encoding|connection)"
+                      rb"[ \t]*:[ \t]*([^\r]*)")
 
 
 class _Answer:
-    """An answer's status line and headers (names in lower case)."""
+    """What the client reads of an answer's head: status, reason, Content-Type, the body's
+    length (None if it is chunked or runs to the end of the connection), and whether the
+    connection can carry the next call."""
 
-    __slots__ = ("status", "reason", "headers", "keep_alive")
+    __slots__ = ("status", "reason", "content_type", "length", "chunked", "keep_alive")
 
     def __init__(self, head: bytes) -> None:
-        lines = head.decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        status, _, self.reason = rest.partition(" ")
-        if not version.startswith("HTTP/1.") or not status.isdigit():
-            raise http.client.BadStatusLine(lines[0])
+        status_line = _STATUS_LINE.match(head)
+        if status_line is None:
+            raise http.client.BadStatusLine(head[:head.find(b"\r\n")].decode("latin-1"))
+        minor_version, status, reason = status_line.groups()
         self.status = int(status)
-        self.headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            self.headers[name.strip().lower()] = value.strip()
-        connection = self.headers.get("connection", "").lower()
-        self.keep_alive = connection != "close" and (
-            version != "HTTP/1.0" or connection == "keep-alive")
+        self.reason = (reason or b"").decode("latin-1")
+        headers = dict(_HEADERS.findall(head.lower()))
+        self.content_type = headers.get(b"content-type", b"").decode("latin-1")
+        self.chunked = b"chunked" in headers.get(b"transfer-encoding", b"")
+        self.length = 0 if self.status in (204, 304) else None  # answers with no body
+        if not self.chunked and b"content-length" in headers:
+            try:
+                self.length = int(headers[b"content-length"])
+            except ValueError:
+                raise http.client.HTTPException(
+                    f"bad Content-Length: {headers[b'content-length']!r}") from None
+        connection = headers.get(b"connection", b"")
+        self.keep_alive = (b"close" not in connection
+                           and (minor_version == b"1" or b"keep-alive" in connection)
+                           and (self.chunked or self.length is not None))
 
 
 class _Connection:
@@ -74,6 +80,15 @@ class _Connection:
         self.remote_name = owner.remote_name
         self.reader: Optional[asyncio.StreamReader] = None
         self.writer: Optional[asyncio.StreamWriter] = None
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        # The timeout is one timer per connection, not one per read: asyncio.timeout around
+        # each read cost a tenth of the calls per second. A read that waits moves `deadline`
+        # on; the timer, when it fires, waits on until the deadline if an answer is awaited
+        # (then aborts the connection, and the read ends), or goes away if none is.
+        self.deadline = 0.0
+        self.awaiting = False
+        self.watchdog: Optional[asyncio.TimerHandle] = None
+        self.timed_out = False
         self.requestor = Requestor(owner.protocol, self)
         self.requestor.hooks = owner.hooks  # one list of hooks for all the connections
 
@@ -104,7 +119,10 @@ class _Connection:
             self.close()
             await self._connect()
             answer = await self._send(body)
-        return await self._read_answer(answer)
+        try:
+            return await self._read_answer(answer)
+        finally:
+            self.awaiting = False
 
     async def _connect(self) -> None:
         owner = self.owner
@@ -113,8 +131,8 @@ class _Connection:
         connecting = asyncio.open_connection(host, port, ssl=tls, limit=MAX_HEAD_BYTES,
                                              server_hostname=host if tls else None)
         try:
-            self.reader, self.writer = await _within(owner.connect_timeout, connecting)
-        except TimeoutError as e:
+            self.reader, self.writer = await asyncio.wait_for(connecting, owner.connect_timeout)
+        except asyncio.TimeoutError as e:  # TimeoutError itself, from Python 3.11 on
             raise TimeoutError(
                 f"timed out connecting (after {owner.connect_timeout:g} s)") from e
         except OSError as e:
@@ -123,13 +141,16 @@ class _Connection:
             # asyncio words it "Connect call failed ('127.0.0.1', 8130)"; Client's error
             # (the system's words) says why.
             raise type(e)(e.errno, os.strerror(e.errno)) from e
+        self.loop = asyncio.get_running_loop()
 
     async def _send(self, body: bytes) -> _Answer:
         """Send the call (headers and body in one write), and read the answer's head."""
         self.writer.write(self.owner.request_head + b"%d\r\n\r\n" % len(body) + body)
+        self._watch()
         try:
-            head = await self._read(self.reader.readuntil(b"\r\n\r\n"))
+            head = await self.reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as e:
+            self._check_time(e)
             if e.partial:
                 raise http.client.BadStatusLine(e.partial[:80].decode("latin-1")) from e
             # What http.client raises here; a ConnectionResetError, so the retry rule's.
@@ -137,14 +158,21 @@ class _Connection:
                 "Remote end closed connection without response") from e
         except asyncio.LimitOverrunError as e:
             raise http.client.LineTooLong("answer head") from e
-        return _Answer(head[:-4])
+        self.deadline = self.loop.time() + self.owner.timeout  # and now for the body
+        return _Answer(head[:-2])
 
     async def _read_answer(self, answer: _Answer) -> bytes:
-        avro_answer = client.is_avro_answer(answer.status, answer.headers.get("content-type", ""))
+        avro_answer = client.is_avro_answer(answer.status, answer.content_type)
         limit = client.MAX_ANSWER_BYTES if avro_answer else client.NOT_AVRO_BYTES
         try:
-            body = await self._read_body(answer, limit)
+            if answer.length is not None:
+                body = await self.reader.readexactly(min(answer.length, limit + 1))
+            elif answer.chunked:
+                body = await self._read_chunks(limit)
+            else:
+                body = await self._read_to_the_end(limit)
         except asyncio.IncompleteReadError as e:
+            self._check_time(e)
             raise http.client.IncompleteRead(e.partial, e.expected) from e
         if not answer.keep_alive or len(body) > limit:
             self.close()  # the rest of the body is not read: the connection cannot go on
@@ -152,25 +180,15 @@ class _Connection:
             raise client.not_avro(answer.status, answer.reason, body)
         return client.unframe_answer(body)
 
-    async def _read_body(self, answer: _Answer, limit: int) -> bytes:
-        """The answer's body, or its first limit + 1 bytes if it is longer."""
-        headers = answer.headers
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            return await self._read_chunks(limit)
-        if "content-length" not in headers:  # the body ends when the connection does
-            answer.keep_alive = False
-            parts = []
-            size = 0
-            while size <= limit and (part := await self._read(self.reader.read(limit + 1))):
-                parts.append(part)
-                size += len(part)
-            return b"".join(parts)
-        try:
-            length = int(headers["content-length"])
-        except ValueError:
-            raise http.client.HTTPException(
-                f"bad Content-Length: {headers['content-length']!r}") from None
-        return await self._read(self.reader.readexactly(min(length, limit + 1)))
+    async def _read_to_the_end(self, limit: int) -> bytes:
+        """A body with neither a length nor chunks: it ends with the connection."""
+        parts = []
+        size = 0
+        while size <= limit and (part := await self._read(self.reader.read(limit + 1))):
+            parts.append(part)
+            size += len(part)
+        self._check_time(None)  # the end of the body, or the timeout's abort?
+        return b"".join(parts)
 
     async def _read_chunks(self, limit: int) -> bytes:
         chunks = []
@@ -192,13 +210,39 @@ class _Connection:
         return b"".join(chunks)
 
     async def _read(self, awaitable) -> bytes:
-        """A read of the answer, within the timeout (Client's: for each part of it)."""
-        try:
-            return await _within(self.owner.timeout, awaitable)
-        except TimeoutError as e:
-            raise NoAnswerInTime(f"no answer within {self.owner.timeout:g} s") from e
+        """A part of the answer: the timeout starts again once it has come."""
+        data = await awaitable
+        self.deadline = self.loop.time() + self.owner.timeout
+        return data
+
+    def _watch(self) -> None:
+        """Start the timeout of an answer: Client's, for the answer or the next part of it."""
+        self.deadline = self.loop.time() + self.owner.timeout
+        self.awaiting = True
+        self.timed_out = False
+        if self.watchdog is None:
+            self.watchdog = self.loop.call_at(self.deadline, self._time_up)
+
+    def _time_up(self) -> None:
+        self.watchdog = None
+        if not self.awaiting:
+            return
+        if self.loop.time() < self.deadline:  # a part came in time: wait for the next
+            self.watchdog = self.loop.call_at(self.deadline, self._time_up)
+            return
+        self.timed_out = True
+        self.writer.transport.abort()  # the read that waits then ends, with no more bytes
+
+    def _check_time(self, error: Optional[Exception]) -> None:
+        """Raise NoAnswerInTime if the read failed because the timeout aborted it."""
+        if self.timed_out:
+            raise NoAnswerInTime(f"no answer within {self.owner.timeout:g} s") from error
 
     def close(self) -> None:
+        self.awaiting = False
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         if self.writer is not None:
             self.writer.close()
             self.reader = self.writer = None

@@ -101,7 +101,11 @@ class Requestor(avro.ipc.Requestor):
         thrown into it, so that the hooks see the call fail.
         """
         if not self.hooks.hooks:
-            return (yield from self._exchange(message_name, request_datum))
+            return self._exchange(message_name, request_datum)
+        return self._exchange_with_hooks(message_name, request_datum)
+
+    def _exchange_with_hooks(self, message_name: str,
+                             request_datum: object) -> Generator[bytes, bytes, object]:
         call = self._call = Call(message_name)
         self.hooks.before(call)
         try:
