@@ -1,19 +1,9 @@
-"""An Avro RPC server for the AvroEcho protocol, on eventlet.wsgi.
+"""An Avro RPC server for the AvroEcho protocol, on eventlet.wsgi (or, with --loop asyncio,
+on uvicorn's asyncio HTTP: the same responder runs on both).
 
 Try it: `python server.py`, then `python client.py --echo --query "Hello World"` in another
 terminal. Ctrl-C stops it, after it answers the calls already in flight.
 """
-
-import warnings
-
-# eventlet warns on import that it is deprecated; README.md, "eventlet's status", says why
-# this example still uses it. Only that warning is silenced.
-warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
-import eventlet
-
-# Patch the standard library first, so that sockets, time and threads all cooperate with
-# eventlet's green threads.
-eventlet.monkey_patch()
 
 from typing import List, Optional
 
@@ -40,8 +30,8 @@ application = avrohttp.make_application(EchoResponder())
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    # Listen on 127.0.0.1:8130 and serve with eventlet.wsgi, with every option and limit
-    # of avrohttp.cli (see `python server.py --help`).
+    # Listen on 127.0.0.1:8130 and serve with eventlet.wsgi (which cli.main monkey-patches the
+    # standard library for), with every option and limit of avrohttp.cli (see `--help`).
     return cli.main(EchoResponder, argv)
 
 

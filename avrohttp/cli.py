@@ -1,36 +1,39 @@
 """The server's command line, for any protocol: `main(responder_factory)` parses every option
-into a ServerOptions, then serves, in one process or in several (--workers).
+into a ServerOptions, picks the host (--loop), and runs its Server, in one process or in
+several (--workers).
 
 Try it: server.py's main() is `return cli.main(EchoResponder, argv)`; `python server.py --help`
-lists the options. Import this after eventlet.monkey_patch().
+lists the options. For the eventlet host, main() monkey-patches the standard library itself,
+before it imports the host: a program need not (and, for --loop asyncio, must not).
 """
 
 import argparse
 import logging
-import os
-import signal
 import sys
-from typing import TYPE_CHECKING, Callable, List, Optional
+import warnings
+from typing import Callable, List, Optional, Tuple
 
 import avro.ipc
-import eventlet
 
-from avrohttp import serve, supervisor
-from avrohttp.options import METRICS_DIR_ENV, ServerOptions
-from avrohttp.wsgi import make_application
-
-if TYPE_CHECKING:
-    from avrohttp.metrics import ServerMetrics
+from avrohttp import supervisor
+from avrohttp.options import ServerOptions
 
 log = logging.getLogger("avrohttp")
 
+# The hosts, and the one `python server.py` uses: the 2010 tutorial's eventlet.
+LOOPS = ("eventlet", "asyncio")
+DEFAULT_LOOP = "eventlet"
+
 
 def parse_options(argv: Optional[List[str]] = None, prog: Optional[str] = None,
-                  description: Optional[str] = None) -> tuple:
-    """The command line as (ServerOptions, ready_fd); argparse exits on a bad option."""
+                  description: Optional[str] = None) -> Tuple[ServerOptions, str, Optional[int]]:
+    """The command line as (ServerOptions, loop, ready_fd); argparse exits on a bad option."""
     defaults = ServerOptions()
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add = parser.add_argument
+    add("--loop", choices=LOOPS, default=DEFAULT_LOOP,
+        help="the host: eventlet.wsgi, or asyncio (uvicorn's HTTP on uvloop), about three "
+             "times as fast; the same responder runs on both (default: %(default)s)")
     add("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
     add("--port", type=int, default=defaults.port,
         help="port to listen on, 0 for any free port (default: %(default)s)")
@@ -70,9 +73,9 @@ def parse_options(argv: Optional[List[str]] = None, prog: Optional[str] = None,
             parser.error(f"argument --{flag.replace('_', '-')}: must be more than 0 seconds")
     if (args.certfile is None) != (args.keyfile is None):
         parser.error("--certfile and --keyfile go together: give both, or neither")
-    ready_fd = args.ready_fd
-    del args.ready_fd
-    return ServerOptions(**vars(args)), ready_fd
+    ready_fd, loop = args.ready_fd, args.loop
+    del args.ready_fd, args.loop
+    return ServerOptions(**vars(args)), loop, ready_fd
 
 
 def main(responder_factory: Callable[[], avro.ipc.Responder],
@@ -84,72 +87,33 @@ def main(responder_factory: Callable[[], avro.ipc.Responder],
     """
     responder = responder_factory()
     name = responder.local_protocol.name
-    options, ready_fd = parse_options(
+    options, loop, ready_fd = parse_options(
         argv, description=description or f"Serve the {name} protocol over HTTP.")
-    worker = ready_fd is not None
-    parent = os.getppid()  # before saying it is ready: it may die any time after that
     logging.basicConfig(level=logging.INFO, format=(
-        "%(asctime)s %(name)s[%(process)d] %(message)s" if worker
+        "%(asctime)s %(name)s[%(process)d] %(message)s" if ready_fd is not None
         else "%(asctime)s %(name)s %(message)s"))
-    context = None
-    if options.certfile:
-        try:  # here, before any worker starts, so that a bad file is reported once
-            context = serve.tls_context(options.certfile, options.keyfile)
-        except serve.CannotServeTLS as e:
-            log.error("cannot serve HTTPS: %s", e)
-            return 1
     if options.workers > 1:
         argv = sys.argv[1:] if argv is None else argv
         return supervisor.run(_this_program(), argv, options, name)
-    try:
-        listener = serve.listen(options.host, options.port, reuse_port=worker)
-    except OSError as e:
-        log.error("cannot listen on %s:%s: %s", options.host, options.port, e.strerror or e)
-        return 1
-    if context:
-        # Each connection's handshake then happens in its own green thread, on first read.
-        listener = context.wrap_socket(listener, server_side=True)
-    options.max_connections = serve.allow_open_files(options.max_connections)
-    # Before anyone is told to call:
-    serve.stop_gracefully_on(listener, signal.SIGINT, signal.SIGTERM,
-                             drain_timeout=options.drain_timeout)
-    if worker:
-        try:
-            with open(ready_fd, "wb") as ready:
-                ready.write(b"1")
-        except BrokenPipeError:  # the supervisor died before this worker was ready
-            return 1
-        serve.stop_when_orphaned(parent)
-    else:
-        host, port = listener.getsockname()[:2]
-        log.info("%s server listening on %s://%s:%d/", name, options.scheme, host, port)
-    metrics = _metrics(responder) if options.metrics else None
-    serve.serve(listener, make_application(responder, options.max_body_bytes, metrics),
-                options, server_metrics=metrics)
-    if metrics is not None:
-        metrics.flush()  # the last calls, for the workers that go on
-    log.info("stopped")
-    return 0
+    return host(loop)(options, responder, ready_fd=ready_fd).run()
 
 
-def _metrics(responder: avro.ipc.Responder) -> Optional["ServerMetrics"]:
-    """The server's metrics, installed as a hook of the responder (an avrohttp.Responder)."""
-    if not hasattr(responder, "hooks"):
-        log.warning("no metrics: %s is not an avrohttp.Responder", type(responder).__name__)
-        return None
-    # Imported only when wanted: without metrics, prometheus_client is never imported.
-    from avrohttp.metrics import FLUSH_SECONDS, ServerMetrics
-    # Set by the supervisor for its workers (--workers N): they share their counts there.
-    directory = os.environ.get(METRICS_DIR_ENV)
-    metrics = ServerMetrics(responder, directory=directory)
-    responder.hooks.append(metrics)
-    if directory is not None:
-        def flush_forever() -> None:
-            while True:
-                eventlet.sleep(FLUSH_SECONDS)
-                metrics.flush()
-        eventlet.spawn_n(flush_forever)
-    return metrics
+def host(loop: str) -> type:
+    """The Server class of a loop, imported only when it is picked: the eventlet host after
+    monkey-patching the standard library (if the program has not), the asyncio host without."""
+    if loop == "asyncio":
+        from avrohttp.serve_asyncio import Server
+        return Server
+    # eventlet warns on import that it is deprecated; README.md, "eventlet's status", says why
+    # the tutorial still uses it. Only that warning is silenced.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    import eventlet.patcher
+    if not eventlet.patcher.is_monkey_patched("socket"):
+        # So that sockets, time and threads all cooperate with eventlet's green threads,
+        # in the handlers' own I/O too.
+        eventlet.monkey_patch()
+    from avrohttp.serve import Server
+    return Server
 
 
 def _this_program() -> List[str]:

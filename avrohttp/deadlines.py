@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Optional
 
 import eventlet
 
+from avrohttp.answers import RequestTimeout
+from avrohttp.hosting import GRACE_SECONDS, sweep_seconds
 from avrohttp.options import ServerOptions
-from avrohttp.wsgi import RequestTimeout
 
 if TYPE_CHECKING:
     from avrohttp.serve import HTTPProtocol
@@ -20,11 +21,6 @@ class AnswerTimeout(socket.timeout):
     """The client did not read its answer within the socket timeout."""
 
 
-# How often Deadlines checks the connections (at most; see Deadlines.sweep_seconds).
-SWEEP_SECONDS = 1.0
-# How long a connection that was told its time is up may take to say so (a 408) and close,
-# before its socket is shut down under it.
-GRACE_SECONDS = 1.0
 
 
 class Deadlines:
@@ -48,8 +44,7 @@ class Deadlines:
         self.request_timeout = options.request_timeout
         self.idle_timeout = options.idle_timeout
         self.answer_timeout = options.socket_timeout
-        self.sweep_seconds = min(SWEEP_SECONDS, self.request_timeout / 4,
-                                 self.idle_timeout / 4, self.answer_timeout / 4)
+        self.sweep_seconds = sweep_seconds(options)
         self.connections: set = set()  # a ClientDeadline for each open connection
         self.hub = eventlet.hubs.get_hub()
         self.timer = None

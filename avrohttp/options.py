@@ -1,15 +1,17 @@
 """Every option of the server, with its safe default, in one settings object: ServerOptions.
 
-avrohttp.cli builds one from the command line; avrohttp.serve and avrohttp.supervisor take
-it whole. Each default says why it is what it is.
+avrohttp.cli builds one from the command line; each host's Server (avrohttp.serve for
+eventlet, avrohttp.serve_asyncio for asyncio) and avrohttp.supervisor take it whole. Each
+default says why it is what it is. This module imports nothing else of the package.
 """
 
 import dataclasses
 from typing import Optional
 
-from avrohttp.wsgi import MAX_BODY_BYTES
 
 DEFAULT_HOST = "127.0.0.1"
+# The largest request body taken, in bytes; a larger one gets 413 unread.
+MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_PORT = 8130
 # eventlet.listen's default backlog of 50 overflows under a burst of connections, and the
 # kernel then drops SYNs: clients wait a second or more before they retry.

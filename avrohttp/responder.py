@@ -7,8 +7,11 @@ lists each flaw of avro.ipc and what fixes it here; tests/avrohttp/test_responde
 test_codec.py fail without the fixes.
 """
 
+import functools
 import hashlib
+import inspect
 import io
+import types
 import logging
 from typing import Callable, Iterable, Optional, Union
 
@@ -303,23 +306,32 @@ class Responder(avro.ipc.Responder):
             return self._system_error(f"Invalid parameters for {name}: {e}")
         if call is not None:
             self.hooks.before(call)
-        response_writer, error_writer = self._response_encoders[name]
         try:
             response = self.invoke(local_message, request)
-            return self._call_result(response_writer, response, is_error=False)
-        except avro.errors.AvroRemoteException as e:
-            if len(e.args) == 1 and isinstance(e.args[0], str):  # a plain string stays one
-                answer = self._call_result(error_writer, e.args[0], is_error=True)
+            if response.__class__ is _Coroutine:  # an async def handler: see PendingAnswer
+                return PendingAnswer(self, local_message, response, call)
+            return self._call_result(self._response_encoders[name][0], response, is_error=False)
+        except Exception as e:
+            return self._failed(local_message, e, call)
+
+    def _failed(self, local_message: avro.protocol.Message, error: Exception,
+                call: Optional[Call]) -> bytes:
+        """The call response for a handler that raised `error` (or whose answer does not fit
+        the message's response type)."""
+        name = local_message.name
+        if isinstance(error, avro.errors.AvroRemoteException):
+            if len(error.args) == 1 and isinstance(error.args[0], str):  # a plain string stays one
+                answer = self._call_result(self._response_encoders[name][1], error.args[0],
+                                           is_error=True)
             else:
-                answer = self._declared_error(local_message, e)
+                answer = self._declared_error(local_message, error)
             if call is not None:
                 call.outcome = _error_outcome(answer)
             return answer
-        except Exception:
-            log.exception("handler for %r failed", name)
-            if call is not None:
-                call.outcome = hooks.SYSTEM_ERROR
-            return self._system_error(f"Internal error in {name}")
+        log.error("handler for %r failed", name, exc_info=error)
+        if call is not None:
+            call.outcome = hooks.SYSTEM_ERROR
+        return self._system_error(f"Internal error in {name}")
 
     def _declared_error(self, message: avro.protocol.Message,
                         error: avro.errors.AvroRemoteException) -> bytes:
@@ -378,6 +390,12 @@ class Responder(avro.ipc.Responder):
             call.outcome = hooks.SYSTEM_ERROR
             self.hooks.after(call)
             raise
+        if response.__class__ is PendingAnswer:  # the hooks' after() once it is answered
+            response.then = functools.partial(self._after_hooks, call)
+            return response
+        return self._after_hooks(call, response)
+
+    def _after_hooks(self, call: Call, response: bytes) -> bytes:
         if call.outcome is None:
             call.outcome = hooks.ANSWERED
         call.response_bytes = len(response)
@@ -414,6 +432,66 @@ class Responder(avro.ipc.Responder):
 
 
 _SYSTEM_ERROR_ENCODER = codec.encoder_for(avro.ipc.SYSTEM_ERROR_SCHEMA)
+_Coroutine = types.CoroutineType
+
+
+class PendingAnswer:
+    """What respond() returns for a call whose handler is an `async def`: the answer, once
+    awaited (`await pending.answer()`), as the bytes respond() returns for any other call.
+
+    respond() stays one synchronous implementation for every host; only a call to an async
+    handler leaves its last step, awaiting the handler and writing its answer or its error,
+    to a host that has an event loop (avrohttp.asgi). The eventlet host refuses async
+    handlers at start-up (refuse_async_handlers), so it never sees one of these.
+    """
+
+    __slots__ = ("responder", "message", "coroutine", "call", "prefix", "then")
+
+    def __init__(self, responder: Responder, message: avro.protocol.Message,
+                 coroutine: types.CoroutineType, call: Optional[Call]) -> None:
+        self.responder = responder
+        self.message = message
+        self.coroutine = coroutine
+        self.call = call
+        self.prefix = b""  # the handshake response, put in front as respond() returns
+        self.then: Optional[Callable[[bytes], bytes]] = None  # the hooks' after(), if any
+
+    def __radd__(self, prefix: bytes) -> "PendingAnswer":
+        # respond() writes `handshake_response + self._call(...)`: the same line serves both
+        # kinds of answer, and this one keeps the handshake for when it is answered.
+        self.prefix = prefix + self.prefix
+        return self
+
+    async def answer(self) -> bytes:
+        responder = self.responder
+        try:
+            result = await self.coroutine
+            body = responder._call_result(responder._response_encoders[self.message.name][0],
+                                          result, is_error=False)
+        except Exception as e:
+            body = responder._failed(self.message, e, self.call)
+        response = self.prefix + body
+        return response if self.then is None else self.then(response)
+
+
+class AsyncHandlers(TypeError):
+    """A responder with async def handlers, given to a host without an event loop."""
+
+
+def refuse_async_handlers(responder: avro.ipc.Responder) -> None:
+    """Raise AsyncHandlers if the responder has `async def` handlers (or invoke): a host
+    without an event loop (WSGI, eventlet) could not await them. Hosts call this at
+    start-up, so that the mistake shows then, not at the first call."""
+    if inspect.iscoroutinefunction(responder.invoke):
+        handlers = ["invoke"]
+    else:
+        handlers = sorted(name for name in dir(type(responder)) if name.startswith("handle_")
+                          and inspect.iscoroutinefunction(getattr(responder, name)))
+    if handlers:
+        raise AsyncHandlers(
+            f"{type(responder).__name__} has async def handlers ({', '.join(handlers)}), which "
+            "need an event loop: serve it on the asyncio host (--loop asyncio), or make them "
+            "plain functions")
 
 
 def _error_outcome(call_response: bytes) -> str:

@@ -1,16 +1,15 @@
-"""Serving a WSGI application on eventlet.wsgi, past eventlet's defaults: listen(), serve(),
+"""The eventlet host: Server serves a responder on eventlet.wsgi, past eventlet's defaults:
 deadlines for slow clients without a timer per read, fair turns between connections, fast
-headers, one log line for each failure, TLS, the open-file limit, and stopping gracefully.
+headers, one log line for each failure, and stopping gracefully. What every host does alike
+(TLS, listening, the open-file limit, metrics, the start-up line) is avrohttp.hosting's.
 
-Import this after eventlet.monkey_patch(), as server.py does.
+avrohttp.cli imports this after eventlet.monkey_patch(), as a program should.
 """
 
-import logging
-import dataclasses
 import functools
+import logging
 import os
 import re
-import resource
 import signal
 import socket
 import ssl
@@ -18,13 +17,16 @@ import time
 from typing import Callable, Iterable, Optional
 
 import eventlet
+import eventlet.green.socket
+import eventlet.green.ssl
 import eventlet.wsgi
 import greenlet
 
-from avrohttp import headers
+from avrohttp import headers, hosting
 from avrohttp.deadlines import AnswerTimeout, ClientDeadline, Deadlines
-from avrohttp.options import DRAIN_TIMEOUT, LISTEN_BACKLOG, ServerOptions
-from avrohttp.wsgi import DEADLINE, RequestTimeout
+from avrohttp.options import ServerOptions
+from avrohttp.responder import refuse_async_handlers
+from avrohttp.wsgi import DEADLINE, RequestTimeout, make_application
 
 log = logging.getLogger("avrohttp")
 
@@ -36,28 +38,126 @@ log = logging.getLogger("avrohttp")
 TURN_SECONDS = 0.001
 
 
-def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    """Bind and listen. Port 0 picks a free port; a port in use is an error.
+class Server(hosting.Server):
+    """The eventlet host: serves a responder on eventlet.wsgi, past eventlet's defaults.
 
-    reuse_port is for the workers of `--workers N` (see avrohttp.supervisor), which share one
-    port.
+    run() it in a program that has called eventlet.monkey_patch() (avrohttp.cli does), so
+    that handlers' own I/O cooperates; a test may run it unpatched, in a thread of its own.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # eventlet sets SO_REUSEPORT by default, which would let a second server bind the same
-    # port silently and take half the calls. Here a busy port is an error.
-    return eventlet.listen((host, port), family, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
+
+    loop_name = "eventlet"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._stops = None  # the socket that stop() writes to, once serving
+        self._early_stops = 0  # stop() calls before that
+
+    def check_responder(self) -> None:
+        refuse_async_handlers(self.responder)
+
+    def serve(self, listener: socket.socket, context: Optional[ssl.SSLContext]) -> int:
+        if not isinstance(listener, eventlet.greenio.GreenSocket):  # not monkey-patched
+            listener = eventlet.greenio.GreenSocket(listener)
+        if context is not None:
+            # eventlet's own TLS socket, on the given settings: each connection's handshake
+            # then happens in its own green thread, on first read.
+            listener = eventlet.green.ssl.GreenSSLSocket(listener, server_side=True,
+                                                         _context=context)
+        application = make_application(self.responder, self.options.max_body_bytes,
+                                       self.metrics)
+        serving = greenlet.getcurrent()
+        # A Python signal handler runs in whichever green thread the signal interrupts, where
+        # raising would kill a call in flight, and it does not wake eventlet's hub. So let
+        # Python write the signal to a socket instead, as stop() does from any thread; a
+        # green thread reads it, and asks the hub to interrupt the green thread that serves.
+        # eventlet.wsgi then closes idle connections and waits for the active ones.
+        wakeup, stops = eventlet.green.socket.socketpair()
+        watcher = eventlet.spawn(self._watch, wakeup, listener, serving)
+        try:
+            signal.set_wakeup_fd(stops.fileno())
+            signals = True
+        except ValueError:  # not the main thread (a test's server): signals do not reach it
+            signals = False
+        else:
+            for signum in hosting.STOP_SIGNALS:  # the wakeup socket does the work
+                signal.signal(signum, lambda signum, frame: None)
+        self._stops = stops
+        for _ in range(self._early_stops):
+            self.stop()
+        # Before anyone is told to call:
+        self.ready(every)
+        try:
+            serve(listener, application, self.options, self.max_connections, self.metrics)
+            status = 0
+        except SystemExit as e:  # from _watch: the calls in flight were not all answered
+            status = e.code
+        finally:
+            watcher.kill()
+            if signals:
+                signal.set_wakeup_fd(-1)
+            self._stops = None
+            with wakeup, stops:
+                pass
+        return status
+
+    def stop(self, now: bool = False) -> None:
+        stops = self._stops
+        if stops is None:  # not serving yet: stop as soon as it is
+            self._early_stops += 2 if now else 1
+            return
+        try:
+            os.write(stops.fileno(), b"\0\0" if now else b"\0")
+        except OSError:
+            pass  # stopped already
+
+    def _watch(self, wakeup: socket.socket, listener: socket.socket,
+               serving: greenlet.greenlet) -> None:
+        drain_timeout = self.options.drain_timeout
+
+        def stop(status: int) -> None:
+            eventlet.hubs.get_hub().schedule_call_global(0, serving.throw, SystemExit(status))
+
+        def stop_accepting() -> None:  # run by the hub
+            # eventlet.wsgi ends its accept loop, then parks to wait for the calls in flight,
+            # and the hub goes on here. Only then is the listener closed. Closed first, its
+            # descriptor could be reused at once; eventlet would then end the accept loop by
+            # itself, and the SystemExit would land in the wait, cutting the calls in flight
+            # off. Closed now, not once they are answered: meanwhile, new connections are
+            # refused at once, and a balancer tries another server.
+            serving.throw(SystemExit(0))
+            listener.close()
+
+        wakeup.recv(1)
+        log.info("stopping: answering the calls in flight")
+        eventlet.hubs.get_hub().schedule_call_global(0, stop_accepting)
+        with eventlet.Timeout(drain_timeout, False):
+            wakeup.recv(1)
+            log.warning("stopping now, without waiting for the calls in flight")
+            return stop(1)
+        log.warning("calls still in flight after %g s (--drain-timeout): stopping now",
+                    drain_timeout)
+        stop(1)
 
 
-def serve(listener: socket.socket, app: Callable, options: Optional[ServerOptions] = None,
-          server_metrics=None, **changes) -> None:
-    """Serve app on listener until the accept loop is interrupted, then drain.
+def every(seconds: float, function: Callable[[], None]) -> None:
+    """Call function every so many seconds, in a green thread, while the process lives."""
 
-    options: the limits and timeouts (ServerOptions() by default); keyword arguments change
-    single fields of it, as in serve(listener, app, idle_timeout=5).
+    def forever() -> None:
+        while True:
+            eventlet.sleep(seconds)
+            function()
+
+    eventlet.spawn_n(forever)
+
+
+def serve(listener: socket.socket, app: Callable, options: ServerOptions,
+          max_connections: int, server_metrics=None) -> None:
+    """Serve app on listener with eventlet.wsgi until the accept loop is interrupted, then
+    drain (Server.serve).
+
     server_metrics: the avrohttp.metrics.ServerMetrics that app serves, if any: it then also
     counts the open connections, and the 408 answers sent before the application is called.
     """
-    options = dataclasses.replace(options or ServerOptions(), **changes)
     deadlines = Deadlines(options)
 
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -78,42 +178,12 @@ def serve(listener: socket.socket, app: Callable, options: Optional[ServerOption
             # A number, for the "Keep-Alive: timeout=N" that HTTP/1.0 clients are sent;
             # HTTPProtocol, not eventlet, enforces it.
             keepalive=options.idle_timeout,
-            max_size=options.max_connections,
+            max_size=max_connections,
             protocol=functools.partial(HTTPProtocol, deadlines=deadlines,
                                        access_log=options.access_log, metrics=server_metrics),
         )
     finally:
         deadlines.stop()
-
-
-class CannotServeTLS(Exception):
-    """The certificate or key file is missing, unreadable, or not what --certfile and
-    --keyfile need."""
-
-
-def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
-    """The TLS settings to serve HTTPS with this certificate (chain) and key, both PEM files.
-
-    Raises CannotServeTLS, with a message that names the file at fault where it can.
-    """
-    for path in (certfile, keyfile):  # load_cert_chain would not say which one is missing
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as e:
-            raise CannotServeTLS(f"cannot read {path}: {e.strerror}") from e
-
-    def no_password() -> bytes:  # OpenSSL would otherwise ask for one on the terminal
-        raise CannotServeTLS(f"{keyfile} is protected by a password: give a key without one")
-
-    # Python's recommended settings for a server: TLS 1.2 or later, no weak ciphers.
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(certfile, keyfile, password=no_password)
-    except ssl.SSLError as e:  # OpenSSL's reason, if it has one: KEY_VALUES_MISMATCH, say
-        raise CannotServeTLS(f"{certfile} and {keyfile} are not a PEM certificate and its "
-                             f"key ({e.reason or 'bad PEM data'})") from e
-    return context
 
 
 class HTTPProtocol(eventlet.wsgi.HttpProtocol):
@@ -302,80 +372,3 @@ class EventletLog:
 
     def debug(self, message: str, *args) -> None:
         pass
-
-
-def allow_open_files(connections: int) -> int:
-    """Raise this process's limit on open files to fit `connections`; how many fit."""
-    spare = 64  # the listener, the log, the wakeup sockets, and some to spare
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < connections + spare:
-        soft = connections + spare
-        if hard != resource.RLIM_INFINITY:
-            soft = min(soft, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    if soft != resource.RLIM_INFINITY and soft - spare < connections:
-        log.warning("the open-file limit (%d) allows %d connections at once, not %d",
-                    soft, soft - spare, connections)
-        return soft - spare
-    return connections
-
-
-def stop_gracefully_on(listener: socket.socket, *signums: int,
-                       drain_timeout: float = DRAIN_TIMEOUT) -> eventlet.greenthread.GreenThread:
-    """On these signals, stop accepting, answer the calls in flight, then return from serve().
-
-    A second signal, or drain_timeout seconds without the calls in flight all answered,
-    stops at once, with exit status 1. Returns the green thread that watches for the signals:
-    a program that goes on after serve() has returned kills it, lest a second signal or the
-    drain timeout stop what it does then (cli.main does not: it ends).
-    """
-    serving = greenlet.getcurrent()
-    # A Python signal handler runs in whichever green thread the signal interrupts, where
-    # raising would kill a call in flight, and it does not wake eventlet's hub. So let Python
-    # write the signal to a socket instead; a green thread reads it, and asks the hub to
-    # interrupt the green thread that serves. eventlet.wsgi then closes idle connections and
-    # waits for the active ones.
-    wakeup, wakeup_writer = socket.socketpair()
-    signal.set_wakeup_fd(wakeup_writer.fileno())
-
-    def stop(status: int) -> None:
-        eventlet.hubs.get_hub().schedule_call_global(0, serving.throw, SystemExit(status))
-
-    def stop_accepting() -> None:  # run by the hub
-        # eventlet.wsgi ends its accept loop, then parks to wait for the calls in flight, and
-        # the hub goes on here. Only then is the listener closed. Closed first, its
-        # descriptor could be reused at once; eventlet would then end the accept loop by
-        # itself, and the SystemExit would land in the wait, cutting the calls in flight off.
-        # Closed now, not once they are answered: meanwhile, new connections are refused at
-        # once, and a balancer tries another server.
-        serving.throw(SystemExit(0))
-        listener.close()
-
-    def watch() -> None:
-        with wakeup, wakeup_writer:  # both stay open while this green thread lives
-            wakeup.recv(1)
-            log.info("stopping: answering the calls in flight")
-            eventlet.hubs.get_hub().schedule_call_global(0, stop_accepting)
-            with eventlet.Timeout(drain_timeout, False):
-                wakeup.recv(1)
-                log.warning("stopping now, without waiting for the calls in flight")
-                return stop(1)
-            log.warning("calls still in flight after %g s (--drain-timeout): stopping now",
-                        drain_timeout)
-            stop(1)
-
-    for signum in signums:
-        signal.signal(signum, lambda signum, frame: None)  # the wakeup socket does the work
-    return eventlet.spawn(watch)
-
-
-def stop_when_orphaned(supervisor: int) -> None:
-    """A worker whose supervisor is gone (killed, say) stops as on SIGTERM."""
-
-    def watch() -> None:
-        while os.getppid() == supervisor:
-            eventlet.sleep(1.0)
-        log.warning("the supervisor is gone")
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    eventlet.spawn_n(watch)

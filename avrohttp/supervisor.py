@@ -19,6 +19,7 @@ import tempfile
 import time
 from typing import Iterator, List, Optional
 
+from avrohttp import hosting
 from avrohttp.options import METRICS_DIR_ENV, ServerOptions
 
 log = logging.getLogger("avrohttp")
@@ -156,6 +157,12 @@ class Supervisor:
 def run(program: List[str], argv: List[str], options: ServerOptions, name: str) -> int:
     """Serve with options.workers workers, each `program` run with these arguments: the exit
     status. `name` is the protocol's, for the start-up line."""
+    if options.certfile:
+        try:  # here, before any worker starts, so that a bad file is reported once
+            hosting.tls_context(options.certfile, options.keyfile)
+        except hosting.CannotServeTLS as e:
+            log.error("cannot serve HTTPS: %s", e)
+            return 1
     try:
         reservation = reserve_port(options.host, options.port)
     except OSError as e:

@@ -1,5 +1,9 @@
-"""Shared fixtures: the WSGI app in-process, a real server on a free port, and server.py run
-as a program."""
+"""Shared fixtures: the WSGI app in-process, a real server of either host on a free port (in a
+thread of its own), and server.py run as a program.
+
+The test process is not monkey-patched: as a user's program, it runs each host's Server, and
+talks to it with plain sockets and threads.
+"""
 
 import contextlib
 import io
@@ -8,15 +12,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import NamedTuple, Tuple, Union
 
-import server  # first: it monkey-patches the standard library for eventlet
-import avrohttp
-import avrohttp.serve
-
-import eventlet
+import avro.ipc
 import pytest
+
+import avrohttp
+import avrohttp.hosting
+import server
 from hypothesis import settings
 
 # This machine is shared and noisy: judge generated examples by their results, not their time.
@@ -108,20 +113,59 @@ def app():
     return echo_app()
 
 
+# The hosts: every test that takes the `host` fixture runs against each of them.
+HOSTS = ("eventlet", "asyncio")
+
+
+@pytest.fixture(params=HOSTS)
+def host(request) -> str:
+    return request.param
+
+
+def server_class(host: str) -> type:
+    if host == "eventlet":
+        import avrohttp.serve
+        return avrohttp.serve.Server
+    import avrohttp.serve_asyncio
+    return avrohttp.serve_asyncio.Server
+
+
 @contextlib.contextmanager
-def serving(app, **serve_options):
-    """The real eventlet.wsgi server in a green thread on a free port: yields (host, port)."""
-    listener = avrohttp.serve.listen("127.0.0.1", 0)
-    thread = eventlet.spawn(avrohttp.serve.serve, listener, app, **serve_options)
+def running(server: avrohttp.hosting.Server):
+    """Run a Server in a thread of its own until the end of the block: yields it, listening.
+
+    At the end it is stopped as on SIGTERM (the calls in flight are answered); if it has not
+    stopped 5 s later, at once.
+    """
+    status = []
+    thread = threading.Thread(target=lambda: status.append(server.run()), daemon=True)
+    thread.start()
+    while not server.listening.wait(0.01):
+        assert thread.is_alive(), "the server did not start (see its log)"
     try:
-        yield listener.getsockname()[:2]
+        yield server
     finally:
-        thread.kill()
+        server.stop()
+        thread.join(5)
+        if thread.is_alive():
+            server.stop(now=True)
+            thread.join(10)
+        assert not thread.is_alive(), "the server did not stop"
+
+
+@contextlib.contextmanager
+def serving(responder: avro.ipc.Responder, host: str = "eventlet", **options):
+    """The real server of `host` for the responder, in a thread of its own, on a free port,
+    with these ServerOptions: yields its (host, port)."""
+    options = avrohttp.ServerOptions(port=0, **options)
+    with running(server_class(host)(options, responder)) as started:
+        yield started.address
 
 
 @pytest.fixture
-def live_server():
-    with serving(echo_app()) as address:
+def live_server(host):
+    """A real server of each host: its (host, port)."""
+    with serving(server.EchoResponder(), host) as address:
         yield address
 
 
