@@ -1,15 +1,17 @@
 """avrohttp: Avro RPC over HTTP, for any protocol, with avro.ipc's flaws fixed.
 
-The parts that need no eventlet are here: Responder (the server side of a call), Requestor
-and Client (the client side; AsyncClient for asyncio, imported on first use), make_application
-(a WSGI application for any WSGI server), and ServerOptions; DeclaredError and
-RemoteSystemError, the two kinds of Avro error a call can raise; parse_protocol, which keeps
-a protocol's JSON text as written; CallHook, code run around each call (avrohttp.metrics is
-one, in Prometheus's format). The eventlet server is avrohttp.serve, and its command line
-avrohttp.cli; import those after eventlet.monkey_patch(). Importing avrohttp changes no
-global state.
+The parts that need neither eventlet nor uvicorn are here: Responder (the server side of a
+call), Requestor and Client (the client side; AsyncClient for asyncio, imported on first
+use), make_application (a WSGI application for any WSGI server) and make_asgi_application
+(an ASGI one, for any ASGI server), and ServerOptions; DeclaredError and RemoteSystemError,
+the two kinds of Avro error a call can raise; parse_protocol, which keeps a protocol's JSON
+text as written; CallHook, code run around each call (avrohttp.metrics is one, in
+Prometheus's format). The servers are avrohttp.serve.Server (eventlet) and
+avrohttp.serve_asyncio.Server (asyncio), and their command line avrohttp.cli. Importing
+avrohttp changes no global state.
 """
 
+from avrohttp.asgi import make_asgi_application
 from avrohttp.client import CallFailed, Client
 from avrohttp.errors import DeclaredError, RemoteSystemError
 from avrohttp.hooks import Call, CallHook
@@ -21,7 +23,7 @@ from avrohttp.wsgi import make_application
 
 __all__ = ["AsyncClient", "Call", "CallFailed", "CallHook", "Client", "DeclaredError",
            "RemoteSystemError", "Requestor", "Responder", "ServerOptions", "make_application",
-           "parse_protocol"]
+           "make_asgi_application", "parse_protocol"]
 
 
 def __getattr__(name: str) -> object:
