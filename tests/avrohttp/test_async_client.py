@@ -174,6 +174,24 @@ async def test_server_that_never_answers_times_out():
         assert time.monotonic() - started < 5
 
 
+@on_asyncio
+async def test_the_timeout_holds_between_calls_and_inside_an_answer(server_process):
+    async with echo_client(server_process, timeout=0.3) as client:
+        assert await client.call("echo", query="one") == "one"
+        await asyncio.sleep(0.5)  # idle for longer than the timeout: no call is waiting
+        assert await client.call("echo", query="two") == "two"
+
+    async def half_an_answer(reader, writer):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: avro/binary\r\n"
+                     b"Content-Length: 100\r\n\r\n" + b"\x00" * 10)
+        await asyncio.sleep(60)
+
+    async with http_server(half_an_answer) as port, echo_client(port, timeout=0.3) as client:
+        with fails_with(f"the server at 127.0.0.1:{port} sent no answer within 0.3 s"):
+            await client.call("echo", query="hi")
+
+
 @contextlib.asynccontextmanager
 async def http_server(handle):
     """An asyncio server in this loop on a free port, each connection handled by `handle`
