@@ -373,6 +373,8 @@ def machine_facts() -> dict:
         avsc = json.loads((ROOT / "tests" / "interop" / "node_modules" / "avsc" /
                            "package.json").read_text())["version"]
     commit = first_line(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
+    if commit and commit.startswith("fatal:"):  # not a clone: an exported tree, say
+        commit = None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cores": os.cpu_count(),

@@ -123,6 +123,9 @@ def missing(spec: ServerSpec) -> Optional[str]:
         return avsc_missing()
     if spec.kind == "grpc":
         return grpc_missing()
+    if spec.name.startswith("uvicorn") and importlib.util.find_spec("uvicorn") is None:
+        return ("uvicorn is not installed (pip install -r requirements-bench.txt, which make "
+                "bench runs)")
     return None
 
 

@@ -31,7 +31,8 @@ from bench.load import (ASYNC_CLIENTS, BARE_ASYNC_LOOP, CLIENTS, asyncio_streams
 from bench.report import (add_ratios, busy_machine_note, comparisons, evaluate_targets,
                           format_clients, format_comparisons, format_table, limit_points)
 from bench.servers import (ServerSpec, avsc_missing, check_server, descendants, grpc_missing,
-                           handshake_call, rss_bytes, server_specs, start_server, stop_server)
+                           handshake_call, missing, rss_bytes, server_specs, start_server,
+                           stop_server)
 from bench.settings import BenchError, Unavailable
 from conftest import ROOT, call_app, echo_app, free_port, serving
 from protocol import PROTOCOL_JSON, EchoProtocol
@@ -84,7 +85,10 @@ def started_or_skip_without_asyncio_host(spec: ServerSpec, log_dir):
 @pytest.mark.parametrize("name", ["bare", "bare_yield", "protections", "protections_asyncio",
                                   "uvicorn", "uvicorn_workers"])
 def test_fixed_bytes_programs_answer_like_server_py(log_dir, name):
-    fixed = started_or_skip_without_asyncio_host(spec_named(name), log_dir)
+    spec = spec_named(name)
+    if missing(spec):
+        pytest.skip(f"{missing(spec)}: {spec.label} cannot run")
+    fixed = started_or_skip_without_asyncio_host(spec, log_dir)
     try:
         assert fixed.body == wire.call_body()
         assert fixed.answer == call_app(echo_app(), fixed.body).body
