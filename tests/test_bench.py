@@ -25,6 +25,7 @@ import avrohttp.responder
 import server
 import wire
 from bench import fixed_bytes, grpc_echo, instructions, run
+from bench.protections_server import FixedAnswerResponder
 from bench.load import (ASYNC_CLIENTS, BARE_ASYNC_LOOP, CLIENTS, asyncio_streams_loop,
                         calls_per_second, client_results, h2load_command, make_point,
                         median_points, parse_h2load, percentile, run_load)
@@ -149,21 +150,20 @@ def test_handshake_goes_through_none_and_client_to_both():
         def __init__(self):
             avrohttp.responder.Responder.__init__(self, extended)
 
-    with serving(avrohttp.make_application(ExtendedResponder())) as (host, port):
+    with serving(ExtendedResponder()) as (host, port):
         body, answer = handshake_call(host, port)
     assert body == wire.call_body(server_hash=extended.md5)
     assert wire.read_answer(answer).handshake["match"] == "BOTH"
 
 
 def test_wrong_answer_is_an_error():
-    def application(environ, start_response):
-        handshake = wire.encode(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA, {"match": "BOTH"})
-        no_meta_no_error = b"\x00\x00"
-        payload = wire.frame(handshake + no_meta_no_error + wire.encode(wire.STRING, "Hi"))
-        start_response("200 OK", [("Content-Type", "avro/binary")])
-        return [payload]
+    class WrongAnswer(server.EchoResponder):
+        def respond(self, call_request: bytes) -> bytes:
+            handshake = wire.encode(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA, {"match": "BOTH"})
+            no_meta_no_error = b"\x00\x00"
+            return handshake + no_meta_no_error + wire.encode(wire.STRING, "Hi")
 
-    with serving(application) as (host, port):
+    with serving(WrongAnswer()) as (host, port):
         with pytest.raises(BenchError, match="answered 'Hi'"):
             handshake_call(host, port)
 
@@ -225,8 +225,7 @@ def test_h2load_loads_a_real_server_and_its_log_starts_afresh(tmp_path):
     if run.shutil.which("h2load") is None:
         pytest.skip("h2load is not installed (apt-get install nghttp2-client)")
     body = wire.call_body()
-    answer = fixed_bytes.answer_in_process(echo_app(), body)
-    with serving(fixed_bytes.make_fixed_application(answer)) as (host, port):
+    with serving(FixedAnswerResponder()) as (host, port):
         running = SimpleNamespace(host=host, port=port, body_file=tmp_path / "x.body",
                                   spec=SimpleNamespace(kind="avro"), process=None)
         running.body_file.write_bytes(body)
@@ -244,8 +243,7 @@ def test_each_client_loop_makes_calls(monkeypatch):
     monkeypatch.setattr(avro.ipc, "REMOTE_HASHES", {})
     monkeypatch.setattr(avro.ipc, "REMOTE_PROTOCOLS", {})
     body = wire.call_body()
-    answer = fixed_bytes.answer_in_process(echo_app(), body)
-    with serving(fixed_bytes.make_fixed_application(answer)) as (host, port):
+    with serving(FixedAnswerResponder()) as (host, port):
         # AsyncClient's bare loop is there whether AsyncClient is or not.
         for name, make_call in {**CLIENTS, **ASYNC_CLIENTS,
                                 BARE_ASYNC_LOOP: asyncio_streams_loop}.items():
