@@ -26,12 +26,14 @@ DEFAULT_LOOP = "eventlet"
 
 
 def parse_options(argv: Optional[List[str]] = None, prog: Optional[str] = None,
-                  description: Optional[str] = None) -> Tuple[ServerOptions, str, Optional[int]]:
-    """The command line as (ServerOptions, loop, ready_fd); argparse exits on a bad option."""
+                  description: Optional[str] = None, loop: str = DEFAULT_LOOP,
+                  ) -> Tuple[ServerOptions, str, Optional[int]]:
+    """The command line as (ServerOptions, loop, ready_fd); argparse exits on a bad option.
+    `loop` is the default of --loop."""
     defaults = ServerOptions()
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add = parser.add_argument
-    add("--loop", choices=LOOPS, default=DEFAULT_LOOP,
+    add("--loop", choices=LOOPS, default=loop,
         help="the host: eventlet.wsgi, or asyncio (uvicorn's HTTP on uvloop), about three "
              "times as fast; the same responder runs on both (default: %(default)s)")
     add("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
@@ -79,8 +81,11 @@ def parse_options(argv: Optional[List[str]] = None, prog: Optional[str] = None,
 
 
 def main(responder_factory: Callable[[], avro.ipc.Responder],
-         argv: Optional[List[str]] = None, description: Optional[str] = None) -> int:
-    """Serve the responder that responder_factory() makes, as the command line says.
+         argv: Optional[List[str]] = None, description: Optional[str] = None,
+         loop: str = DEFAULT_LOOP) -> int:
+    """Serve the responder that responder_factory() makes, as the command line says; `loop`
+    is the host unless --loop says otherwise (a service with async def handlers gives
+    "asyncio").
 
     Returns the exit status: 0 after a graceful stop, 1 if the server could not start or
     could not drain in time.
@@ -88,7 +93,7 @@ def main(responder_factory: Callable[[], avro.ipc.Responder],
     responder = responder_factory()
     name = responder.local_protocol.name
     options, loop, ready_fd = parse_options(
-        argv, description=description or f"Serve the {name} protocol over HTTP.")
+        argv, description=description or f"Serve the {name} protocol over HTTP.", loop=loop)
     logging.basicConfig(level=logging.INFO, format=(
         "%(asctime)s %(name)s[%(process)d] %(message)s" if ready_fd is not None
         else "%(asctime)s %(name)s %(message)s"))
