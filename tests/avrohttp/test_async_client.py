@@ -437,3 +437,4 @@ async def test_calling_an_avsc_server():
         assert len(avsc.ask(op="served")["requests"]) == 23
     finally:
         avsc.close()
+        avsc.process.stdout.close()  # AvscPeer.close() leaves it to the garbage collector
