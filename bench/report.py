@@ -311,15 +311,20 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(12, 4.8))
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(15, 5.4))
+    # Enough colours for every row; the two limits are black and grey, dashed for eventlet's
+    # and dotted for uvicorn's.
+    colours = iter(plt.cm.tab20.colors)
     for server in results["servers"]:
         points = sorted(server["points"], key=lambda p: p["connections"])
         if not points:
             continue
         x = [p["connections"] for p in points]
-        style = ({"color": "black" if server["name"] == "bare" else "grey", "linestyle": "--"}
-                 if server["name"] in LIMIT_SERVERS else
-                 {"linestyle": ":"} if server["name"].startswith("uvicorn") else {})
+        if server["name"] in (*LIMIT_SERVERS, "uvicorn", "uvicorn_workers"):
+            style = {"color": "black" if server["name"] in ("bare", "uvicorn") else "grey",
+                     "linestyle": "--" if server["name"] in LIMIT_SERVERS else ":"}
+        else:
+            style = {"color": next(colours)}
         throughput.plot(x, [p["requests_per_s"] for p in points], marker="o",
                         label=server["label"], **style)
         latency.plot(x, [p["p99_ms"] for p in points], marker="o", label=server["label"],
@@ -339,13 +344,14 @@ def plot(results: dict, path: Path) -> None:
     throughput.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     latency.set_yscale("log")
     latency.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    throughput.legend(fontsize="small")
+    figure.legend(*throughput.get_legend_handles_labels(), loc="center right",
+                  fontsize="small")
     machine = results["machine"]
     settings = results["settings"]
     runs = f", median of {settings['repeat']} runs" if settings["repeat"] > 1 else ""
     figure.suptitle(f"AvroEcho echo(\"{QUERY}\") under h2load: {machine['cores']} cores, "
                     f"{settings['seconds']} s per point{runs}, {machine['date'][:10]}")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 0.76, 1))  # the legend on the right
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
