@@ -31,8 +31,12 @@ def make_asgi_application(responder: avro.ipc.Responder, max_body_bytes: int = M
                           metrics: Optional["ServerMetrics"] = None) -> Callable:
     """Return an ASGI application that answers Avro calls POSTed to any path but /health
     (and /metrics, with metrics): see avrohttp.answers.Rules."""
-    rules = Rules(responder, max_body_bytes, metrics)
-    before_body, call = rules.before_body, rules.call
+    return application_of(Rules(responder, max_body_bytes, metrics))
+
+
+def application_of(rules: Rules) -> Callable:
+    """The ASGI application of these Rules (make_asgi_application)."""
+    before_body, call, max_body_bytes = rules.before_body, rules.call, rules.max_body_bytes
 
     async def application(scope: dict, receive: Callable[[], Awaitable[dict]],
                           send: Callable[[dict], Awaitable[None]]) -> None:

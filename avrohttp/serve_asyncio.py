@@ -21,12 +21,14 @@ from typing import Callable, Optional
 
 import uvicorn
 import uvloop
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from avrohttp import hosting
 from avrohttp.answers import RequestTimeout, log_client
-from avrohttp.asgi import DEADLINE, make_asgi_application
+from avrohttp.answers import Rules
+from avrohttp.asgi import DEADLINE, application_of
+from avrohttp.call_fast_path import CallFastPath
+from avrohttp.responder import AsyncHandlers, refuse_async_handlers
 
 log = logging.getLogger("avrohttp")
 access_log = logging.getLogger("avrohttp.access")
@@ -54,6 +56,7 @@ class Server(hosting.Server):
         self._stopping: Optional[asyncio.Event] = None
         self._accept: Optional[_Acceptor] = None
         self._handshakes = 0  # connections accepted, not yet made (their TLS handshake, say)
+        self.fast_rules: Optional[Rules] = None  # for CallFastPath, unless it is off
 
     def serve(self, listener: socket.socket, context: Optional[ssl.SSLContext]) -> int:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -72,9 +75,16 @@ class Server(hosting.Server):
     async def _serve(self, listener: socket.socket, context: Optional[ssl.SSLContext]) -> int:
         loop = asyncio.get_running_loop()
         options = self.options
-        app = make_asgi_application(self.responder, options.max_body_bytes, self.metrics)
+        rules = Rules(self.responder, options.max_body_bytes, self.metrics)
+        app = application_of(rules)
         if options.access_log:
             app = _with_access_log(app)
+        else:  # with plain handlers, calls take the fast path (avrohttp.call_fast_path)
+            try:
+                refuse_async_handlers(self.responder)
+                self.fast_rules = rules
+            except AsyncHandlers:
+                pass
         config = uvicorn.Config(
             app, http="httptools", lifespan="off", log_config=None, access_log=False,
             proxy_headers=False,  # uvicorn would trust X-Forwarded-For from 127.0.0.1
@@ -160,6 +170,10 @@ class Server(hosting.Server):
     def _date(self, state: ServerState) -> None:
         # The Date header of every answer, as uvicorn's own server sets it once a second.
         state.default_headers = [(b"date", email.utils.formatdate(usegmt=True).encode())]
+
+    @property
+    def stopping(self) -> bool:
+        return self._stops > 0
 
     def connection_closed(self) -> None:
         """A connection closed, or never opened: room for the next one."""
@@ -259,7 +273,7 @@ class _Discard:
         pass
 
 
-class HTTPProtocol(HttpToolsProtocol):
+class HTTPProtocol(CallFastPath):
     """uvicorn's HTTP/1.1 protocol (httptools), with deadlines for slow clients, the
     connection limit, metrics of the open connections, and each failure logged once.
 
@@ -277,6 +291,7 @@ class HTTPProtocol(HttpToolsProtocol):
         self.logger = _UVICORN_LOG
         self.host = server
         self.options = server.options
+        self.rules = server.fast_rules
         self.began: Optional[float] = None  # when the request now arriving began
         self.requests = 0
         self.expired: Optional[RequestTimeout] = None  # the body came too slowly (asgi)
@@ -354,6 +369,8 @@ class HTTPProtocol(HttpToolsProtocol):
             f"the request did not arrive within {self.options.request_timeout:g} s")
         self.began = None
         self.told = now + hosting.GRACE_SECONDS
+        if self.body_too_slow(error):  # a call on the fast path, in its body: 408 now
+            return
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and cycle.more_body:
             # In the body: the application answers 408 (avrohttp.answers.Rules.too_slow).
