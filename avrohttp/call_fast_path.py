@@ -13,8 +13,12 @@ other methods, a chunked body, `Expect: 100-continue`, a request behind a pipeli
 still answered through ASGI, and every request of a server with `async def` handlers or an
 access log.
 
-What it saves: CPU per request at 50 connections, measured from /proc under h2load
-(docs/speed.md): FAST_PATH_FIGURES.
+What it saves, in CPU time per call (the process's, from /proc, over 200,000 calls from
+h2load at 50 connections, three rounds in turns): 17 to 19 µs with it, 27 to 30 µs without
+it, where bare uvicorn answering fixed bytes through ASGI takes 20 to 21 µs. So with every
+protection on, the host does less work per call than bare uvicorn; docs/speed.md has the
+throughput. tests/avrohttp/test_call_fast_path.py checks that its answers are the ASGI
+application's, byte for byte.
 """
 
 from typing import List, Optional, Union
