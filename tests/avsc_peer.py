@@ -41,8 +41,9 @@ class AvscPeer:
         return answer
 
     def close(self) -> None:
-        self.process.stdin.close()
+        self.process.stdin.close()  # the end of its jobs: it exits
         self.process.wait(timeout=10)
+        self.process.stdout.close()
 
 
 def outcome(message: avro.protocol.Message, result: dict) -> tuple:

@@ -1,9 +1,11 @@
 """Generated protocols (tests/protocols.py), each with its calls, through every path:
 
-- our Client and our server, over a real socket;
-- our Requestor and Responder against avro.ipc's, byte for byte (where avro.ipc is wrong, a
-  declared error, against avro.ipc with that one thing put right);
-- avsc calling our server, and our Client calling an avsc server (tests/interop/avsc_peer.js).
+- our Client and our server, over a real socket, on each host (eventlet and asyncio);
+- our Requestor and our server on each host against avro.ipc's Requestor and Responder, byte
+  for byte (where avro.ipc is wrong, a declared error, against avro.ipc with that one thing put
+  right);
+- avsc calling our server on each host, and our Client calling an avsc server
+  (tests/interop/avsc_peer.js).
 
 `make test` runs GENERATED_EXAMPLES_QUICK examples per test; `make fuzz` sets
 GENERATED_EXAMPLES to run many more.
@@ -20,10 +22,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 
 import avrohttp
+import avrohttp.client
 import avsc_peer
 from avrohttp import Requestor, Responder
 from avsc_peer import AvscPeer
-from conftest import serving
+from conftest import HOSTS, serving
 from protocols import Call, Example, decode, encode, examples, round_trip
 
 GENERATED_EXAMPLES_QUICK = 60
@@ -110,19 +113,25 @@ def expected_requests(example: Example) -> list:
 
 
 class Switch:
-    """A WSGI application that hands each request to the application of the moment."""
+    """The responder of one real server for many examples: each request goes to the
+    responder of the moment, which the test sets."""
 
-    app = None
+    local_protocol = avro.protocol.parse('{"protocol": "Generated", "messages": {}}')
+    responder = None
 
-    def __call__(self, environ, start_response):
-        return self.app(environ, start_response)
+    def respond(self, request: bytes) -> bytes:
+        return self.responder.respond(request)
+
+    def invoke(self, message, request):  # what a host looks at (for async def): never called
+        return self.responder.invoke(message, request)
 
 
-@pytest.fixture(scope="module")
-def our_server():
-    """One real server for the module, its application switched for each example."""
+@pytest.fixture(scope="module", params=HOSTS)
+def our_server(request):
+    """One real server of each host for the module, its responder switched for each
+    example."""
     switch = Switch()
-    with serving(switch) as address:
+    with serving(switch, request.param) as address:
         yield switch, address
 
 
@@ -131,7 +140,7 @@ def our_server():
 def test_our_client_and_our_server(our_server, example):
     switch, (host, port) = our_server
     responder = Scripted(example)
-    switch.app = avrohttp.make_application(responder)
+    switch.responder = responder
     with avrohttp.Client(example.text, host, port) as client:
         got = [outcome_of(lambda: client.call(call.message, **call.request))
                for call in example.calls]
@@ -154,12 +163,28 @@ class Recording:
         return response
 
 
+class RecordingHTTP(avrohttp.client.Transceiver):
+    """Our client's transceiver, to a real server, recording both ways (the Avro bytes,
+    unframed)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port, timeout=10, connect_timeout=10, ssl_context=None)
+        self.exchanges = []
+
+    def transceive(self, request: bytes) -> bytes:
+        response = super().transceive(request)
+        self.exchanges.append((request, response))
+        return response
+
+
 @pytest.mark.parametrize("client_protocol", ["as written", "parsed by avro"])
 @generated
 @given(example=examples())
-def test_the_bytes_are_avro_ipcs(client_protocol, example):
+def test_the_bytes_are_avro_ipcs(our_server, client_protocol, example):
     """Requests and responses, byte for byte, from the first handshake (a NONE, when the
-    client's protocol is avro's text and so has another hash) to the last call."""
+    client's protocol is avro's text and so has another hash) to the last call: ours through
+    a real server of each host, avro.ipc's in-process."""
+    switch, (host, port) = our_server
     recorded = []
     for requestor_class, responder_class in [(Requestor, Scripted),
                                              (avro.ipc.Requestor, PlainScripted)]:
@@ -167,7 +192,11 @@ def test_the_bytes_are_avro_ipcs(client_protocol, example):
         avro.ipc.REMOTE_PROTOCOLS.clear()
         protocol = (example.protocol if client_protocol == "as written"
                     else avro.protocol.parse(example.text))
-        transceiver = Recording(responder_class(example))
+        if requestor_class is Requestor:
+            switch.responder = responder_class(example)
+            transceiver = RecordingHTTP(host, port)
+        else:
+            transceiver = Recording(responder_class(example))
         requestor = requestor_class(protocol, transceiver)
         for call in example.calls:
             try:
@@ -175,6 +204,8 @@ def test_the_bytes_are_avro_ipcs(client_protocol, example):
             except avro.errors.AvroRemoteException:  # avro.ipc's, for either kind of error
                 pass
         recorded.append(transceiver.exchanges)
+        if requestor_class is Requestor:
+            transceiver.close()
     ours, avros = recorded
     assert ours == avros
 
@@ -193,7 +224,7 @@ def avsc():
 def test_avsc_calls_our_server(our_server, avsc, example):
     switch, (host, port) = our_server
     responder = Scripted(example)
-    switch.app = avrohttp.make_application(responder)
+    switch.responder = responder
     protocol = example.protocol
     calls = [{"message": call.message,
               "request": encode(protocol.messages[call.message].request, call.request).hex()}

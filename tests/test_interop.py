@@ -1,16 +1,18 @@
-"""Interop: avsc, the Node.js implementation of Avro, calls server.py over HTTP.
+"""Interop: avsc, the Node.js implementation of Avro, calls server.py over HTTP, on each host
+(--loop eventlet and --loop asyncio).
 
 The Node side is tests/interop/avsc_client.js; `npm ci` in tests/interop installs avsc.
 """
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import HOSTS, ROOT, server_program
 
 INTEROP = ROOT / "tests" / "interop"
 
@@ -43,10 +45,18 @@ def run_avsc_client(port: int, variant: str) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.fixture(scope="module", params=HOSTS)
+def server_port(request):
+    """server.py running as a program on each host (--loop) for the module: its port."""
+    with server_program("--loop", request.param) as running:
+        yield running.port
+        running.process.send_signal(signal.SIGTERM)
+
+
 @pytest.fixture(scope="module", params=["same", "evolved"])
-def avsc_results(request, server_process) -> dict:
+def avsc_results(request, server_port) -> dict:
     """avsc_client.js's results, once per variant, against the module's server."""
-    return run_avsc_client(server_process, request.param)
+    return run_avsc_client(server_port, request.param)
 
 
 def test_answers(avsc_results):
