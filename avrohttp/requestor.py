@@ -31,7 +31,8 @@ class Requestor(avro.ipc.Requestor):
     system error, where avro.ipc says "Unknown remote message" without reading it; and the
     protocol may be given as its JSON text, which is sent as written (avrohttp.protocol).
 
-    Waste cut (tests/avrohttp/test_codec.py checks that the bytes are those of avro.ipc):
+    Waste cut (tests/avrohttp/test_codec.py and test_requestor.py check that the bytes are
+    those of avro.ipc):
     - After the first call the handshake request never changes; it is encoded once per
       (server hash, whether to send our protocol) instead of on every call.
     - The start of each call request (empty metadata, message name) is encoded once.
@@ -39,6 +40,8 @@ class Requestor(avro.ipc.Requestor):
     - A BOTH handshake response (four zero bytes) is recognised without avro's generic
       reader, and the empty response metadata is skipped likewise.
     - Response readers (codec.reader_for) are made once per server protocol, not once per call.
+    - Once the handshake is settled, a call's request is its cached start and its parameters,
+      and a plain answer is read straight off its bytes (_plain_calls, in __init__).
     """
 
     def __init__(self, local_protocol: Union[str, avro.protocol.Protocol], transceiver,
@@ -52,6 +55,18 @@ class Requestor(avro.ipc.Requestor):
         self._request_encoders = {}
         self._response_readers = {}
         self._both = codec.encoder_for(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA)({"match": "BOTH"})
+        # The fast path of a call, once the handshake is settled (the server answered BOTH or
+        # CLIENT: we send no protocol, and the hash that it answers BOTH to). Per message: the
+        # request's bytes up to the parameters, the parameters' encoder, and the response's
+        # reader (codec.reader_at_for). It saves the BytesIO and encoder that each request is
+        # written into, and, for a plain answer (BOTH, no metadata, no error:
+        # `_plain_answer_start`), the generic decoding of the handshake, the metadata and the
+        # error flag: 5.1 µs of Python a call down to 2.3 µs (echo, no hooks: timeit of
+        # Requestor.request fed the server's answer). Any other answer is read as before.
+        # Emptied whenever the handshake's state changes (the three setters below).
+        # tests/avrohttp/test_requestor.py checks it against avro.ipc and the general path.
+        self._plain_calls = {}
+        self._plain_answer_start = self._both + codec.EMPTY_META + b"\x00"  # no error
 
     @property
     def remote_protocol(self) -> Optional[avro.protocol.Protocol]:
@@ -61,6 +76,7 @@ class Requestor(avro.ipc.Requestor):
     def remote_protocol(self, protocol: avro.protocol.Protocol) -> None:
         if protocol is not self._remote_protocol:
             self._response_readers = {}  # they resolve the old server protocol's schemas
+            self._plain_calls = {}
         self._remote_protocol = protocol
 
     @property
@@ -69,21 +85,36 @@ class Requestor(avro.ipc.Requestor):
 
     @remote_hash.setter
     def remote_hash(self, hash: bytes) -> None:
+        if hash != self._remote_hash:
+            self._plain_calls = {}
         self._remote_hash = hash
+
+    @property
+    def send_protocol(self) -> Optional[bool]:
+        return self._send_protocol
+
+    @send_protocol.setter
+    def send_protocol(self, send: Optional[bool]) -> None:
+        if send != self._send_protocol:
+            self._plain_calls = {}
+        self._send_protocol = send
 
     def write_handshake_request(self, encoder: avro.io.BinaryEncoder) -> None:
         if self.remote_hash is None:  # until the server says otherwise, guess it speaks ours
             self.remote_protocol = self.local_protocol
-        server_hash = self.remote_hash or self.local_protocol.md5
-        key = (server_hash, bool(self.send_protocol))
+        encoder.write(self._handshake_request(self.remote_hash or self.local_protocol.md5,
+                                              bool(self.send_protocol)))
+
+    def _handshake_request(self, server_hash: bytes, send_protocol: bool) -> bytes:
+        key = (server_hash, send_protocol)
         request = self._handshake_requests.get(key)
         if request is None:
             datum = {"clientHash": self.local_protocol.md5, "serverHash": server_hash}
-            if self.send_protocol:
+            if send_protocol:
                 datum["clientProtocol"] = str(self.local_protocol)
             request = codec.encoder_for(avro.ipc.HANDSHAKE_REQUEST_SCHEMA)(datum)
             self._handshake_requests[key] = request
-        encoder.write(request)
+        return request
 
     def request(self, message_name: str, request_datum: object) -> object:
         """Call the message through the transceiver and return its answer, with the hooks
@@ -129,21 +160,68 @@ class Requestor(avro.ipc.Requestor):
     def _exchange(self, message_name: str,
                   request_datum: object) -> Generator[bytes, bytes, object]:
         """avro.ipc's request and issue_request, with the transport left to the caller."""
+        call = self._call
+        plain = self._plain_calls.get(message_name)
+        if plain is None and self._send_protocol is False:
+            plain = self._plain_call(message_name)
+        if plain is None or (call is not None and call.request_meta):
+            plain = None
+            call_request = self._call_request(message_name, request_datum)
+        else:
+            request_start, encode, read_response = plain
+            call_request = request_start + encode(request_datum)
         while True:
-            buffer = io.BytesIO()
-            encoder = avro.io.BinaryEncoder(buffer)
-            self.write_handshake_request(encoder)
-            self.write_call_request(message_name, request_datum, encoder)
-            call_request = buffer.getvalue()
-            if self._call is not None:
-                self._call.request_bytes += len(call_request)
-            decoder = avro.io.BinaryDecoder(io.BytesIO((yield call_request)))
+            if call is not None:
+                call.request_bytes += len(call_request)
+            answer = yield call_request
+            if plain is not None and answer.startswith(self._plain_answer_start):
+                if call is not None:
+                    call.response_bytes += len(answer)
+                    call.response_meta = {}
+                return read_response(answer, len(self._plain_answer_start))
+            decoder = avro.io.BinaryDecoder(io.BytesIO(answer))
             if self.read_handshake_response(decoder):
                 return self.read_call_response(message_name, decoder)
             # NONE: the server did not know our protocol. The same call again, with it.
+            plain = None
+            call_request = self._call_request(message_name, request_datum)
+
+    def _call_request(self, message_name: str, request_datum: object) -> bytes:
+        buffer = io.BytesIO()
+        encoder = avro.io.BinaryEncoder(buffer)
+        self.write_handshake_request(encoder)
+        self.write_call_request(message_name, request_datum, encoder)
+        return buffer.getvalue()
+
+    def _plain_call(self, message_name: str) -> Optional[tuple]:
+        """The fast path's pieces for a call of this message (_plain_calls), or None if the
+        message is not one that both protocols have. Made only once the handshake is settled
+        (send_protocol is False), and while the server's protocol is the one that
+        write_handshake_request would take."""
+        if self.remote_hash is None and self.remote_protocol is not self.local_protocol:
+            return None
+        head = self._call_head(message_name)
+        remote = (self.remote_protocol.messages or {}).get(message_name)
+        if remote is None:
+            return None
+        plain = (self._handshake_request(self.remote_hash or self.local_protocol.md5, False)
+                 + head, self._request_encoders[message_name],
+                 codec.reader_at_for(remote.response,
+                                     self.local_protocol.messages[message_name].response))
+        self._plain_calls[message_name] = plain
+        return plain
 
     def write_call_request(self, message_name: str, request_datum: object,
                            encoder: avro.io.BinaryEncoder) -> None:
+        head = self._call_head(message_name)
+        if self._call is not None and self._call.request_meta:
+            # Metadata from a hook, in place of the cached head's empty map, for this call.
+            head = codec.encode_metadata(self._call.request_meta) + head[len(codec.EMPTY_META):]
+        encoder.write(head + self._request_encoders[message_name](request_datum))
+
+    def _call_head(self, message_name: str) -> bytes:
+        """The start of a call of this message (empty metadata, its name), encoded once, with
+        the encoder of its parameters; AvroException if our protocol lacks it."""
         head = self._call_heads.get(message_name)
         if head is None:
             message = self.local_protocol.messages.get(message_name)
@@ -154,10 +232,7 @@ class Requestor(avro.ipc.Requestor):
             avro.io.BinaryEncoder(buffer).write_utf8(message.name)
             head = self._call_heads[message_name] = buffer.getvalue()
             self._request_encoders[message_name] = codec.encoder_for(message.request)
-        if self._call is not None and self._call.request_meta:
-            # Metadata from a hook, in place of the cached head's empty map, for this call.
-            head = codec.encode_metadata(self._call.request_meta) + head[len(codec.EMPTY_META):]
-        encoder.write(head + self._request_encoders[message_name](request_datum))
+        return head
 
     def read_handshake_response(self, decoder: avro.io.BinaryDecoder) -> bool:
         reader = decoder.reader
@@ -171,15 +246,9 @@ class Requestor(avro.ipc.Requestor):
         return super().read_handshake_response(decoder)
 
     def read_call_response(self, message_name: str, decoder: avro.io.BinaryDecoder) -> object:
-        readers = self._response_readers.get(message_name)
+        readers = self._readers(message_name)
         if readers is None:
-            remote = (self.remote_protocol.messages or {}).get(message_name)
-            if remote is None:
-                return self._read_unknown_message_answer(message_name, decoder)
-            local = self.local_protocol.messages[message_name]
-            readers = self._response_readers[message_name] = (
-                codec.reader_for(remote.response, local.response),
-                error_reader_for(remote.errors, local.errors))
+            return self._read_unknown_message_answer(message_name, decoder)
         if self._call is None:
             codec.skip_metadata(decoder)
         else:
@@ -188,6 +257,20 @@ class Requestor(avro.ipc.Requestor):
         if decoder.read_boolean():
             raise error_reader(decoder)
         return response_reader(decoder)
+
+    def _readers(self, message_name: str) -> Optional[tuple]:
+        """The readers of this message's response and errors, made once per server protocol;
+        None if the server's protocol lacks the message."""
+        readers = self._response_readers.get(message_name)
+        if readers is None:
+            remote = (self.remote_protocol.messages or {}).get(message_name)
+            if remote is None:
+                return None
+            local = self.local_protocol.messages[message_name]
+            readers = self._response_readers[message_name] = (
+                codec.reader_for(remote.response, local.response),
+                error_reader_for(remote.errors, local.errors))
+        return readers
 
     def _read_unknown_message_answer(self, message_name: str,
                                      decoder: avro.io.BinaryDecoder) -> object:

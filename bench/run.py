@@ -134,6 +134,10 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                              "On a busy machine, 3 gives steadier figures (default: 1)")
     parser.add_argument("--no-client", action="store_true",
                         help="skip the client measurement")
+    parser.add_argument("--clients-only", action="store_true",
+                        help="measure only the clients (EchoClient and AsyncClient against "
+                             "their bare loops), print their table and targets, and write "
+                             "no files; h2load is not needed")
     parser.add_argument("--metrics-cost", action="store_true",
                         help="measure only what the metrics cost: the limit, server.py "
                              "and server.py --metrics (use with --repeat 10 or more)")
@@ -146,6 +150,8 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
         parser.error("argument --warmup: must be 0 or more")
     if not args.client_seconds > 0:
         parser.error("argument --client-seconds: must be more than 0")
+    if args.clients_only and (args.no_client or args.metrics_cost):
+        parser.error("argument --clients-only: not with --no-client or --metrics-cost")
     return args
 
 
@@ -243,6 +249,8 @@ def measure_servers(args: argparse.Namespace, log_dir: Path) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.clients_only:
+        return run_clients(args)
     if shutil.which("h2load") is None:
         raise BenchError("h2load is not installed: `make bench` installs it "
                          "(apt-get install nghttp2-client)")
@@ -278,9 +286,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(format_table(servers))
     if clients:
-        print(f"\nClient, calling bare eventlet.wsgi (medians of {args.client_rounds} rounds "
-              f"of {args.client_seconds:g} s):")
-        print(format_clients(clients))
+        print_clients(clients, args)
     print("\nWhat the metrics cost (server.py --metrics, against server.py):")
     print(metrics_cost.format_summary(cost))
     print("\nTargets:")
@@ -300,6 +306,23 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("; no plot: matplotlib is not installed "
               "(pip install -r requirements-bench.txt)")
+    return 0
+
+
+def print_clients(clients: dict, args: argparse.Namespace) -> None:
+    print(f"\nClient, calling bare eventlet.wsgi (medians of {args.client_rounds} rounds "
+          f"of {args.client_seconds:g} s):")
+    print(format_clients(clients))
+
+
+def run_clients(args: argparse.Namespace) -> int:
+    """--clients-only: the client rows and their two targets, printed; no files written."""
+    with tempfile.TemporaryDirectory(prefix="avro-bench-") as log_dir:
+        clients = measure_client_against_bare(args, Path(log_dir))
+    print_clients(clients, args)
+    print("\nTargets:")
+    print(format_targets([target for target in evaluate_targets([], clients)
+                          if target["target"].startswith(("EchoClient", "AsyncClient"))]))
     return 0
 
 

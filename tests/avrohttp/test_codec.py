@@ -138,12 +138,21 @@ class Recording:
 
 
 class PlainRequestor(avro.ipc.Requestor):
-    """avro.ipc's Requestor, with its module-level caches cleared first."""
+    """avro.ipc's Requestor, with its module-level caches cleared first (and afterwards:
+    see the fixture below)."""
 
     def __init__(self, *args) -> None:
         avro.ipc.REMOTE_HASHES.clear()
         avro.ipc.REMOTE_PROTOCOLS.clear()
         super().__init__(*args)
+
+
+@pytest.fixture(autouse=True)
+def avro_ipc_caches(monkeypatch):
+    """avro.ipc's module-level caches, for this module's tests only: test_client.py checks
+    that our client leaves them empty."""
+    monkeypatch.setattr(avro.ipc, "REMOTE_HASHES", {})
+    monkeypatch.setattr(avro.ipc, "REMOTE_PROTOCOLS", {})
 
 
 @pytest.mark.parametrize("server_protocol", [EchoProtocol, EVOLVED], ids=["same", "newer"])
@@ -257,3 +266,28 @@ def test_decoder_fails_where_avros_fails(read, data):
     with pytest.raises(type(avros.value)) as ours:
         getattr(codec.Decoder(io.BytesIO(data)), read)()
     assert str(ours.value) == str(avros.value)
+
+
+@pytest.mark.parametrize("type_name", PRIMITIVES)
+@given(data=st.data())
+def test_reader_at_reads_what_reader_for_reads(type_name, data):
+    schema = avro.schema.parse(json.dumps(type_name))
+    encoded = io.BytesIO()
+    avro.io.DatumWriter(schema).write(data.draw(PRIMITIVES[type_name]),
+                                      avro.io.BinaryEncoder(encoded))
+    before, after = data.draw(st.binary(max_size=8)), data.draw(st.binary(max_size=8))
+    body = before + encoded.getvalue() + after
+    decoder = codec.Decoder(io.BytesIO(body))
+    decoder.reader.seek(len(before))
+    expected = codec.reader_for(schema, schema)(decoder)
+    assert codec.reader_at_for(schema, schema)(body, len(before)) == expected
+
+
+@pytest.mark.parametrize("data", [b"", b"\x16abc", b"\x03", b"\x04\xff\xfe", b"\x80"])
+def test_reader_at_fails_where_the_decoder_fails(data):
+    schema = avro.schema.parse('"string"')
+    with pytest.raises(Exception) as decoders:
+        codec.reader_for(schema, schema)(codec.Decoder(io.BytesIO(data)))
+    with pytest.raises(type(decoders.value)) as ours:
+        codec.reader_at_for(schema, schema)(b"xx" + data, 2)
+    assert str(ours.value) == str(decoders.value)
