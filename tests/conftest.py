@@ -5,6 +5,7 @@ The test process is not monkey-patched: as a user's program, it runs each host's
 talks to it with plain sockets and threads.
 """
 
+import asyncio
 import contextlib
 import io
 import re
@@ -20,6 +21,7 @@ import avro.ipc
 import pytest
 
 import avrohttp
+import avrohttp.asgi
 import avrohttp.hosting
 import server
 from hypothesis import settings
@@ -105,6 +107,48 @@ def receive(sock) -> bytes:
 def echo_app(**options):
     """A fresh AvroEcho application, so that no test sees another's protocol cache."""
     return avrohttp.make_application(server.EchoResponder(), **options)
+
+
+def call_asgi(app, body: bytes = b"", method: str = "POST", content_type="avro/binary",
+              chunked: bool = False, content_length=None, path: str = "/") -> Response:
+    """Call an ASGI app in-process, as uvicorn would, with no socket: the twin of call_app.
+
+    A chunked body comes to the application in pieces of up to 1000 bytes.
+    """
+    headers = []
+    if content_type is not None:
+        headers.append((b"content-type", content_type.encode()))
+    if chunked:
+        headers.append((b"transfer-encoding", b"chunked"))
+    else:
+        length = len(body) if content_length is None else content_length
+        headers.append((b"content-length", str(length).encode()))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "headers": headers, "client": ("127.0.0.1", 50000),
+             "server": ("127.0.0.1", 8130)}
+    pieces = [body[i:i + 1000] for i in range(0, len(body), 1000)] if chunked else [body]
+    messages = [{"type": "http.request", "body": piece, "more_body": n < len(pieces) - 1}
+                for n, piece in enumerate(pieces or [b""])]
+    sent = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start, *bodies = sent
+    assert start["type"] == "http.response.start"
+    return Response(start["status"],
+                    {name.decode().lower(): value.decode() for name, value in start["headers"]},
+                    b"".join(message.get("body", b"") for message in bodies))
+
+
+def echo_asgi_app(**options):
+    """A fresh AvroEcho ASGI application, the asyncio host's twin of echo_app()."""
+    return avrohttp.asgi.make_asgi_application(server.EchoResponder(), **options)
 
 
 @pytest.fixture

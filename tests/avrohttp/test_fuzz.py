@@ -1,5 +1,6 @@
-"""Fuzzing the WSGI application in-process: bodies made from valid calls by mutation,
-truncation and insertion, bad framings, odd client protocols, arbitrary bytes, odd HTTP.
+"""Fuzzing each host's application in-process (the WSGI one of the eventlet host, the ASGI one
+of the asyncio host): bodies made from valid calls by mutation, truncation and insertion, bad
+framings, odd client protocols, arbitrary bytes, odd HTTP.
 
 Whatever comes in, the answer must be a 4xx with a short one-line reason, or a well-formed
 Avro response that decodes completely; no exception escapes, nothing is logged as an error,
@@ -29,7 +30,7 @@ import avrohttp
 import avrohttp.requestor
 import avrohttp.responder
 import server
-from conftest import Response, call_app, echo_app
+from conftest import Response, call_app, call_asgi, echo_app, echo_asgi_app
 from fuzz_inputs import framed, handshakes, http_options, mutated, valid_calls
 from protocol import PROTOCOL_JSON, EchoProtocol
 from wire import STRING, call_body, call_head, encode, frame, handshake_request, read_answer
@@ -137,20 +138,26 @@ class Tally:
         return f"{self.name}: {sum(self.counts.values())} inputs: {kinds}"
 
 
+# Each host's application, and how to call it in-process.
+APPLICATIONS = {"eventlet": (echo_app, call_app), "asyncio": (echo_asgi_app, call_asgi)}
+
+
 @pytest.fixture
-def fuzz(request, caplog):
-    """Returns try_body(body, **call_app options): call a fresh app, check the answer."""
+def fuzz(request, caplog, host):
+    """Returns try_body(body, **call_app options): call a fresh app of the host, check the
+    answer."""
     tally = Tally(request.node.name)
+    make_app, call = APPLICATIONS[host]
 
     def try_body(body: bytes, **options) -> Response:
-        app = echo_app()
+        app = make_app()
         caplog.clear()
-        response = call_app(app, body, **options)  # an exception escaping fails the test
+        response = call(app, body, **options)  # an exception escaping fails the test
         outcome = check_answer(response, body)
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert not errors, f"bad input logged as a bug: {errors}"
         # Bad input leaves the server able to answer the next call.
-        assert check_answer(call_app(app, call_body()), b"") == "200 answer"
+        assert check_answer(call(app, call_body()), b"") == "200 answer"
         tally.add(outcome)
         return response
 
