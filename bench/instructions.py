@@ -4,7 +4,8 @@ a shared machine does not disturb.
 `make bench` measures time, and on a machine shared with other work its req/s move by 10 to
 30% from one run to the next. This counts the work instead. Each server that answers in one
 process (bare eventlet.wsgi with and without one yield per request, our protections with no
-Avro work, server.py) runs under callgrind; h2load loads it for a warm-up, the counters are
+Avro work, server.py; and on asyncio, bare uvicorn, our protections, server.py --loop asyncio)
+runs under callgrind; h2load loads it for a warm-up, the counters are
 zeroed, h2load loads it again, and the instructions counted are divided by the requests that
 h2load saw answered. What one row costs more than another is then read off directly: the
 protections (our protections against bare eventlet.wsgi + yield) and the Avro work
@@ -33,7 +34,8 @@ from bench.load import run_load
 from bench.servers import ServerSpec, check_server, server_specs, start_server, stop_server
 from bench.settings import WORKERS, BenchError, Unavailable, progress
 
-SERVERS = ("bare", "bare_yield", "protections", "server")
+SERVERS = ("bare", "bare_yield", "protections", "server",
+           "uvicorn", "protections_asyncio", "server_asyncio")
 # Python under valgrind takes tens of seconds to start.
 START_TIMEOUT_SECONDS = 180
 TOTALS = re.compile(r"^(?:totals|summary): (\d+)", re.MULTILINE)
@@ -95,7 +97,11 @@ def format_counts(counts: list) -> str:
     for text, name, than in (("our protections, against bare eventlet.wsgi + yield",
                               "protections", "bare_yield"),
                              ("the Avro work, server.py against our protections",
-                              "server", "protections")):
+                              "server", "protections"),
+                             ("on asyncio, our protections against bare uvicorn",
+                              "protections_asyncio", "uvicorn"),
+                             ("on asyncio, the Avro work",
+                              "server_asyncio", "protections_asyncio")):
         difference = more(name, than)
         if difference:
             lines.append(f"{text}: {difference} instructions per request")
