@@ -1,5 +1,6 @@
-"""examples/shop: the Shop protocol served and called through avrohttp, in-process and as
-programs (`python -m examples.shop.server`, `python -m examples.shop.client`)."""
+"""examples/shop: the Shop protocol served and called through avrohttp, in-process, on each
+host, and as programs (`python -m examples.shop.server [--loop asyncio]`,
+`python -m examples.shop.client`)."""
 
 import contextlib
 import hashlib
@@ -24,10 +25,10 @@ SHOP = avrohttp.parse_protocol(PROTOCOL_JSON)
 
 
 @pytest.fixture
-def shop():
-    """A Client of a fresh Shop server (its own stock) on a real socket."""
-    app = avrohttp.make_application(shop_server.ShopResponder())
-    with serving(app) as (host, port), avrohttp.Client(PROTOCOL_JSON, host, port) as client:
+def shop(host):
+    """A Client of a fresh Shop server (its own stock) of each host, on a real socket."""
+    with serving(shop_server.ShopResponder(), host) as (host, port), \
+            avrohttp.Client(PROTOCOL_JSON, host, port) as client:
         yield client
 
 
@@ -112,8 +113,9 @@ def run_client(port: int, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_the_programs(workers):
-    with shop_server_program("--workers", workers) as port:
+@pytest.mark.parametrize("loop", ["eventlet", "asyncio"])
+def test_the_programs(loop, workers):
+    with shop_server_program("--workers", workers, "--loop", loop) as port:
         result = run_client(port)
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
@@ -140,14 +142,13 @@ def avsc():
     peer.close()
 
 
-def test_avsc_calls_the_shop(avsc):
+def test_avsc_calls_the_shop(avsc, host):
     # Before the protocol went out as written, avsc refused this server altogether: avro's
     # text of it has no `"one-way": true` for `visit`, and every call failed with
     # "incompatible protocol" ("inconsistent one-way message: visit").
     calls = [("visit", {"page": "/"}), ("item", {"sku": "sock"}),
              ("order", {"quantities": {"boot": 9}}), ("item", {"sku": "hat"}), ("visits", {})]
-    app = avrohttp.make_application(shop_server.ShopResponder())
-    with serving(app) as (host, port):
+    with serving(shop_server.ShopResponder(), host) as (host, port):
         results = avsc.ask(op="call", port=port, protocol=json.loads(PROTOCOL_JSON), calls=[
             {"message": name, "request": encode(SHOP.messages[name].request, request).hex()}
             for name, request in calls])["results"]

@@ -1,16 +1,10 @@
-"""A server for the Shop protocol (examples/shop/protocol.py), on eventlet.
+"""A server for the Shop protocol (examples/shop/protocol.py), on eventlet (or, with
+--loop asyncio, on asyncio: the same responder runs on both).
 
 Try it: `python -m examples.shop.server`, then `python -m examples.shop.client` in another
 terminal. It takes the same options as server.py (`--help`). Each process keeps its own
 stock and visit counts, in memory.
 """
-
-import warnings
-
-warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
-import eventlet
-
-eventlet.monkey_patch()
 
 import collections
 import uuid
@@ -72,6 +66,8 @@ application = avrohttp.make_application(ShopResponder())
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # Serve with every option of avrohttp.cli (which monkey-patches the standard library for
+    # eventlet, when it serves on eventlet).
     return cli.main(ShopResponder, argv)
 
 

@@ -1,6 +1,7 @@
 """avrohttp.metrics: GET /metrics after a known set of calls of every outcome, in-process and
-from the real program, in one process and with --workers 2; the labels a client cannot
-grow; the client's metrics; a server without --metrics; the docs' scrape."""
+from the real program on each host (--loop), in one process and with --workers 2, async def
+handlers included; the labels a client cannot grow; the client's metrics; a server without
+--metrics; the docs' scrape."""
 
 import http.client
 import re
@@ -166,9 +167,9 @@ def test_many_made_up_names_add_no_series():
     assert b'avro_server_calls_total{message="_other",outcome="unknown_message"} 200.0' in after
 
 
-def test_a_client_counts_its_calls_per_message():
+def test_a_client_counts_its_calls_per_message(host):
     metrics = ClientMetrics(EchoProtocol)
-    with serving(avrohttp.make_application(server.EchoResponder())) as (host, port):
+    with serving(server.EchoResponder(), host) as (host, port):
         client = avrohttp.Client(EchoProtocol, host, port, call_hooks=[metrics])
         assert client.call("echo", query="hi") == "hi"
         assert client.call("split", query="abcd") == "ab"
@@ -200,14 +201,19 @@ def slow_body(port: int) -> bytes:
         return sock.recv(100)
 
 
-@pytest.mark.parametrize("program, protocol, workers", [
-    (ROOT / "server.py", EchoProtocol, 1),
-    (ROOT / "server.py", EchoProtocol, 2),
-    (OUTCOMES_PROGRAM, OUTCOMES_PROTOCOL, 2),
-], ids=["server.py", "server.py-workers-2", "outcomes-workers-2"])
-def test_the_program_counts_every_call(program, protocol, workers):
+@pytest.mark.parametrize("program, protocol, workers, loop, handlers", [
+    (ROOT / "server.py", EchoProtocol, 1, "eventlet", "plain"),
+    (ROOT / "server.py", EchoProtocol, 1, "asyncio", "plain"),
+    (ROOT / "server.py", EchoProtocol, 2, "eventlet", "plain"),
+    (OUTCOMES_PROGRAM, OUTCOMES_PROTOCOL, 2, "eventlet", "plain"),
+    (OUTCOMES_PROGRAM, OUTCOMES_PROTOCOL, 2, "asyncio", "async"),
+], ids=["server.py", "server.py-asyncio", "server.py-workers-2", "outcomes-workers-2",
+        "outcomes-asyncio-workers-2-async-handlers"])
+def test_the_program_counts_every_call(program, protocol, workers, loop, handlers,
+                                       monkeypatch):
+    monkeypatch.setenv("OUTCOMES_HANDLERS", handlers)  # for outcomes_server.py
     with server_program("--metrics", "--workers", str(workers), "--max-body-bytes", "4096",
-                        "--request-timeout", "1", program=program) as running:
+                        "--request-timeout", "1", "--loop", loop, program=program) as running:
         port = running.port
         calls = the_calls(protocol)
         answers = []
@@ -312,17 +318,14 @@ def test_the_docs_show_the_scrape_that_the_demo_calls_give():
         == _timing_free(buckets)
 
 
-def test_the_shop_example_is_counted_on_both_sides():
+def test_the_shop_example_is_counted_on_both_sides(host):
     # examples/shop: declared errors, a one-way message, records, maps; the server's hooks
     # and the client's count the same calls the same way.
     from examples.shop import server as shop_server
     from examples.shop.protocol import PROTOCOL_JSON
 
-    responder = shop_server.ShopResponder()
-    metrics = ServerMetrics(responder)
-    responder.hooks.append(metrics)
     client_metrics = ClientMetrics(avrohttp.parse_protocol(PROTOCOL_JSON))
-    with serving(avrohttp.make_application(responder, metrics=metrics)) as (host, port):
+    with serving(shop_server.ShopResponder(), host, metrics=True) as (host, port):
         with avrohttp.Client(PROTOCOL_JSON, host, port, call_hooks=[client_metrics]) as shop:
             shop.call("item", sku="boot")
             for sku in ("hat", "cap"):
@@ -333,11 +336,14 @@ def test_the_shop_example_is_counted_on_both_sides():
             shop.call("order", quantities={"boot": 1})
             shop.call("visit", page="/")
             assert shop.call("visits") == {"/": 1}
+        status, scrape = post(port, b"", path="/metrics", method="GET")
+        assert status == 200
     expected = {("item", "answered"): 1, ("item", "declared_error"): 2,
                 ("order", "declared_error"): 1, ("order", "answered"): 1,
                 ("visit", "answered"): 1, ("visits", "answered"): 1}
-    for side, collector in (("server", metrics), ("client", client_metrics)):
-        samples = scrape_text(prometheus_client.generate_latest(_registry_of(collector)).decode())
+    client_scrape = prometheus_client.generate_latest(_registry_of(client_metrics))
+    for side, text in (("server", scrape), ("client", client_scrape)):
+        samples = scrape_text(text.decode())
         counted = {(dict(labels)["message"], dict(labels)["outcome"]): value
                    for (name, labels), value in samples.items()
                    if name == f"avro_{side}_calls_total" and value}
