@@ -10,6 +10,7 @@ import json
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,8 @@ import pytest
 import client
 import server
 import avrohttp
-import avrohttp.serve
-from conftest import ROOT, free_port, serving
+import avrohttp.hosting
+from conftest import HOSTS, ROOT, free_port, server_program, serving
 from protocol import PROTOCOL_JSON
 
 README = (ROOT / "README.md").read_text()
@@ -141,6 +142,14 @@ def test_add_a_message_works_as_the_readme_says(tmp_path):
         server.communicate(timeout=10)
 
 
+@pytest.fixture(scope="module", params=HOSTS)
+def server_process(request):
+    """server.py running as a program on each host (--loop) for the module: its port."""
+    with server_program("--loop", request.param) as running:
+        yield running.port
+        running.process.send_signal(signal.SIGTERM)
+
+
 def test_a_client_whose_output_is_cut_short_exits_quietly(server_process):
     query = "x" * 100_000
     client = subprocess.Popen(
@@ -148,7 +157,8 @@ def test_a_client_whose_output_is_cut_short_exits_quietly(server_process):
          "--query", query], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert client.stdout.read(10) == b">>> Echo: "  # as `| head -c 10` would read
     client.stdout.close()
-    assert client.stderr.read() == b""
+    with client.stderr:
+        assert client.stderr.read() == b""
     assert client.wait(timeout=30) == 1
 
 
@@ -156,9 +166,11 @@ def test_server_help_lists_every_option():
     result = subprocess.run([sys.executable, "server.py", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     options = re.findall(r"^  (--[a-z-]+)", result.stdout, re.MULTILINE)
-    assert options == ["--host", "--port", "--certfile", "--keyfile", "--workers",
+    assert options == ["--loop", "--host", "--port", "--certfile", "--keyfile", "--workers",
                        "--max-body-bytes", "--request-timeout", "--idle-timeout",
                        "--max-connections", "--drain-timeout", "--access-log", "--metrics"]
+    # Which loop serves when none is given: the tutorial's eventlet.
+    assert "(default: eventlet)" in " ".join(result.stdout.split())
 
 
 # client.py and protocol.py as programs.
@@ -215,21 +227,22 @@ def test_client_says_in_one_line_when_the_server_is_unreachable():
 
 
 def test_client_says_in_one_line_when_the_server_does_not_answer_in_time():
-    listener = avrohttp.serve.listen("127.0.0.1", 0)  # accepts (via the backlog) but never answers
-    port = listener.getsockname()[1]
-    result = run_program("client.py", "--port", str(port), "--timeout", "0.3", "-e", "-q", "hi")
-    listener.close()
+    # Accepts (via the backlog) but never answers.
+    with avrohttp.hosting.listen("127.0.0.1", 0) as listener:
+        port = listener.getsockname()[1]
+        result = run_program("client.py", "--port", str(port), "--timeout", "0.3", "-e", "-q",
+                             "hi")
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == (f"client.py: error: the server at 127.0.0.1:{port} sent no answer "
                              "within 0.3 s\n")
 
 
-def test_client_says_in_one_line_when_the_server_answers_with_an_avro_error(capsys):
+def test_client_says_in_one_line_when_the_server_answers_with_an_avro_error(host, capsys):
     class Failing(server.EchoResponder):
         def handle_split(self, query):
             raise RuntimeError("boom")
 
-    with serving(avrohttp.make_application(Failing())) as (host, port):
+    with serving(Failing(), host) as (host, port):
         status = client.main(["--port", str(port), "-e", "-s", "-q", "Hello World"])
     out, err = capsys.readouterr()
     assert status == 1
