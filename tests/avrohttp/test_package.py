@@ -1,8 +1,9 @@
-"""Tests of the package as an adopter imports it: no eventlet, no global state changed on
-import, and an application that another WSGI server (wsgiref) can host.
+"""Tests of the package as an adopter imports it: neither host's libraries (eventlet, uvicorn)
+nor asyncio, no global state changed on import, and an application that another WSGI server
+(wsgiref) can host.
 
-Each test runs a fresh Python process, since this test session has long imported eventlet
-and monkey-patched the standard library (see conftest.py)."""
+Each test runs a fresh Python process, since this test session has long imported both
+hosts."""
 
 import json
 import os
@@ -27,21 +28,23 @@ def run_python(code: str) -> dict:
     return json.loads(result.stdout)
 
 
-def test_the_package_imports_no_eventlet():
+def test_the_package_imports_neither_host():
     imported = run_python("""
         import json, sys
         from avrohttp import (CallFailed, Client, Requestor, Responder, ServerOptions,
-                              make_application)
+                              make_application, make_asgi_application)
         from avrohttp import codec
         print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in
-                                ("eventlet", "greenlet", "dns", "avrohttp",
-                                 "prometheus_client"))))
+                                ("eventlet", "greenlet", "dns", "uvicorn", "uvloop",
+                                 "httptools", "asyncio", "avrohttp", "prometheus_client"))))
     """)
-    # Nor prometheus_client: avrohttp.metrics imports it, and only a server with metrics
-    # imports avrohttp.metrics.
-    assert imported == ["avrohttp", "avrohttp.client", "avrohttp.codec", "avrohttp.errors",
-                        "avrohttp.hooks", "avrohttp.options", "avrohttp.protocol",
-                        "avrohttp.requestor", "avrohttp.responder", "avrohttp.wsgi"]
+    # Nor asyncio (AsyncClient, and a host, import it when they are used), nor
+    # prometheus_client: avrohttp.metrics imports it, and only a server with metrics imports
+    # avrohttp.metrics.
+    assert imported == ["avrohttp", "avrohttp.answers", "avrohttp.asgi", "avrohttp.client",
+                        "avrohttp.codec", "avrohttp.errors", "avrohttp.hooks",
+                        "avrohttp.options", "avrohttp.protocol", "avrohttp.requestor",
+                        "avrohttp.responder", "avrohttp.wsgi"]
 
 
 def test_a_server_without_metrics_imports_no_prometheus_client():
