@@ -281,6 +281,10 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
     def get_environ(self) -> dict:
         environ = super().get_environ()
         environ[DEADLINE] = self.deadline
+        if "content-type" not in self.headers:
+            # eventlet.wsgi says "text/plain" for a request without one (the email package's
+            # default), and a call without a Content-Type is accepted: so it is not given.
+            del environ["CONTENT_TYPE"]
         return environ
 
     def handle_one_request(self) -> None:

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import uvicorn
 import uvloop
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from avrohttp import hosting
@@ -35,6 +36,13 @@ access_log = logging.getLogger("avrohttp.access")
 
 # How often a stop looks for connections that have become idle, to close them.
 DRAIN_POLL_SECONDS = 0.05
+# How long one read's pipelined calls may be answered on the fast path while other
+# connections wait: a turn, as on the eventlet host (avrohttp.serve.TURN_SECONDS). The fast
+# path answers a call inside the read that brought it, so a client that pipelines hundreds
+# of calls in one read would otherwise hold the loop for all of them. Past its turn, the rest
+# of the read goes through uvicorn's ASGI path: a task per call, each in the loop's queue
+# with every other connection's.
+TURN_SECONDS = 0.001
 # The answer to a request that did not arrive in time, written before any application ran.
 REQUEST_TIMEOUT_ANSWER = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                           b"Content-Length: 0\r\n\r\n")
@@ -294,6 +302,7 @@ class HTTPProtocol(CallFastPath):
         self.rules = server.fast_rules
         self.began: Optional[float] = None  # when the request now arriving began
         self.requests = 0
+        self.turn_ends: Optional[float] = None  # when this read's turn is over
         self.expired: Optional[RequestTimeout] = None  # the body came too slowly (asgi)
         self.stalled: Optional[float] = None  # since when the answer has waited on the client
         self.told: Optional[float] = None  # when a connection told its time is up is cut
@@ -317,6 +326,19 @@ class HTTPProtocol(CallFastPath):
         if self.host.metrics is not None:
             self.host.metrics.count_status(400)
         super().send_400_response(msg)
+
+    def data_received(self, data: bytes) -> None:
+        self.turn_ends = None  # this read's turn starts with its first call
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        if self.rules is not None:  # calls may take the fast path: within this read's turn
+            now = time.monotonic()
+            if self.turn_ends is None:
+                self.turn_ends = now + TURN_SECONDS
+            elif now >= self.turn_ends:  # the turn is over: this call, and the rest, by ASGI
+                return HttpToolsProtocol.on_headers_complete(self)
+        super().on_headers_complete()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

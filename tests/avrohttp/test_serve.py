@@ -1,21 +1,25 @@
-"""server.py against slow clients, as a program and in-process, and stopped under load: real
-sockets."""
+"""The server against slow clients, as a program and in-process, and stopped under load, on
+each host (eventlet and asyncio): real sockets, and plain threads on the test's side."""
 
+import asyncio
+import concurrent.futures
 import logging
 import os
 import re
 import resource
+import selectors
 import signal
 import socket
+import threading
 import time
 
-import eventlet
 import pytest
 
 import avrohttp
-import avrohttp.wsgi
+import avrohttp.hosting
 import client
-from conftest import (echo_app, log_messages, read_http_response, receive, server_program,
+import server
+from conftest import (log_messages, read_http_response, receive, server_class, server_program,
                       serving)
 from wire import call_body, read_answer
 
@@ -25,55 +29,88 @@ TRICKLERS = 1500  # more than eventlet's default limit of 1,024 connections
 @pytest.fixture(autouse=True)
 def enough_open_files():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = TRICKLERS + 500
+    wanted = 2 * TRICKLERS + 500  # each trickler's socket, and the server's end of it
     if soft != resource.RLIM_INFINITY and soft < wanted:
         if hard != resource.RLIM_INFINITY and hard < wanted:
             pytest.skip(f"the open-file limit ({hard}) is below {wanted}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-def trickle(port: int) -> str:
-    """Start a request, then send one more byte of an endless header every 0.5 s.
+class Tricklers:
+    """`count` connections that each start a request, then send one more byte of an endless
+    header every 0.5 s, until the server ends them; one thread drives them all.
 
-    Returns how the server ended it: "408", "closed" (without a word), or "reset".
+    outcomes: how the server ended each: "408", "closed" (without a word), or "reset".
     """
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        sock.settimeout(0.5)
-        while True:
-            try:
-                answer = sock.recv(1024)
-            except socket.timeout:
-                try:
-                    sock.sendall(b"x")
-                except OSError:
-                    return "reset"
-                continue
-            except OSError:
-                return "reset"
-            return "408" if answer.startswith(b"HTTP/1.1 408 ") else "closed"
+
+    def __init__(self, port: int, count: int) -> None:
+        self.outcomes = []
+        self.sockets = []
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            sock.setblocking(False)
+            self.sockets.append(sock)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            for sock in self.sockets:
+                selector.register(sock, selectors.EVENT_READ)
+            next_byte = time.monotonic() + 0.5
+            while selector.get_map():
+                for key, _ in selector.select(max(0.0, next_byte - time.monotonic())):
+                    try:
+                        answer = key.fileobj.recv(1024)
+                        outcome = "408" if answer.startswith(b"HTTP/1.1 408 ") else "closed"
+                    except OSError:
+                        outcome = "reset"
+                    self._end(selector, key.fileobj, outcome)
+                if time.monotonic() >= next_byte:
+                    next_byte += 0.5
+                    for key in list(selector.get_map().values()):
+                        try:
+                            key.fileobj.send(b"x")
+                        except OSError:
+                            self._end(selector, key.fileobj, "reset")
+
+    def _end(self, selector: selectors.BaseSelector, sock: socket.socket, outcome: str) -> None:
+        selector.unregister(sock)
+        sock.close()
+        self.outcomes.append(outcome)
+
+    def wait(self, timeout: float) -> list:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"{len(self.outcomes)} tricklers ended in time"
+        return self.outcomes
 
 
-def test_many_slow_clients_do_not_stop_real_ones():
-    with server_program("--request-timeout", "3") as running:
-        # It logs a line for each of them: read those as they come, lest the pipe fill up.
-        log = eventlet.spawn(running.process.stderr.read)
-        pool = eventlet.GreenPool(TRICKLERS)
-        ended = [pool.spawn(trickle, running.port) for _ in range(TRICKLERS)]
-        eventlet.sleep(1.0)  # all of them connected, and trickling
-        assert not any(thread.dead for thread in ended)
+def read_in_background(stream) -> concurrent.futures.Future:
+    """What a server program logs, read as it comes, lest the pipe fill up: its result()."""
+    reading = concurrent.futures.Future()
+    threading.Thread(target=lambda: reading.set_result(stream.read()), daemon=True).start()
+    return reading
+
+
+def test_many_slow_clients_do_not_stop_real_ones(host):
+    with server_program("--loop", host, "--request-timeout", "3") as running:
+        log = read_in_background(running.process.stderr)  # a line for each trickler
+        tricklers = Tricklers(running.port, TRICKLERS)
+        time.sleep(1.0)  # all of them connected, and trickling
+        assert tricklers.outcomes == []
         answered = 0
         for n in range(20):  # real clients, each on a new connection, meanwhile
             with client.EchoClient("127.0.0.1", running.port, timeout=2) as echo:
                 assert echo.echo(f"real client {n}") == f"real client {n}"
                 answered += 1
         started = time.monotonic()
-        outcomes = [thread.wait() for thread in ended]
+        outcomes = tricklers.wait(timeout=30)
         waited = time.monotonic() - started
         running.process.send_signal(signal.SIGTERM)
         running.process.wait(timeout=30)
-        log = log.wait()
-    print(f"\n{TRICKLERS} trickling connections: {outcomes.count('408')} got 408, "
+        log = log.result(timeout=10)
+    print(f"\n{host}: {TRICKLERS} trickling connections: {outcomes.count('408')} got 408, "
           f"{outcomes.count('closed')} closed, {outcomes.count('reset')} reset, all within "
           f"{waited + 1:.1f} s of starting; {answered} real calls answered meanwhile")
     assert answered == 20
@@ -100,7 +137,7 @@ def start_calls_in_flight(port: int, count: int) -> tuple:
     return socks, request[-10:]
 
 
-def load(port: int, outcomes: list, stop: list) -> None:
+def load(port: int, outcomes: list, stop: threading.Event) -> None:
     """Call echo over and over on a keep-alive connection until the server is gone."""
     n = 0
     while True:
@@ -109,44 +146,44 @@ def load(port: int, outcomes: list, stop: list) -> None:
                 while True:
                     n += 1
                     assert echo.echo(f"load {n}") == f"load {n}"
-                    outcomes.append(("ok", stop[0]))
+                    outcomes.append(("ok", stop.is_set()))
             except avrohttp.CallFailed as e:
-                outcomes.append((str(e), stop[0]))
-                if stop[0]:
+                outcomes.append((str(e), stop.is_set()))
+                if stop.is_set():
                     return
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_stop_under_load_answers_every_call_in_flight(workers):
-    with server_program("--workers", workers, "--access-log") as running:
-        log = eventlet.spawn(running.process.stderr.read)  # lest the pipe fill up
+def test_a_stop_under_load_answers_every_call_in_flight(host, workers):
+    with server_program("--loop", host, "--workers", workers, "--access-log") as running, \
+            concurrent.futures.ThreadPoolExecutor(8) as pool:
+        log = read_in_background(running.process.stderr)
         # Calls in flight: the servers read them before the load starts. (A connection that
         # a server has accepted but not yet read from counts as idle, and a stop closes it;
         # 2 s leaves room for a machine busy with other work.)
         in_flight, rest = start_calls_in_flight(running.port, 16)
-        eventlet.sleep(2.0)
-        stop = [False]
+        time.sleep(2.0)
+        stop = threading.Event()
         outcomes = []
-        pool = eventlet.GreenPool()
-        for _ in range(8):
-            pool.spawn(load, running.port, outcomes, stop)
-        eventlet.sleep(0.5)  # a load of calls going on
-        stop[0] = True
+        loads = [pool.submit(load, running.port, outcomes, stop) for _ in range(8)]
+        time.sleep(0.5)  # a load of calls going on
+        stop.set()
         running.process.send_signal(signal.SIGTERM)
-        eventlet.sleep(0.3)
+        time.sleep(0.3)
         answers = []
         for sock in in_flight:
             with sock:
                 sock.sendall(rest)
                 status, _, payload = read_http_response(sock)
                 answers.append((status, read_answer(payload, "split").datum))
-        assert pool.waitall() is None
+        for loaded in loads:
+            loaded.result(timeout=30)  # each load's own assertions, and its end
         running.process.wait(timeout=30)
-        log = log.wait()
+        log = log.result(timeout=10)
     served = [ok for ok, after_stop in outcomes if ok == "ok"]
     failed = [(error, after_stop) for error, after_stop in outcomes if error != "ok"]
-    print(f"\nworkers={workers}: {len(served)} load calls answered, {len(failed)} refused "
-          f"after the stop, {len(answers)} calls in flight at the stop all answered")
+    print(f"\n{host}, workers={workers}: {len(served)} load calls answered, {len(failed)} "
+          f"refused after the stop, {len(answers)} calls in flight at the stop all answered")
     assert answers == [("HTTP/1.1 200 OK", "Hello")] * 16
     assert running.process.returncode == 0
     assert served and failed
@@ -161,103 +198,117 @@ def test_a_stop_under_load_answers_every_call_in_flight(workers):
     assert "Traceback" not in log, log[log.find("Traceback") - 300:log.find("Traceback") + 2500]
 
 
-def test_a_connection_with_many_calls_waiting_takes_turns_with_the_others():
-    # Connection A has 500 calls waiting in the server's socket buffer at once (pipelined),
-    # so that its green thread never has to wait for the next one. B sends one call once A's
-    # green thread is on them. Each call takes at least 0.2 ms, so a turn
-    # (avrohttp.serve.TURN_SECONDS, 1 ms) holds 6 of A's calls at most, on any machine, and
-    # B is served within A's next turn or two. Without turns, B waits for all 500; with turns
-    # ten times as long, for 50 or more.
-    calls = 500
-    served = []  # the client port of each call, in the order the server takes them
-    echo = echo_app()
+class BusyEcho(server.EchoResponder):
+    """Echo, taking at least 0.2 ms of the processor per call; keeps the queries in the
+    order it answers them."""
 
-    def app(environ, start_response):
-        served.append(environ["REMOTE_PORT"])
+    def __init__(self) -> None:
+        super().__init__()
+        self.served = []
+
+    def handle_echo(self, query: str) -> str:
+        self.served.append(query)
         busy_until = time.perf_counter() + 0.0002
         while time.perf_counter() < busy_until:
             pass
-        return echo(environ, start_response)
+        return query
 
-    request = call_request("echo", "Hello")
-    with serving(app) as address, \
+
+def test_a_connection_with_many_calls_waiting_takes_turns_with_the_others(host):
+    # Connection A has 500 calls waiting in the server's socket buffer at once (pipelined),
+    # so that the server never has to wait for the next one. B sends one call once the server
+    # is on them. Each call takes at least 0.2 ms, so on eventlet a turn
+    # (avrohttp.serve.TURN_SECONDS, 1 ms) holds 6 of A's calls at most, on any machine, and
+    # B is served within A's next turn or two. Without turns, B waits for all 500; with turns
+    # ten times as long, for 50 or more. On asyncio, each call is a task of its own, and B's
+    # goes in the loop's queue between two of A's.
+    calls = 500
+    responder = BusyEcho()
+    with serving(responder, host) as address, \
             socket.create_connection(address, timeout=10) as a, \
             socket.create_connection(address, timeout=10) as b:
-        a_port, b_port = (str(sock.getsockname()[1]) for sock in (a, b))
-        for sock in (a, b):  # both kept alive, past their first request
-            sock.sendall(request)
+        for sock, query in ((a, "a"), (b, "b")):  # both kept alive, past their first request
+            sock.sendall(call_request("echo", query))
             assert read_http_response(sock)[0] == "HTTP/1.1 200 OK"
-        a.sendall(request * calls)  # about 60 KB: the kernel takes it all at once
-        while len(served) < 3:  # until A's green thread is on them
-            eventlet.sleep(0)
-        b.sendall(request)
+        a.sendall(call_request("echo", "a") * calls)  # about 60 KB: the kernel takes it all
+        while len(responder.served) < 5:  # until the server is on them
+            time.sleep(0.0005)
+        sent_at = len(responder.served)
+        b.sendall(call_request("echo", "b"))
         assert read_http_response(b)[0] == "HTTP/1.1 200 OK"
         answers = b""
         while answers.count(b"HTTP/1.1 200 OK") < calls:  # all of A's, before the server stops
             answers += receive(a)
-    assert served[:2] == [a_port, b_port]
-    answered_before_b = served[2:].index(b_port)
-    print(f"\nA's calls served before B's one: {answered_before_b} of {calls}")
+    assert responder.served[:2] == ["a", "b"]
+    answered_before_b = responder.served[sent_at:].index("b")
+    print(f"\n{host}: A's calls served after B's was sent, before it: "
+          f"{answered_before_b} of {calls}")
     assert answered_before_b <= 20  # three turns at most
+    assert responder.served.count("a") == calls + 1
 
 
-def test_a_stop_answers_the_call_in_flight_though_the_listeners_descriptor_is_reused():
-    # A stop closes the listener. If the accept loop were still waiting on it, a socket opened
-    # at that moment (reusing the descriptor, as the kernel does) would make eventlet end the
-    # loop by itself, and the SystemExit that stops the server would then land in its wait for
-    # the calls in flight, and cut them off. (With two workers, this cut one in three stops.)
-    listener = avrohttp.serve.listen("127.0.0.1", 0)
-    address, descriptor = listener.getsockname(), listener.fileno()
+def test_a_stop_answers_the_call_in_flight_though_the_listeners_descriptor_is_reused(
+        monkeypatch):
+    # eventlet's own: a stop closes the listener. If the accept loop were still waiting on it,
+    # a socket opened at that moment (reusing the descriptor, as the kernel does) would make
+    # eventlet end the loop by itself, and the SystemExit that stops the server would then
+    # land in its wait for the calls in flight, and cut them off. (With two workers, this cut
+    # one in three stops.) asyncio's loop has no such wait on the listener.
     reused = []  # (the socket, its descriptor)
-    close = listener.close
 
-    def close_and_reuse() -> None:
-        listener.close = close  # once
-        with socket.socket() as spare:  # made while the descriptor is the listener's
-            close()
-            os.dup2(spare.fileno(), descriptor)  # a new socket on the listener's descriptor
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=descriptor)
-        reused.append((sock, sock.fileno()))
+    class Listener(socket.socket):
+        def close(self) -> None:
+            if reused:  # closed before: its descriptor is the new socket's now
+                self.detach()
+                return
+            descriptor = self.fileno()
+            with socket.socket() as spare:  # made while the descriptor is the listener's
+                super().close()
+                os.dup2(spare.fileno(), descriptor)  # a new socket on the listener's descriptor
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, fileno=descriptor)
+            reused.append((sock, sock.fileno()))
 
-    listener.close = close_and_reuse
-    outcome, watching = [], []
+    def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+        listener = Listener()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen()
+        return listener
 
-    def run() -> None:  # as cli.main does, in a green thread
-        try:
-            watching.append(avrohttp.serve.stop_gracefully_on(listener, signal.SIGUSR1))
-            avrohttp.serve.serve(listener, echo_app())
-            outcome.append("returned")
-        except BaseException as e:  # SystemExit too: it must not reach pytest
-            outcome.append(repr(e))
-
+    monkeypatch.setattr(avrohttp.hosting, "listen", listen)
+    the_server = server_class("eventlet")(avrohttp.ServerOptions(port=0),
+                                          server.EchoResponder())
+    status = []
+    thread = threading.Thread(target=lambda: status.append(the_server.run()), daemon=True)
+    thread.start()
     request = call_request("split", "Hello World")
     try:
-        server = eventlet.spawn(run)
-        with socket.create_connection(address, timeout=10) as sock:
+        assert the_server.listening.wait(10)
+        with socket.create_connection(the_server.address, timeout=10) as sock:
             sock.sendall(request[:-10])
-            eventlet.sleep(0.2)  # read by the server: a call in flight
-            signal.raise_signal(signal.SIGUSR1)
-            eventlet.sleep(0.2)
+            time.sleep(0.2)  # read by the server: a call in flight
+            the_server.stop()
+            time.sleep(0.2)
             sock.sendall(request[-10:])
-            status, _, payload = read_http_response(sock)
-        server.wait()
+            status_line, _, payload = read_http_response(sock)
+        thread.join(10)
     finally:
-        for thread in watching:
-            thread.kill()  # else its drain timeout would stop whatever runs then
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        if thread.is_alive():
+            the_server.stop(now=True)
+            thread.join(10)
         for sock, _ in reused:
             sock.close()
-    assert [fileno for _, fileno in reused] == [descriptor]
-    assert (status, read_answer(payload, "split").datum) == ("HTTP/1.1 200 OK", "Hello")
-    assert outcome == ["returned"]
+    assert len(reused) == 1
+    assert (status_line, read_answer(payload, "split").datum) == ("HTTP/1.1 200 OK", "Hello")
+    assert status == [0]
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_the_drain_timeout_bounds_a_stop(workers):
-    with server_program("--workers", workers, "--drain-timeout", "1") as running:
+def test_the_drain_timeout_bounds_a_stop(host, workers):
+    with server_program("--loop", host, "--workers", workers,
+                        "--drain-timeout", "1") as running:
         in_flight, _ = start_calls_in_flight(running.port, 4)  # never finished
-        eventlet.sleep(0.3)
+        time.sleep(0.3)
         started = time.monotonic()
         running.process.send_signal(signal.SIGTERM)
         _, log = running.process.communicate(timeout=30)
@@ -285,48 +336,46 @@ def test_the_drain_timeout_bounds_a_stop(workers):
             "avrohttp stopping: the workers answer the calls in flight", "avrohttp stopped"]
 
 
-def large_answer(size: int):
-    """A WSGI application that answers any request with `size` bytes."""
-    payload = b"x" * size
+class LargeEcho(server.EchoResponder):
+    """Echo, whose every answer is `size` characters long."""
 
-    def application(environ, start_response):
-        environ["wsgi.input"].read()
-        start_response("200 OK", [("Content-Type", "application/octet-stream"),
-                                  ("Content-Length", str(size))])
-        return [payload]
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.answer = "x" * size
 
-    return application
+    def handle_echo(self, query: str) -> str:
+        return self.answer
 
 
-def test_a_client_still_sending_when_told_408_may_send_a_moment_more():
+def test_a_client_still_sending_when_told_408_may_send_a_moment_more(host):
     # A slow client may be sending when the server answers 408 and closes. Without a
-    # lingering close (serve.linger()), what it sends next makes the server's kernel answer
-    # with a reset, and its next send fails before it has read the 408.
-    with serving(echo_app(), request_timeout=0.5) as address, \
+    # lingering close, what it sends next makes the server's kernel answer with a reset, and
+    # its next send fails before it has read the 408.
+    with serving(server.EchoResponder(), host, request_timeout=0.5) as address, \
             socket.create_connection(address, timeout=10) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         # Past the deadline (0.5 s) and its sweep: the 408 is sent. Within the grace period
-        # (GRACE_SECONDS, 1 s) that the server then lingers for.
-        eventlet.sleep(0.9)
+        # (hosting.GRACE_SECONDS, 1 s) that the server then lingers for.
+        time.sleep(0.9)
         for _ in range(3):
             sock.sendall(b"x" * 100)
-            eventlet.sleep(0.05)
+            time.sleep(0.05)
         assert sock.recv(1024) == (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                                    b"Content-Length: 0\r\n\r\n")
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(1024) == b""
 
 
-def test_a_client_that_never_reads_its_answer_is_let_go(caplog):
+def test_a_client_that_never_reads_its_answer_is_let_go(host, caplog):
     caplog.set_level(logging.INFO, logger="avrohttp")
     size = 64 * 2**20  # far more than the sockets' buffers hold
-    with serving(large_answer(size), socket_timeout=0.5) as address, \
+    with serving(LargeEcho(size), host, socket_timeout=0.5) as address, \
             socket.create_connection(address, timeout=10) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # the whole request; then, nothing
+        sock.sendall(call_request("echo", "big"))  # the whole request; then, nothing read
         started = time.monotonic()
         while "the answer was not read within 0.5 s" not in caplog.text:
             assert time.monotonic() - started < 10, "the server still waits on the client"
-            eventlet.sleep(0.1)
+            time.sleep(0.1)
         received = 0
         try:
             while chunk := sock.recv(2**20):  # what the buffers held, then the end
@@ -338,26 +387,51 @@ def test_a_client_that_never_reads_its_answer_is_let_go(caplog):
     assert "Traceback" not in caplog.text
 
 
-def test_a_slow_handler_is_not_cut_short_by_the_clients_deadlines():
-    def slow(environ, start_response):  # waits on a backend of its own, say
-        body = environ["wsgi.input"].read()
-        environ[avrohttp.wsgi.DEADLINE].cancel()  # as make_application does
+class SlowEcho(server.EchoResponder):
+    """Echo, after a second's wait on a backend of its own, say: on eventlet, a green
+    thread's wait."""
+
+    def handle_echo(self, query: str) -> str:
+        import eventlet  # the eventlet host's handlers run in its green threads
+
         eventlet.sleep(1.0)
-        start_response("200 OK", [("Content-Length", str(len(body)))])
-        return [body]
+        return query
 
+
+class AsyncSlowEcho(server.EchoResponder):
+    """Echo, after a second's wait on the asyncio host's loop."""
+
+    async def handle_echo(self, query: str) -> str:
+        await asyncio.sleep(1.0)
+        return query
+
+
+def test_a_slow_handler_is_not_cut_short_by_the_clients_deadlines(host):
+    responder = SlowEcho() if host == "eventlet" else AsyncSlowEcho()
     # Each of the client's deadlines is far shorter than the handler's work.
-    with serving(slow, request_timeout=0.2, idle_timeout=0.2, socket_timeout=0.2) as address, \
+    with serving(responder, host, request_timeout=0.2, idle_timeout=0.2,
+                 socket_timeout=0.2) as address, \
             socket.create_connection(address, timeout=10) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
-        status, _, body = read_http_response(sock)
-    assert (status, body) == ("HTTP/1.1 200 OK", b"hello")
+        started = time.monotonic()
+        sock.sendall(call_request("echo", "hello"))
+        status, _, payload = read_http_response(sock)
+        took = time.monotonic() - started
+    assert (status, read_answer(payload).datum) == ("HTTP/1.1 200 OK", "hello")
+    assert took >= 1.0
 
 
-def test_http_1_0_keep_alive_clients_are_told_the_idle_timeout():
-    with serving(large_answer(10), idle_timeout=7) as address, \
+def test_http_1_0_keep_alive_clients_are_told_the_idle_timeout(host):
+    body = call_body()
+    with serving(server.EchoResponder(), host, idle_timeout=7) as address, \
             socket.create_connection(address, timeout=10) as sock:
-        sock.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-        status, headers, _ = read_http_response(sock)
-    assert (status, headers["connection"], headers["keep-alive"]) == (
-        "HTTP/1.1 200 OK", "keep-alive", "timeout=7")
+        sock.sendall(b"POST / HTTP/1.0\r\nConnection: keep-alive\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        status, headers, payload = read_http_response(sock)
+        assert read_answer(payload).datum == "Hello World"
+        if host == "eventlet":
+            assert (status, headers["connection"], headers["keep-alive"]) == (
+                "HTTP/1.1 200 OK", "keep-alive", "timeout=7")
+        else:  # uvicorn keeps no HTTP/1.0 connection alive: it says so, and closes it
+            assert (status, headers["connection"], "keep-alive" in headers) == (
+                "HTTP/1.1 200 OK", "close", False)
+            assert sock.recv(1) == b""
