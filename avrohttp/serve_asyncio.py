@@ -13,9 +13,12 @@ avrohttp.hosting's.
 
 import asyncio
 import email.utils
+import fcntl
 import logging
 import socket
 import ssl
+import struct
+import termios
 import time
 from typing import Callable, Optional
 
@@ -306,10 +309,13 @@ class HTTPProtocol(CallFastPath):
         self.expired: Optional[RequestTimeout] = None  # the body came too slowly (asgi)
         self.stalled: Optional[float] = None  # since when the answer has waited on the client
         self.told: Optional[float] = None  # when a connection told its time is up is cut
+        self.tls_socket: Optional[int] = None  # the descriptor, for a TLS connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
         self.began = time.monotonic()  # the first request must come from now
+        if self.scheme == "https":  # see unsent()
+            self.tls_socket = transport.get_extra_info("socket").fileno()
         self.host.connections.add(self)
         if self.host.metrics is not None:
             self.host.metrics.connection_opened()
@@ -357,9 +363,27 @@ class HTTPProtocol(CallFastPath):
         cycle = self.cycle
         if (self.began is None or self.requests == 0) and (cycle is None
                                                            or cycle.response_complete):
-            self.transport.close()
+            if self.tls_socket is not None and not self.unsent():
+                # Closing a TLS connection waits for the client's own close_notify, which an
+                # idle client never sends: the stop would wait for the drain timeout.
+                self.transport.abort()
+            else:
+                self.transport.close()
         elif cycle is not None:
             cycle.keep_alive = False
+
+    def unsent(self) -> int:
+        """How many bytes of an answer wait on the client."""
+        size = self.transport.get_write_buffer_size()
+        if size or self.tls_socket is None:
+            return size
+        # uvloop's TLS transport says 0: it encrypts an answer at once, and the TCP transport
+        # under it, out of reach, holds the bytes. The kernel's send queue shows them.
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.tls_socket, termios.TIOCOUTQ,
+                                                  b"\0\0\0\0"))[0]
+        except OSError:  # closed
+            return 0
 
     def check_deadlines(self, now: float) -> None:
         """The sweep's look at this connection."""
@@ -368,7 +392,7 @@ class HTTPProtocol(CallFastPath):
             if now >= self.told:
                 self.transport.abort()
             return
-        if self.transport.get_write_buffer_size():
+        if self.unsent():
             if self.stalled is None:
                 self.stalled = now
             elif now - self.stalled >= options.socket_timeout:
