@@ -52,8 +52,8 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def two_workers():
-    with server_program("--workers", "2", "--access-log") as running:
+def two_workers(host):
+    with server_program("--loop", host, "--workers", "2", "--access-log") as running:
         yield running
 
 
@@ -111,13 +111,13 @@ def test_workers_stop_when_the_supervisor_is_killed(two_workers):
     wait_for(lambda: not any(alive(pid) for pid in pids), what="the workers to stop")
 
 
-def test_workers_refuse_a_port_in_use_in_one_line():
+def test_workers_refuse_a_port_in_use_in_one_line(host):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        result = subprocess.run([sys.executable, "server.py", "--workers", "2", "--port",
-                                 str(port)], cwd=ROOT, capture_output=True, text=True,
+        result = subprocess.run([sys.executable, "server.py", "--loop", host, "--workers", "2",
+                                 "--port", str(port)], cwd=ROOT, capture_output=True, text=True,
                                 timeout=30)
     assert result.returncode == 1
     assert log_messages(result.stderr) == [
