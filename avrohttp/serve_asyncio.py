@@ -46,6 +46,20 @@ DRAIN_POLL_SECONDS = 0.05
 # of the read goes through uvicorn's ASGI path: a task per call, each in the loop's queue
 # with every other connection's.
 TURN_SECONDS = 0.001
+# The limits on a request's head, and their answers: eventlet.wsgi's (a request line of 8 KiB,
+# a header line of 8 KiB, 64 KiB of headers), where uvicorn has none: httptools would hold
+# a header line as long as the client sends it.
+MAX_REQUEST_LINE = MAX_HEADER_LINE = 8192
+MAX_TOTAL_HEADER_SIZE = 65536
+# eventlet.wsgi reads a header line up to http.client's limit, then checks its own: a line
+# still arriving is refused once this long.
+LINE_READ = 65537
+URI_TOO_LONG = (b"HTTP/1.0 414 Request URI Too Long\r\nConnection: close\r\n"
+                b"Content-Length: 0\r\n\r\n")
+HEADER_LINE_TOO_LONG = (b"HTTP/1.0 400 Header Line Too Long\r\nConnection: close\r\n"
+                        b"Content-length: 0\r\n\r\n")
+HEADERS_TOO_LARGE = (b"HTTP/1.0 400 Headers Too Large\r\nConnection: close\r\n"
+                     b"Content-length: 0\r\n\r\n")
 # The answer to a request that did not arrive in time, written before any application ran.
 REQUEST_TIMEOUT_ANSWER = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                           b"Content-Length: 0\r\n\r\n")
@@ -276,6 +290,10 @@ class _UvicornLog:
 _UVICORN_LOG = _UvicornLog()
 
 
+class _HeadRefused(Exception):
+    """Raised in a parser callback to stop httptools at a head over its limits."""
+
+
 class _Discard:
     """The parser of a connection that was told 408: what the client still sends is read,
     and dropped (a lingering close)."""
@@ -310,6 +328,14 @@ class HTTPProtocol(CallFastPath):
         self.stalled: Optional[float] = None  # since when the answer has waited on the client
         self.told: Optional[float] = None  # when a connection told its time is up is cut
         self.tls_socket: Optional[int] = None  # the descriptor, for a TLS connection
+        # The head's limits (data_received, check_head):
+        self.reading_head = False  # a request's head is arriving
+        self.big_read = False  # the last read was as long as a header line may be
+        self.head_reads = 0  # reads of this head before the last
+        self.line_bytes = 0  # bytes of the head's line now arriving
+        self.head_bytes = 0  # bytes of the head so far (an estimate: see data_received)
+        self.head_lines = False  # the request line is in
+        self.refusal: Optional[bytes] = None  # the answer to a head over its limits
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
@@ -328,6 +354,8 @@ class HTTPProtocol(CallFastPath):
         self.host.connection_closed()
 
     def send_400_response(self, msg: str) -> None:  # uvicorn's, for a request that won't parse
+        if self.refusal is not None:  # a head over its limits (check_head): not a parse error
+            return self.refuse_head(self.refusal)
         log_client(self.client or ("-", "-"), f"400 Bad Request: {msg}")
         if self.host.metrics is not None:
             self.host.metrics.count_status(400)
@@ -335,9 +363,58 @@ class HTTPProtocol(CallFastPath):
 
     def data_received(self, data: bytes) -> None:
         self.turn_ends = None  # this read's turn starts with its first call
+        # A head in one read of less than a line's limit is within every limit: the common
+        # case costs a comparison. Others are checked once complete (on_headers_complete),
+        # and a head that spans reads is measured as it comes, lest a line grow without end.
+        self.big_read = len(data) >= MAX_HEADER_LINE
         super().data_received(data)
+        if self.reading_head and self.refusal is None:
+            self.head_reads += 1
+            newline = data.rfind(b"\n")
+            if newline < 0:
+                self.line_bytes += len(data)
+            else:
+                self.line_bytes = len(data) - newline - 1
+                self.head_lines = True
+            self.head_bytes += len(data)
+            if self.line_bytes >= (LINE_READ if self.head_lines else MAX_REQUEST_LINE):
+                self.refuse_head(HEADER_LINE_TOO_LONG if self.head_lines else URI_TOO_LONG)
+            elif self.head_bytes > MAX_REQUEST_LINE + MAX_TOTAL_HEADER_SIZE:
+                self.refuse_head(HEADERS_TOO_LARGE)
+
+    def check_head(self) -> Optional[bytes]:
+        """The answer to a head over eventlet.wsgi's limits, or None."""
+        self.head_reads = self.line_bytes = self.head_bytes = 0
+        self.head_lines = False
+        if len(self.url) + len(self.parser.get_method()) + 11 >= MAX_REQUEST_LINE:
+            return URI_TOO_LONG  # the request line: "POST " + url + " HTTP/1.1\r\n"
+        total = 2  # the blank line
+        for name, value in self.headers:
+            line = len(name) + len(value) + 4  # "name: value\r\n"
+            if line >= MAX_HEADER_LINE:
+                return HEADER_LINE_TOO_LONG
+            total += line
+        return HEADERS_TOO_LARGE if total > MAX_TOTAL_HEADER_SIZE else None
+
+    def refuse_head(self, answer: bytes) -> None:
+        status = answer[9:answer.index(b"\r")].decode()
+        log_client(self.client or ("-", "-"), status)
+        if self.host.metrics is not None:
+            self.host.metrics.count_status(int(status[:3]))
+        self.refusal = answer
+        self.reading_head = False
+        self.began = None
+        self.parser = _Discard()
+        self.transport.write(answer)
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
+        self.reading_head = False
+        if self.big_read or self.head_reads:
+            refusal = self.check_head()
+            if refusal is not None:
+                self.refusal = refusal
+                raise _HeadRefused()  # httptools stops; uvicorn calls send_400_response
         if self.rules is not None:  # calls may take the fast path: within this read's turn
             now = time.monotonic()
             if self.turn_ends is None:
@@ -347,6 +424,7 @@ class HTTPProtocol(CallFastPath):
         super().on_headers_complete()
 
     def on_message_begin(self) -> None:
+        self.reading_head = True
         super().on_message_begin()
         self.scope[DEADLINE] = self
         if self.requests:  # the first request's time counts from the connection's start
