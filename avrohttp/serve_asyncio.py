@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import uvicorn
 import uvloop
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from avrohttp import hosting
@@ -39,6 +39,10 @@ access_log = logging.getLogger("avrohttp.access")
 
 # How often a stop looks for connections that have become idle, to close them.
 DRAIN_POLL_SECONDS = 0.05
+# uvicorn writes each status line from Python's http.HTTPStatus, which before Python 3.13
+# names 413 "Request Entity Too Large". The answers' own status (avrohttp.answers) is RFC
+# 9110's, which eventlet.wsgi sends as given: so a client reads the same line from both hosts.
+STATUS_LINE[413] = b"HTTP/1.1 413 Content Too Large\r\n"
 # How long one read's pipelined calls may be answered on the fast path while other
 # connections wait: a turn, as on the eventlet host (avrohttp.serve.TURN_SECONDS). The fast
 # path answers a call inside the read that brought it, so a client that pipelines hundreds

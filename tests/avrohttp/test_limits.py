@@ -1,5 +1,6 @@
-"""Memory bounds: the client-protocol cache, the protocol size limit and the body limit keep
-what a client can make the server hold bounded. In-process, no sockets.
+"""Memory bounds: the client-protocol cache, the protocol size limit, the body limit and the
+connection limit keep what a client can make the server hold bounded. In-process, then
+through a real server of each host.
 
 Run with `pytest -s tests/avrohttp/test_limits.py` to see what was measured.
 """
@@ -8,15 +9,17 @@ import gc
 import hashlib
 import io
 import json
+import socket
 import tracemalloc
 
 import avro.protocol
+import pytest
 
 import avrohttp
 import avrohttp.requestor
 import avrohttp.responder
 import server
-from conftest import call_app, echo_app
+from conftest import call_app, echo_app, read_http_response, serving
 from protocol import PROTOCOL_JSON
 from wire import call_body, read_answer
 
@@ -152,3 +155,70 @@ def test_body_limit_holds_before_anything_is_read():
     chunked = EndlessBody()
     response = call_app(app, chunked=True, stream=chunked)
     assert (response.status, chunked.bytes_read) == (413, 1001)
+
+
+# The same limits through a real server, on each host.
+
+def test_the_servers_cache_of_client_protocols_stays_bounded(host):
+    responder = server.EchoResponder()
+    responder.max_cached_protocols = 4
+    with serving(responder, host) as address, \
+            socket.create_connection(address, timeout=10) as sock:
+        for n in range(10):
+            text, md5 = client_protocol(n)
+            body = call_body(query=f"call {n}", protocol_text=text, client_hash=md5)
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            status, _, payload = read_http_response(sock)
+            answer = read_answer(payload)
+            assert (status, answer.handshake["match"], answer.datum) == (
+                "HTTP/1.1 200 OK", "BOTH", f"call {n}")
+            assert len(responder.protocol_cache) <= 4
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_sent(host):
+    with serving(server.EchoResponder(), host, max_body_bytes=1000) as address, \
+            socket.create_connection(address, timeout=10) as sock:
+        # The head alone: the answer comes without a byte of the body.
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
+                     b"Content-Length: 1000000000000\r\n\r\n")
+        status, headers, body = read_http_response(sock)
+    assert (status, headers["connection"], body) == (
+        "HTTP/1.1 413 Content Too Large", "close", b"Body is larger than 1000 bytes\n")
+
+
+def test_a_chunked_body_over_the_limit_is_refused(host):
+    chunk = b"\x00" * 600
+    with serving(server.EchoResponder(), host, max_body_bytes=1000) as address, \
+            socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" +
+                     (b"%x\r\n%s\r\n" % (len(chunk), chunk)) * 2)  # and more to come
+        status, headers, body = read_http_response(sock)
+    assert (status, headers["connection"], body) == (
+        "HTTP/1.1 413 Content Too Large", "close", b"Body is larger than 1000 bytes\n")
+
+
+def call(sock: socket.socket, query: str) -> str:
+    body = call_body(query=query)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    return read_answer(read_http_response(sock)[2]).datum
+
+
+def test_connections_past_the_limit_wait_until_one_closes(host):
+    with serving(server.EchoResponder(), host, max_connections=2) as address:
+        first = socket.create_connection(address, timeout=10)
+        with socket.create_connection(address, timeout=10) as second, \
+                socket.create_connection(address, timeout=10) as third:
+            assert (call(first, "one"), call(second, "two")) == ("one", "two")
+            body = call_body(query="three")
+            third.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                          % len(body) + body)
+            third.settimeout(0.5)
+            with pytest.raises(socket.timeout):  # waits, in the listen backlog, say
+                third.recv(1)
+            first.close()  # room for it
+            third.settimeout(10)
+            assert read_answer(read_http_response(third)[2]).datum == "three"
+            assert call(second, "two again") == "two again"
