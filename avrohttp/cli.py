@@ -8,6 +8,7 @@ before it imports the host: a program need not (and, for --loop asyncio, must no
 """
 
 import argparse
+import dataclasses
 import logging
 import sys
 import warnings
@@ -25,13 +26,10 @@ LOOPS = ("eventlet", "asyncio")
 DEFAULT_LOOP = "eventlet"
 
 
-def parse_options(argv: Optional[List[str]] = None, prog: Optional[str] = None,
-                  description: Optional[str] = None, loop: str = DEFAULT_LOOP,
-                  ) -> Tuple[ServerOptions, str, Optional[int]]:
-    """The command line as (ServerOptions, loop, ready_fd); argparse exits on a bad option.
-    `loop` is the default of --loop."""
+def add_server_arguments(parser: argparse.ArgumentParser, loop: str = DEFAULT_LOOP) -> None:
+    """Add every option of the server to a command line: server.py's and those of
+    `python -m avrohttp serve`. `loop` is the default of --loop."""
     defaults = ServerOptions()
-    parser = argparse.ArgumentParser(prog=prog, description=description)
     add = parser.add_argument
     add("--loop", choices=LOOPS, default=loop,
         help="the host: eventlet.wsgi, or asyncio (uvicorn's HTTP on uvloop), about three "
@@ -63,7 +61,12 @@ def parse_options(argv: Optional[List[str]] = None, prog: Optional[str] = None,
              "(docs/metrics.md says what that costs)")
     # Given by the supervisor to each worker: the pipe on which to say it listens.
     add("--ready-fd", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+
+
+def server_options(args: argparse.Namespace, parser: argparse.ArgumentParser
+                   ) -> Tuple[ServerOptions, str, Optional[int]]:
+    """The options of add_server_arguments() as (ServerOptions, loop, ready_fd);
+    parser.error() on a bad one."""
     if not 0 <= args.port <= 65535:
         parser.error(f"argument --port: {args.port} is not a port number (0 to 65535)")
     for flag in ("workers", "max_body_bytes", "max_connections"):
@@ -75,9 +78,21 @@ def parse_options(argv: Optional[List[str]] = None, prog: Optional[str] = None,
             parser.error(f"argument --{flag.replace('_', '-')}: must be more than 0 seconds")
     if (args.certfile is None) != (args.keyfile is None):
         parser.error("--certfile and --keyfile go together: give both, or neither")
-    ready_fd, loop = args.ready_fd, args.loop
-    del args.ready_fd, args.loop
-    return ServerOptions(**vars(args)), loop, ready_fd
+    # Only ServerOptions' own fields: the command line may hold others (serve's MODULE:ATTR).
+    options = ServerOptions(**{field.name: getattr(args, field.name)
+                               for field in dataclasses.fields(ServerOptions)
+                               if hasattr(args, field.name)})
+    return options, args.loop, args.ready_fd
+
+
+def parse_options(argv: Optional[List[str]] = None, prog: Optional[str] = None,
+                  description: Optional[str] = None, loop: str = DEFAULT_LOOP,
+                  ) -> Tuple[ServerOptions, str, Optional[int]]:
+    """The command line as (ServerOptions, loop, ready_fd); argparse exits on a bad option.
+    `loop` is the default of --loop."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_server_arguments(parser, loop)
+    return server_options(parser.parse_args(argv), parser)
 
 
 def main(responder_factory: Callable[[], avro.ipc.Responder],
@@ -94,13 +109,27 @@ def main(responder_factory: Callable[[], avro.ipc.Responder],
     name = responder.local_protocol.name
     options, loop, ready_fd = parse_options(
         argv, description=description or f"Serve the {name} protocol over HTTP.", loop=loop)
+    return run(lambda: responder, options, loop, ready_fd, argv)
+
+
+def run(responder_factory: Callable[[], avro.ipc.Responder], options: ServerOptions,
+        loop: str, ready_fd: Optional[int], argv: Optional[List[str]] = None) -> int:
+    """Serve as the options say, in this process or (--workers) in several, each running this
+    program again with `argv` (by default this process's arguments): the exit status.
+
+    responder_factory is called once: in a server, after host(loop) has monkey-patched the
+    standard library for eventlet; in a supervisor, which serves nothing, for the protocol's
+    name alone, without patching.
+    """
     logging.basicConfig(level=logging.INFO, format=(
         "%(asctime)s %(name)s[%(process)d] %(message)s" if ready_fd is not None
         else "%(asctime)s %(name)s %(message)s"))
     if options.workers > 1:
+        name = responder_factory().local_protocol.name
         argv = sys.argv[1:] if argv is None else argv
         return supervisor.run(_this_program(), argv, options, name)
-    return host(loop)(options, responder, ready_fd=ready_fd).run()
+    server = host(loop)
+    return server(options, responder_factory(), ready_fd=ready_fd).run()
 
 
 def host(loop: str) -> type:
