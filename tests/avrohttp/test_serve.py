@@ -417,7 +417,7 @@ def test_a_slow_handler_is_not_cut_short_by_the_clients_deadlines(host):
         status, _, payload = read_http_response(sock)
         took = time.monotonic() - started
     assert (status, read_answer(payload).datum) == ("HTTP/1.1 200 OK", "hello")
-    assert took >= 1.0
+    assert took >= 0.9  # the handler's wait, not cut short (the loop's clock is coarser)
 
 
 def test_http_1_0_keep_alive_clients_are_told_the_idle_timeout(host):
