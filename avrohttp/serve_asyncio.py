@@ -37,6 +37,8 @@ from avrohttp.responder import AsyncHandlers, refuse_async_handlers
 log = logging.getLogger("avrohttp")
 access_log = logging.getLogger("avrohttp.access")
 
+# How long to wait before accepting again, after an accept failed (out of files, say).
+ACCEPT_RETRY_SECONDS = 1.0
 # How often a stop looks for connections that have become idle, to close them.
 DRAIN_POLL_SECONDS = 0.05
 # uvicorn writes each status line from Python's http.HTTPStatus, which before Python 3.13
@@ -251,8 +253,13 @@ class _Acceptor:
                 sock, address = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # out of files, say: try again at the next connection
+            except OSError as e:  # out of files, say
+                # The connection stays in the backlog, and the listener readable: accepting
+                # again at once would spin, logging this line as fast as the loop turns. So,
+                # as asyncio's own servers do, wait a second first.
                 log.warning("cannot accept a connection: %s", e.strerror or e)
+                self.pause()
+                self.loop.call_later(ACCEPT_RETRY_SECONDS, self.resume)
                 return
             server._handshakes += 1
             self.loop.create_task(self.connect(sock, address))
