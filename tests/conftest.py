@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple, Tuple, Union
 
@@ -184,8 +185,10 @@ def running(server: avrohttp.hosting.Server):
     status = []
     thread = threading.Thread(target=lambda: status.append(server.run()), daemon=True)
     thread.start()
+    starting = time.monotonic()
     while not server.listening.wait(0.01):
         assert thread.is_alive(), "the server did not start (see its log)"
+        assert time.monotonic() - starting < 30, "the server is still not listening after 30 s"
     try:
         yield server
     finally:
