@@ -221,8 +221,22 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
         finally:
             deadlines.connections.discard(self.deadline)
 
-    # http.server's, reading the headers at a fraction of the cost (avrohttp.headers)
-    parse_request = headers.parse_request
+    def parse_request(self) -> bool:
+        # http.server's, reading the headers at a fraction of the cost (avrohttp.headers).
+        try:
+            return headers.parse_request(self)
+        except (eventlet.wsgi.HeaderLineTooLong, eventlet.wsgi.HeadersTooLarge) as e:
+            # eventlet.wsgi answers 400, and would log nothing.
+            self.refused("400 Header Line Too Long"
+                         if isinstance(e, eventlet.wsgi.HeaderLineTooLong)
+                         else "400 Headers Too Large")
+            raise
+
+    def refused(self, status: str) -> None:
+        """Log a request that eventlet.wsgi refuses itself, as Rules logs its own."""
+        self.log_error("%s", status)
+        if self.metrics is not None:
+            self.metrics.count_status(int(status[:3]))
 
     def handle(self) -> None:
         if self.metrics is not None:
@@ -270,7 +284,10 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
         self.deadline.request(since=None if self.requests else self.deadline.started)
         self.requests += 1
         try:
-            return self.rfile.readline(self.server.url_length_limit)
+            line = self.rfile.readline(self.server.url_length_limit)
+            if len(line) >= self.server.url_length_limit:  # eventlet.wsgi answers 414
+                self.refused("414 Request URI Too Long")
+            return line
         except eventlet.wsgi.greenio.SSL.ZeroReturnError:
             pass
         except OSError as e:

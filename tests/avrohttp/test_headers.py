@@ -4,6 +4,8 @@ same message, the same errors, the same bytes left for the body, for any header 
 import email.parser
 import http.client
 import io
+import logging
+import re
 import socket
 import time
 
@@ -91,8 +93,12 @@ def test_the_server_reads_plain_headers_without_the_email_parser(monkeypatch):
     assert (status, read_answer(body).datum) == ("HTTP/1.1 200 OK", "Hello World")
 
 
-def test_only_the_server_reads_headers_this_way():
-    assert avrohttp.serve.HTTPProtocol.parse_request is headers.parse_request
+def test_only_the_server_reads_headers_this_way(monkeypatch):
+    read = []
+    monkeypatch.setattr(headers, "parse_request", lambda handler: read.append(handler))
+    protocol = object.__new__(avrohttp.serve.HTTPProtocol)
+    avrohttp.serve.HTTPProtocol.parse_request(protocol)
+    assert read == [protocol]
     assert http.client.parse_headers is not headers.parse_headers  # changed for nobody else
 
 
@@ -150,11 +156,20 @@ def refused(address, request: bytes) -> tuple:
     (b"GET /" + b"x" * 9_000 + b" HTTP/1.1\r\nHost: test\r\n\r\n",
      "HTTP/1.0 414 Request URI Too Long"),
 ])
-def test_the_server_refuses_a_head_over_its_limits_as_before(host, request_, status):
+def test_the_server_refuses_a_head_over_its_limits_as_before(host, request_, status, caplog):
+    caplog.set_level(logging.INFO, logger="avrohttp")
     with serving(server.EchoResponder(), host) as address:
         assert refused(address, request_) == (
             status, b"Connection: close\r\nContent-" +
             (b"Length" if "414" in status else b"length") + b": 0\r\n\r\n")
+    assert client_lines(caplog) == [status.split(" ", 1)[1]]  # logged once
+
+
+def client_lines(caplog) -> list:
+    """What the server logged about its clients, without their addresses."""
+    return [re.sub(r"^client 127\.0\.0\.1:\d+: ", "", record.getMessage())
+            for record in caplog.records
+            if record.name == "avrohttp" and record.getMessage().startswith("client ")]
 
 
 @pytest.mark.parametrize("start, length, status", [
@@ -163,7 +178,8 @@ def test_the_server_refuses_a_head_over_its_limits_as_before(host, request_, sta
     (b"GET /", 8192, "HTTP/1.0 414 Request URI Too Long"),
     (b"POST / HTTP/1.1\r\nX-Endless: ", 65537, "HTTP/1.0 400 Header Line Too Long"),
 ])
-def test_the_server_refuses_a_line_that_never_ends(host, start, length, status):
+def test_the_server_refuses_a_line_that_never_ends(host, start, length, status, caplog):
+    caplog.set_level(logging.INFO, logger="avrohttp")
     # Sent in pieces, so that no piece is over the limit: the server counts what comes. Then
     # nothing more, lest the server's kernel answer what comes after its close with a reset.
     line = start.rpartition(b"\n")[2]
@@ -177,3 +193,4 @@ def test_the_server_refuses_a_line_that_never_ends(host, start, length, status):
         while chunk := sock.recv(65536):
             answer += chunk
     assert answer.startswith(status.encode() + b"\r\n"), answer[:100]
+    assert client_lines(caplog) == [status.split(" ", 1)[1]]  # logged once
