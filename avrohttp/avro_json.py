@@ -33,7 +33,7 @@ class DoesNotFit(ValueError):
     given."""
 
     def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
+        super().__init__(f"{path}: {problem}" if path else problem)
         self.path = path
 
 
@@ -99,8 +99,11 @@ def _from_json_record(schema: avro.schema.RecordSchema, value: object, path: str
     fields = {field.name: field for field in schema.fields}
     unknown = [name for name in value if name not in fields]
     if unknown:
-        raise DoesNotFit(path, f"{expected(schema)} has no field {json.dumps(unknown[0])} "
-                               f"(its fields: {', '.join(fields) or 'none'})")
+        # A message's parameters are a record too: its "request".
+        owner, part = (("the message", "parameter") if schema.type == "request"
+                       else (f"record {schema.fullname}", "field"))
+        raise DoesNotFit(path, f"{owner} has no {part} {json.dumps(unknown[0])} "
+                               f"(its {part}s: {', '.join(fields) or 'none'})")
     datum = {}
     for name, field in fields.items():
         inner = f"{path}.{name}" if path else name
@@ -111,7 +114,7 @@ def _from_json_record(schema: avro.schema.RecordSchema, value: object, path: str
             branch = field.type.schemas[0] if field.type.type == "union" else field.type
             datum[name] = from_json(branch, field.default, inner)
         else:
-            raise DoesNotFit(inner, f"missing, and {expected(field.type)} has no default here")
+            raise DoesNotFit(inner, f"missing: give {expected(field.type)}")
     return datum
 
 
