@@ -5,6 +5,8 @@ several (--workers).
 Try it: server.py's main() is `return cli.main(EchoResponder, argv)`; `python server.py --help`
 lists the options. For the eventlet host, main() monkey-patches the standard library itself,
 before it imports the host: a program need not (and, for --loop asyncio, must not).
+`python -m avrohttp serve MODULE:ATTR` (avrohttp.tools) takes the same options
+(add_server_arguments) and serves the same way (run), patching before it imports the module.
 """
 
 import argparse

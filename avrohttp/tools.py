@@ -46,6 +46,11 @@ exit status:
   {DECLARED_ERROR}  the server answered with an error the message declares: it is printed on
      stdout, as JSON, {{"full.Name": {{...}}}}
   {SYSTEM_ERROR}  the server answered with a system error (on stderr)"""
+SERVE_EXIT_STATUSES = f"""\
+exit status:
+  0  stopped gracefully (SIGTERM, Ctrl-C)
+  1  the server could not start (a port in use, say), or answer its calls in time
+  {USAGE}  a bad command line, or a MODULE:ATTR that cannot be served (why: on stderr)"""
 # The client hash of describe's handshake: the MD5 of no protocol, so no server knows it,
 # and each answers NONE (or CLIENT) with its own protocol.
 UNKNOWN_HASH = hashlib.md5(b"avrohttp describe: the hash of no protocol").digest()
@@ -77,10 +82,12 @@ def command_line() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serving = commands.add_parser(
         "serve", help="serve a responder: python -m avrohttp serve MODULE:ATTR",
-        description="Serve the responder of a module: MODULE:ATTR names a Responder class, or "
-                    "a function that returns a responder (server:EchoResponder, say). The "
-                    "module needs no eventlet import and no monkey-patching: on --loop "
-                    "eventlet the standard library is patched before it is imported.")
+        epilog=SERVE_EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Serve the responder of a module: MODULE:ATTR names a Responder class, or a "
+            "function of no arguments that returns a responder (server:EchoResponder, say). "
+            "The module needs no eventlet import and no monkey-patching: on --loop eventlet "
+            "the standard library is patched before it is imported."))
     serving.add_argument("target", metavar="MODULE:ATTR",
                          help="the module (as for import) and its responder class or factory")
     cli.add_server_arguments(serving)

@@ -15,8 +15,10 @@ import threading
 from pathlib import Path
 
 import pytest
+import trustme
 
 import avrohttp
+import server
 from avrohttp import avro_json, tools
 from avsc_peer import AvscPeer
 from conftest import ROOT, free_port, server_program, serving
@@ -400,6 +402,24 @@ def test_a_bad_url_or_tls_option_is_status_2(capsys, arguments, error):
     status, out, err = tool(capsys, *arguments)
     assert (status, out, err) == (
         2, "", f"python -m avrohttp {arguments[0]}: error: {error}\n")
+
+
+def test_https_with_cafile_or_insecure(capsys, tmp_path):
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    issued = ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    issued.private_key_pem.write_to_path(tmp_path / "key.pem")
+    with serving(server.EchoResponder(), "asyncio", certfile=str(tmp_path / "cert.pem"),
+                 keyfile=str(tmp_path / "key.pem")) as (_, port):
+        url = f"https://127.0.0.1:{port}/"
+        query = '{"query": "over TLS"}'
+        assert answer(capsys, url, "echo", query, "--cafile", str(tmp_path / "ca.pem")) == \
+            "over TLS"
+        assert answer(capsys, url, "echo", query, "--insecure") == "over TLS"
+        status, out, err = tool(capsys, "describe", url)  # the system's CAs do not trust it
+    assert (status, out) == (1, "")
+    assert "its TLS certificate is not trusted" in err
 
 
 def test_the_exit_statuses_are_in_the_help():
