@@ -151,7 +151,7 @@ def load_responder(module_name: str, attribute: str) -> avro.ipc.Responder:
     found = module
     for name in attribute.split("."):
         if not hasattr(found, name):
-            responders = [name for name, value in vars(module).items()
+            responders = [candidate for candidate, value in vars(module).items()
                           if isinstance(value, type) and issubclass(value, avro.ipc.Responder)
                           and value.__module__ == module.__name__]
             raise CannotLoad(f"{module_name} has no attribute {attribute!r}" + (
@@ -331,7 +331,8 @@ def call(args: argparse.Namespace, argv: List[str]) -> int:
         except RemoteSystemError as e:
             print(f"{PROG} call: system error: {e.message}", file=sys.stderr)
             return SYSTEM_ERROR
-    print(json.dumps(avro_json.to_json(message.response, answer), indent=2))
+    # default=str: a value of a logical type (a date, a Decimal) that avro decoded, as text.
+    print(json.dumps(avro_json.to_json(message.response, answer), indent=2, default=str))
     return ANSWERED
 
 
