@@ -30,13 +30,6 @@ from avrohttp.wsgi import DEADLINE, RequestTimeout, make_application
 
 log = logging.getLogger("avrohttp")
 
-# How long a connection may be served on, request after request, while others wait: its
-# turn. A connection that yields after every request is fairest, but each yield is a trip
-# through the hub, and each request then wakes the client alone: with two workers on two
-# cores, that cost a quarter of the throughput. One millisecond keeps every wait short
-# (a p99 of about 20 ms with 50 connections on two workers; docs/speed.md).
-TURN_SECONDS = 0.001
-
 
 class Server(hosting.Server):
     """The eventlet host: serves a responder on eventlet.wsgi, past eventlet's defaults.
@@ -269,7 +262,7 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
                 # run first. With no other connection, that would only cost a hub cycle
                 # (10-15% at one connection), so it is skipped.
                 eventlet.sleep(0)
-                self.turn_ends = time.monotonic() + TURN_SECONDS
+                self.turn_ends = time.monotonic() + hosting.TURN_SECONDS
             self.deadline.idle()
         try:
             self.rfile.peek(1)  # the request's first byte (and, first, any TLS handshake)

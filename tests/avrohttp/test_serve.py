@@ -218,7 +218,7 @@ def test_a_connection_with_many_calls_waiting_takes_turns_with_the_others(host):
     # Connection A has 500 calls waiting in the server's socket buffer at once (pipelined),
     # so that the server never has to wait for the next one. B sends one call once the server
     # is on them. Each call takes at least 0.2 ms, so on eventlet a turn
-    # (avrohttp.serve.TURN_SECONDS, 1 ms) holds 6 of A's calls at most, on any machine, and
+    # (avrohttp.hosting.TURN_SECONDS, 1 ms) holds 6 of A's calls at most, on any machine, and
     # B is served within A's next turn or two. Without turns, B waits for all 500; with turns
     # ten times as long, for 50 or more. On asyncio, each call is a task of its own, and B's
     # goes in the loop's queue between two of A's.
