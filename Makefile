@@ -1,7 +1,7 @@
 # `make demo` runs the service end to end; `make test` runs the tests. Both set up what they
 # need first: a virtualenv in .venv with the pinned requirements, and for the tests the Node
-# packages of the interop tests and Debian's nginx. `make fuzz`, `make fleet` and `make bench`
-# are described where they are defined, below.
+# packages of the interop tests, Debian's nginx and h2load. `make fuzz`, `make fleet` and
+# `make bench` are described where they are defined, below.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -25,7 +25,7 @@ demo: $(VENV)/.runtime
 		$(PY) client.py --port $(PORT) --$$message --query "Hello World" || exit 1; \
 	done
 
-test: $(VENV)/.dev $(INTEROP)/node_modules/.installed nginx
+test: $(VENV)/.dev $(INTEROP)/node_modules/.installed nginx install-h2load
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
@@ -34,7 +34,7 @@ $(VENV)/.runtime: requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-grpc.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
@@ -91,17 +91,17 @@ bench: $(VENV)/.bench $(INTEROP)/node_modules/.installed install-h2load
 	$(PY) bench/run.py --seconds $(BENCH_SECONDS) $(BENCH_ARGS)
 
 # The peers (uvicorn, gRPC) and the plot's dependencies, kept out of the test requirements.
-$(VENV)/.bench: $(VENV)/.runtime requirements-bench.txt
+$(VENV)/.bench: $(VENV)/.runtime requirements-bench.txt requirements-grpc.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	touch $@
 
 # h2load, the load generator for HTTP/1.1 and HTTP/2 alike, from Debian's nghttp2-client.
+# Without it, make bench stops, saying so, and the tests that run it skip, saying so.
 install-h2load:
 	@if ! command -v h2load >/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; \
 		else \
-			echo "make bench needs h2load: install it (Debian: apt-get install nghttp2-client)" >&2; \
-			exit 1; \
+			echo "h2load is not installed (Debian: apt-get install nghttp2-client)" >&2; \
 		fi; \
 	fi

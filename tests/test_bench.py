@@ -72,24 +72,13 @@ def spec_named(name: str) -> ServerSpec:
     return next(spec for spec in server_specs(2, with_stdlib=True) if spec.name == name)
 
 
-def started_or_skip_without_asyncio_host(spec: ServerSpec, log_dir):
-    """started(), but a skip while server.py has no --loop asyncio (the asyncio host is
-    being built as these rows are; once it is there, this skips nothing)."""
-    try:
-        return started(spec, log_dir)
-    except Unavailable as e:
-        if "--loop" in spec.command() and "status 2" in str(e) and "loop" in str(e):
-            pytest.skip(f"server.py has no --loop asyncio yet: {e}")
-        raise
-
-
 @pytest.mark.parametrize("name", ["bare", "bare_yield", "protections", "protections_asyncio",
                                   "uvicorn", "uvicorn_workers"])
 def test_fixed_bytes_programs_answer_like_server_py(log_dir, name):
     spec = spec_named(name)
     if missing(spec):
         pytest.skip(f"{missing(spec)}: {spec.label} cannot run")
-    fixed = started_or_skip_without_asyncio_host(spec, log_dir)
+    fixed = started(spec, log_dir)
     try:
         assert fixed.body == wire.call_body()
         assert fixed.answer == call_app(echo_app(), fixed.body).body
@@ -100,7 +89,7 @@ def test_fixed_bytes_programs_answer_like_server_py(log_dir, name):
 
 @pytest.mark.parametrize("name", ["server_asyncio", "workers_asyncio"])
 def test_asyncio_host_answers_a_call(log_dir, name):
-    host = started_or_skip_without_asyncio_host(spec_named(name), log_dir)
+    host = started(spec_named(name), log_dir)
     stop_server(host.process)
     assert host.body == wire.call_body()
     assert host.answer == call_app(echo_app(), host.body).body
