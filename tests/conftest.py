@@ -67,15 +67,35 @@ def call_app(app, body: bytes = b"", method: str = "POST", content_type="avro/bi
 
 class LocalTransceiver:
     """What a Requestor needs of a transceiver: each request handed to a responder
-    in-process, with no HTTP."""
+    in-process, with no HTTP, and kept in `sent`."""
 
     remote_name = ("local", 0)
 
     def __init__(self, responder) -> None:
         self.responder = responder
+        self.sent = []
 
     def transceive(self, request: bytes) -> bytes:
+        self.sent.append(request)
         return self.responder.respond(request)
+
+
+class PlainRequestor(avro.ipc.Requestor):
+    """avro.ipc's Requestor, with its module-level caches cleared first (and afterwards:
+    see fresh_avro_ipc_caches)."""
+
+    def __init__(self, *args) -> None:
+        avro.ipc.REMOTE_HASHES.clear()
+        avro.ipc.REMOTE_PROTOCOLS.clear()
+        super().__init__(*args)
+
+
+@pytest.fixture
+def fresh_avro_ipc_caches(monkeypatch):
+    """avro.ipc's module-level caches, for one test only: test_client.py checks that our
+    client leaves them empty."""
+    monkeypatch.setattr(avro.ipc, "REMOTE_HASHES", {})
+    monkeypatch.setattr(avro.ipc, "REMOTE_PROTOCOLS", {})
 
 
 def free_port() -> int:
@@ -214,6 +234,17 @@ def live_server(host):
     """A real server of each host: its (host, port)."""
     with serving(server.EchoResponder(), host) as address:
         yield address
+
+
+class LargeEcho(server.EchoResponder):
+    """Echo, whose every answer is `size` characters long."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.answer = "x" * size
+
+    def handle_echo(self, query: str) -> str:
+        return self.answer
 
 
 # The server's log lines start with logging's default time stamp.

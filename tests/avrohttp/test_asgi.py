@@ -22,6 +22,7 @@ import server
 from avrohttp import hooks
 from avrohttp.responder import AsyncHandlers
 from conftest import ROOT, call_asgi, read_http_response, server_class, serving
+import test_hooks
 from outcomes_server import AsyncOutcomesResponder, OutcomesResponder
 from test_metrics import post, scrape_text
 from wire import call_body, read_answer
@@ -29,14 +30,8 @@ from wire import call_body, read_answer
 OUTCOMES_PROGRAM = ROOT / "tests" / "outcomes_server.py"
 
 
-class Recorder(avrohttp.CallHook):
-    """Notes what before() and after() see of each call."""
-
-    def __init__(self) -> None:
-        self.events = []
-
-    def before(self, call):
-        self.events.append(("before", call.message, call.outcome))
+class Recorder(test_hooks.Recorder):
+    """Notes each call, with what before() and after() saw, and how long it took."""
 
     def after(self, call):
         self.events.append(("after", call.message, call.outcome, call.seconds))

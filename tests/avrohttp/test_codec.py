@@ -22,7 +22,7 @@ import avrohttp.requestor
 import avrohttp.responder
 from avrohttp import codec
 import server
-from conftest import call_app
+from conftest import LocalTransceiver, PlainRequestor, call_app
 from protocol import PROTOCOL_JSON, EchoProtocol
 from wire import call_request, frame, handshake_request
 
@@ -123,36 +123,8 @@ def test_unframe_fails_where_framed_reader_fails(body):
 
 # --- The client ------------------------------------------------------------------------------
 
-class Recording:
-    """A transceiver that records each request and answers it with a real server's response."""
-
-    remote_name = ("test", 0)
-
-    def __init__(self, responder: avro.ipc.Responder) -> None:
-        self.responder = responder
-        self.sent = []
-
-    def transceive(self, request: bytes) -> bytes:
-        self.sent.append(request)
-        return self.responder.respond(request)
-
-
-class PlainRequestor(avro.ipc.Requestor):
-    """avro.ipc's Requestor, with its module-level caches cleared first (and afterwards:
-    see the fixture below)."""
-
-    def __init__(self, *args) -> None:
-        avro.ipc.REMOTE_HASHES.clear()
-        avro.ipc.REMOTE_PROTOCOLS.clear()
-        super().__init__(*args)
-
-
-@pytest.fixture(autouse=True)
-def avro_ipc_caches(monkeypatch):
-    """avro.ipc's module-level caches, for this module's tests only: test_client.py checks
-    that our client leaves them empty."""
-    monkeypatch.setattr(avro.ipc, "REMOTE_HASHES", {})
-    monkeypatch.setattr(avro.ipc, "REMOTE_PROTOCOLS", {})
+# Both the avro.ipc Requestor and ours, each test with avro.ipc's caches to itself.
+pytestmark = pytest.mark.usefixtures("fresh_avro_ipc_caches")
 
 
 @pytest.mark.parametrize("server_protocol", [EchoProtocol, EVOLVED], ids=["same", "newer"])
@@ -162,7 +134,7 @@ def test_requests_are_the_bytes_avro_ipc_sends(server_protocol, calls):
     """From the first call (a guess, maybe NONE or CLIENT, then a resend) to the last."""
     transceivers = []
     for requestor_class in (avrohttp.requestor.Requestor, PlainRequestor):
-        transceiver = Recording(avrohttp.responder.Responder(server_protocol))
+        transceiver = LocalTransceiver(avrohttp.responder.Responder(server_protocol))
         transceiver.responder.invoke = lambda message, request: request["query"][::-1]
         requestor = requestor_class(EchoProtocol, transceiver)
         answers = [requestor.request(message, {"query": query}) for message, query in calls]

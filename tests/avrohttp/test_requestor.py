@@ -17,40 +17,12 @@ import pytest
 import avrohttp
 import avrohttp.responder
 from avrohttp import codec, hooks
+from conftest import LocalTransceiver, PlainRequestor
 from protocol import PROTOCOL_JSON, EchoProtocol
 
 
-class Recording:
-    """A transceiver that records each request, and hands it to a responder that a test may
-    swap between calls (a server restarted with another protocol)."""
-
-    remote_name = ("test", 0)
-
-    def __init__(self, responder: avro.ipc.Responder) -> None:
-        self.responder = responder
-        self.sent = []
-
-    def transceive(self, request: bytes) -> bytes:
-        self.sent.append(request)
-        return self.responder.respond(request)
-
-
-class PlainRequestor(avro.ipc.Requestor):
-    """avro.ipc's Requestor, with its module-level caches cleared first (and afterwards:
-    see the fixture below)."""
-
-    def __init__(self, *args) -> None:
-        avro.ipc.REMOTE_HASHES.clear()
-        avro.ipc.REMOTE_PROTOCOLS.clear()
-        super().__init__(*args)
-
-
-@pytest.fixture(autouse=True)
-def avro_ipc_caches(monkeypatch):
-    """avro.ipc's module-level caches, for this module's tests only: test_client.py checks
-    that our client leaves them empty."""
-    monkeypatch.setattr(avro.ipc, "REMOTE_HASHES", {})
-    monkeypatch.setattr(avro.ipc, "REMOTE_PROTOCOLS", {})
+# Both the avro.ipc Requestor and ours, each test with avro.ipc's caches to itself.
+pytestmark = pytest.mark.usefixtures("fresh_avro_ipc_caches")
 
 
 def reversing(protocol: avro.protocol.Protocol) -> avrohttp.responder.Responder:
@@ -71,7 +43,7 @@ def test_the_fast_path_sends_avro_ipcs_bytes_as_the_server_changes():
     queries = ["a", "hé", "x" * 100, ""]
     transcripts = []
     for requestor_class in (avrohttp.Requestor, PlainRequestor):
-        transceiver = Recording(reversing(servers[0]))
+        transceiver = LocalTransceiver(reversing(servers[0]))
         requestor = requestor_class(EchoProtocol, transceiver)
         answers = []
         for protocol in servers:
@@ -175,7 +147,7 @@ class Traced(avrohttp.CallHook):
 
 def test_metadata_from_a_hook_goes_out_on_every_call():
     """A call with request metadata is not a plain call: the general path writes it."""
-    transceiver = Recording(reversing(EchoProtocol))
+    transceiver = LocalTransceiver(reversing(EchoProtocol))
     requestor = avrohttp.Requestor(EchoProtocol, transceiver)
     for _ in range(2):
         assert requestor.request("echo", {"query": "ab"}) == "ba"
@@ -189,7 +161,7 @@ def test_metadata_from_a_hook_goes_out_on_every_call():
 
 def test_hooks_see_the_same_on_the_fast_path_as_on_the_first_call():
     recorder = Recorder()
-    requestor = avrohttp.Requestor(EchoProtocol, Recording(reversing(EchoProtocol)),
+    requestor = avrohttp.Requestor(EchoProtocol, LocalTransceiver(reversing(EchoProtocol)),
                                    call_hooks=[recorder])
     seen = []
     for _ in range(3):
@@ -201,7 +173,7 @@ def test_hooks_see_the_same_on_the_fast_path_as_on_the_first_call():
 
 
 def test_a_message_that_our_protocol_lacks_is_refused_before_anything_is_sent():
-    transceiver = Recording(reversing(EchoProtocol))
+    transceiver = LocalTransceiver(reversing(EchoProtocol))
     requestor = avrohttp.Requestor(EchoProtocol, transceiver)
     requestor.request("echo", {"query": "a"})
     requestor.request("echo", {"query": "a"})

@@ -19,8 +19,8 @@ import avrohttp
 import avrohttp.hosting
 import client
 import server
-from conftest import (log_messages, read_http_response, receive, server_class, server_program,
-                      serving)
+from conftest import (LargeEcho, log_messages, read_http_response, receive, server_class,
+                      server_program, serving)
 from wire import call_body, read_answer
 
 TRICKLERS = 1500  # more than eventlet's default limit of 1,024 connections
@@ -336,15 +336,6 @@ def test_the_drain_timeout_bounds_a_stop(host, workers):
             "avrohttp stopping: the workers answer the calls in flight", "avrohttp stopped"]
 
 
-class LargeEcho(server.EchoResponder):
-    """Echo, whose every answer is `size` characters long."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.answer = "x" * size
-
-    def handle_echo(self, query: str) -> str:
-        return self.answer
 
 
 def test_a_client_still_sending_when_told_408_may_send_a_moment_more(host):

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 import avrohttp
 import client
 import server
-from conftest import ROOT, log_messages, server_program, serving
+from conftest import ROOT, LargeEcho, log_messages, server_program, serving
 from wire import call_body
 
 
@@ -298,15 +298,6 @@ def test_client_refuses_a_bad_cafile_in_one_line(tmp_path, name, content, messag
         f"client.py: error: argument --cafile: {message.format(path=path)} (see --help)\n")
 
 
-class LargeEcho(server.EchoResponder):
-    """Echo, whose every answer is `size` characters long."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.answer = "x" * size
-
-    def handle_echo(self, query: str) -> str:
-        return self.answer
 
 
 def test_a_tls_client_that_never_reads_its_answer_is_let_go(pki, host, caplog):
