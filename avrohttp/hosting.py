@@ -42,7 +42,7 @@ SWEEP_SECONDS = 1.0
 # turn. A connection that yields after every request is fairest, but each yield is a trip
 # through the hub, and each request then wakes the client alone: with two workers on two
 # cores, that cost a quarter of the throughput. One millisecond keeps every wait short
-# (a p99 of about 20 ms with 50 connections on two workers; docs/speed.md). Both hosts
+# (a p99 of 20 to 35 ms with 50 connections on two eventlet workers; docs/speed.md). Both hosts
 # take turns: avrohttp.serve between requests, avrohttp.asyncio_protocol between the calls
 # of one read.
 TURN_SECONDS = 0.001
