@@ -34,8 +34,8 @@ def add_server_arguments(parser: argparse.ArgumentParser, loop: str = DEFAULT_LO
     defaults = ServerOptions()
     add = parser.add_argument
     add("--loop", choices=LOOPS, default=loop,
-        help="the host: eventlet.wsgi, or asyncio (uvicorn's HTTP on uvloop), about three "
-             "times as fast; the same responder runs on both (default: %(default)s)")
+        help="the host: eventlet.wsgi, or asyncio (uvicorn's HTTP on uvloop), several times "
+             "as fast; the same responder runs on both (default: %(default)s)")
     add("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
     add("--port", type=int, default=defaults.port,
         help="port to listen on, 0 for any free port (default: %(default)s)")
