@@ -192,7 +192,17 @@ def encoder_for(schema: avro.schema.Schema) -> Callable[[object], bytes]:
             if isinstance(datum, dict) and names.issuperset(datum):
                 return b"".join([encode_field(datum.get(name)) for name, encode_field in fields])
             return encode_validated(datum)  # fails, with avro's own message
-        return encode_record
+        if len(fields) != 1:
+            return encode_record
+        # A record of one field (echo's and split's parameters): that field's bytes, without
+        # the list and the join: 0.50 µs down to 0.23 µs for echo's (timeit).
+        [(name, encode_field)] = fields
+
+        def encode_one_field_record(datum: object) -> bytes:
+            if isinstance(datum, dict) and names.issuperset(datum):
+                return encode_field(datum.get(name))
+            return encode_validated(datum)  # fails, with avro's own message
+        return encode_one_field_record
     return encode_validated
 
 

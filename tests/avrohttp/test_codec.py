@@ -193,10 +193,13 @@ PRIMITIVES = {
 def test_readers_and_encoders_agree_with_avros(type_name, data):
     record = avro.schema.parse(json.dumps({"type": "record", "name": "R", "fields": [
         {"name": "a", "type": type_name}, {"name": "b", "type": "string"}]}))
+    one_field = avro.schema.parse(json.dumps({"type": "record", "name": "One", "fields": [
+        {"name": "a", "type": type_name}]}))  # encoded without a join (encoder_for)
     primitive = avro.schema.parse(json.dumps(type_name))
     for schema, datum in [
         (primitive, data.draw(PRIMITIVES[type_name])),
         (record, {"a": data.draw(PRIMITIVES[type_name]), "b": data.draw(st.text())}),
+        (one_field, {"a": data.draw(PRIMITIVES[type_name])}),
     ]:
         encoded = io.BytesIO()
         avro.io.DatumWriter(schema).write(datum, avro.io.BinaryEncoder(encoded))
