@@ -63,8 +63,6 @@ class Server:
     it listens; it then also stops once its supervisor is gone.
     """
 
-    loop_name = ""  # "eventlet" or "asyncio": the host, for the start-up line
-
     def __init__(self, options: ServerOptions, responder: avro.ipc.Responder,
                  ready_fd: Optional[int] = None) -> None:
         self.options = options

@@ -38,8 +38,6 @@ class Server(hosting.Server):
     that handlers' own I/O cooperates; a test may run it unpatched, in a thread of its own.
     """
 
-    loop_name = "eventlet"
-
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._stops = None  # the socket that stop() writes to, once serving

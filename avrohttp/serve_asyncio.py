@@ -43,8 +43,6 @@ class Server(hosting.Server):
     run() may be called in any thread; it makes an event loop of its own.
     """
 
-    loop_name = "asyncio"
-
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.connections: set = set()  # an HTTPProtocol for each open connection
