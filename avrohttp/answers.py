@@ -15,7 +15,8 @@ import avro.ipc
 
 from avrohttp import codec
 from avrohttp.options import MAX_BODY_BYTES
-from avrohttp.responder import BadRequest, PendingAnswer, limit_zero_byte_items
+from avrohttp.async_handlers import PendingAnswer
+from avrohttp.responder import BadRequest, limit_zero_byte_items
 
 if TYPE_CHECKING:  # imported only for the type: avrohttp.metrics needs prometheus_client
     from avrohttp.metrics import ServerMetrics

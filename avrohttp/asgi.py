@@ -3,7 +3,7 @@ twin of avrohttp.wsgi.
 
 What each request gets is avrohttp.answers' business, the same on every host; this module
 only reads the request from ASGI's receive() and writes the answer with send(). Handlers may
-be `async def` here: their answer is awaited (avrohttp.responder.PendingAnswer). A plain
+be `async def` here: their answer is awaited (avrohttp.async_handlers.PendingAnswer). A plain
 handler runs on the event loop, as it is; docs/asyncio.md says when that is fine. Any ASGI
 server can host it; avrohttp.serve_asyncio serves it on uvicorn's HTTP with every protection.
 """

@@ -28,7 +28,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from avrohttp import codec
 from avrohttp.answers import Answer, Rules
-from avrohttp.responder import PendingAnswer
+from avrohttp.async_handlers import PendingAnswer
 
 _AVRO_HEAD = b"content-type: avro/binary\r\ncontent-length: "
 _CONNECTION_CLOSE = b"connection: close\r\n"

@@ -82,7 +82,7 @@ class Server:
         options = self.options
         try:
             self.check_responder()
-        except TypeError as e:  # avrohttp.responder.AsyncHandlers, say
+        except TypeError as e:  # avrohttp.async_handlers.AsyncHandlers, say
             log.error("cannot serve: %s", e)
             return 1
         context = None

@@ -25,7 +25,7 @@ import greenlet
 from avrohttp import headers, hosting
 from avrohttp.deadlines import AnswerTimeout, ClientDeadline, Deadlines
 from avrohttp.options import ServerOptions
-from avrohttp.responder import refuse_async_handlers
+from avrohttp.async_handlers import refuse_async_handlers
 from avrohttp.wsgi import DEADLINE, RequestTimeout, make_application
 
 log = logging.getLogger("avrohttp")

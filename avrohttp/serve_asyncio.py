@@ -26,7 +26,7 @@ from avrohttp import hosting
 from avrohttp.answers import Rules, log_client
 from avrohttp.asgi import application_of
 from avrohttp.asyncio_protocol import HTTPProtocol, name_413_as_rfc_9110
-from avrohttp.responder import AsyncHandlers, refuse_async_handlers
+from avrohttp.async_handlers import AsyncHandlers, refuse_async_handlers
 
 log = logging.getLogger("avrohttp")
 access_log = logging.getLogger("avrohttp.access")

@@ -13,7 +13,7 @@ import avro.ipc
 from avrohttp import codec
 from avrohttp.answers import Answer, BodyTooLarge, RequestTimeout, Rules
 from avrohttp.options import MAX_BODY_BYTES
-from avrohttp.responder import refuse_async_handlers
+from avrohttp.async_handlers import refuse_async_handlers
 
 # Where avrohttp.serve puts the request's deadline in the WSGI environ: the application
 # cancels it once it has the whole body, since the rest is the server's own time.
@@ -30,7 +30,7 @@ def make_application(responder: avro.ipc.Responder, max_body_bytes: int = MAX_BO
 
     metrics: an avrohttp.metrics.ServerMetrics that the caller has made a hook of the
     responder, as the hosts' Server does (see avrohttp.answers.Rules).
-    Raises avrohttp.responder.AsyncHandlers if the responder has async def handlers, which
+    Raises avrohttp.async_handlers.AsyncHandlers if the responder has async def handlers, which
     WSGI cannot await.
     """
     refuse_async_handlers(responder)

@@ -20,7 +20,7 @@ import avrohttp.asgi
 import client as client_module
 import server
 from avrohttp import hooks
-from avrohttp.responder import AsyncHandlers
+from avrohttp.async_handlers import AsyncHandlers
 from conftest import ROOT, call_asgi, read_http_response, server_class, serving
 import test_hooks
 from outcomes_server import AsyncOutcomesResponder, OutcomesResponder

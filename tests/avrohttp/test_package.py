@@ -41,7 +41,8 @@ def test_the_package_imports_neither_host():
     # Nor asyncio (AsyncClient, and a host, import it when they are used), nor
     # prometheus_client: avrohttp.metrics imports it, and only a server with metrics imports
     # avrohttp.metrics.
-    assert imported == ["avrohttp", "avrohttp.answers", "avrohttp.asgi", "avrohttp.client",
+    assert imported == ["avrohttp", "avrohttp.answers", "avrohttp.asgi",
+                        "avrohttp.async_handlers", "avrohttp.client",
                         "avrohttp.codec", "avrohttp.errors", "avrohttp.hooks",
                         "avrohttp.options", "avrohttp.protocol", "avrohttp.requestor",
                         "avrohttp.responder", "avrohttp.wsgi"]
