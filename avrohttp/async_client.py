@@ -18,7 +18,7 @@ import os
 import re
 import ssl
 import time
-from typing import Callable, Deque, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Deque, Dict, Iterable, List, Optional, Tuple, Union
 
 import avro.errors
 import avro.protocol
@@ -31,6 +31,8 @@ from avrohttp.requestor import SEND_AGAIN, Requestor
 # Connections open at once, so calls in flight at once; more calls wait for a connection. A
 # program that gathers ten thousand calls then does not open ten thousand sockets.
 MAX_CONNECTIONS = 100
+# How many lengths of a request's body the client keeps a head for (AsyncClient.request_head).
+REQUEST_HEADS_KEPT = 64
 # The longest status line and headers of an answer, as http.client's limit of a line.
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -45,10 +47,12 @@ _HEADERS = re.compile(rb"\r\n(content-length|content-type|transfer-encoding|conn
 class _Answer:
     """What the client reads of an answer's head: status, reason, Content-Type, whether it
     carries an Avro response, the body's length (None if it is chunked or runs to the end of
-    the connection), and whether the connection can carry the next call. Never changed once
+    the connection), whether the connection can carry the next call, and whether it is the
+    usual answer (all three: Avro, a length, kept alive). Never changed once
     made: a connection keeps the last one for the next head with the same bytes."""
 
-    __slots__ = ("status", "reason", "content_type", "avro", "length", "chunked", "keep_alive")
+    __slots__ = ("status", "reason", "content_type", "avro", "length", "chunked", "keep_alive",
+                 "usual")
 
     def __init__(self, head: bytes) -> None:
         status_line = _STATUS_LINE.match(head)
@@ -72,6 +76,8 @@ class _Answer:
         self.keep_alive = (b"close" not in connection
                            and (minor_version == b"1" or b"keep-alive" in connection)
                            and (self.chunked or self.length is not None))
+        # An Avro answer of a known length on a connection that goes on: the usual answer.
+        self.usual = self.avro and self.keep_alive and self.length is not None
 
 
 class _Connection:
@@ -121,7 +127,8 @@ class _Connection:
         """Send the call (headers and body in one write), and read its answer, in one
         coroutine: a coroutine apiece for the head and the body cost a call 0.3 µs more."""
         body = codec.frame(request)
-        request = self.owner.request_head + b"%d\r\n\r\n" % len(body) + body
+        owner = self.owner
+        request = (owner.request_heads.get(len(body)) or owner.request_head(len(body))) + body
         fresh = self.writer is None
         if fresh:
             await self._connect()
@@ -136,19 +143,27 @@ class _Connection:
             self.last_answer = _Answer(head[:-2])
             self.last_head = head
         answer = self.last_answer
-        limit = client.MAX_ANSWER_BYTES if answer.avro else client.NOT_AVRO_BYTES
         try:
-            if answer.length is not None:
-                body = await self.reader.readexactly(min(answer.length, limit + 1))
-            elif answer.chunked:
-                body = await self._read_chunks(limit)
-            else:
-                body = await self._read_to_the_end(limit)
+            if answer.usual and answer.length <= client.MAX_ANSWER_BYTES:
+                # Nothing to check but the frames: 1,200 instructions a call fewer (callgrind).
+                return client.unframe_answer(await self.reader.readexactly(answer.length))
+            return await self._read_body(answer)
         except asyncio.IncompleteReadError as e:
             self._check_time(e)
             raise http.client.IncompleteRead(e.partial, e.expected) from e
         finally:
             self.awaiting = False
+
+    async def _read_body(self, answer: _Answer) -> bytes:
+        """Read an answer's body, up to the limit of its kind; close the connection if it
+        cannot go on; and return its Avro message, or raise CallFailed if it is not Avro."""
+        limit = client.MAX_ANSWER_BYTES if answer.avro else client.NOT_AVRO_BYTES
+        if answer.length is not None:
+            body = await self.reader.readexactly(min(answer.length, limit + 1))
+        elif answer.chunked:
+            body = await self._read_chunks(limit)
+        else:
+            body = await self._read_to_the_end(limit)
         if not answer.keep_alive or len(body) > limit:
             self.close()  # the rest of the body is not read: the connection cannot go on
         if not answer.avro:
@@ -306,9 +321,13 @@ class AsyncClient:
         self.retry = retry
         self.hooks = hooks.Hooks(call_hooks)
         name = f"[{host}]" if ":" in host else host  # an IPv6 address, in brackets
-        self.request_head = (b"POST / HTTP/1.1\r\nHost: %s:%d\r\n"
-                             b"Content-Type: avro/binary\r\nContent-Length: "
-                             % (name.encode("idna"), port))
+        self._request_start = (b"POST / HTTP/1.1\r\nHost: %s:%d\r\n"
+                               b"Content-Type: avro/binary\r\nContent-Length: "
+                               % (name.encode("idna"), port))
+        # The head of a request, by the body's length: a call's head is looked up, not
+        # formatted (0.1 µs a call, timeit; 1,200 instructions, callgrind). A body of the same
+        # message has much the same length; REQUEST_HEADS_KEPT bound the lengths kept.
+        self.request_heads: Dict[int, bytes] = {}
         self._connections: List[_Connection] = []
         # The connections that no call has, and the calls that wait for one (futures, in
         # their order) once MAX_CONNECTIONS are open: a freed connection goes to the first
@@ -316,6 +335,13 @@ class AsyncClient:
         # the counting before: its acquire() and release() cost a call 0.4 µs (timeit).
         self._idle: List[_Connection] = []
         self._waiting: Deque[asyncio.Future] = collections.deque()
+
+    def request_head(self, body_length: int) -> bytes:
+        """The head of a request whose body has this length (request_heads)."""
+        head = self._request_start + b"%d\r\n\r\n" % body_length
+        if len(self.request_heads) < REQUEST_HEADS_KEPT:
+            self.request_heads[body_length] = head
+        return head
 
     async def call(self, message: str, **parameters) -> object:
         """Call `message` with these parameters, and return the server's answer."""
