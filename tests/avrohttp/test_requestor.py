@@ -180,3 +180,24 @@ def test_a_message_that_our_protocol_lacks_is_refused_before_anything_is_sent():
     with pytest.raises(avro.errors.AvroException, match="^Unknown message: shout$"):
         requestor.request("shout", {"query": "a"})
     assert len(transceiver.sent) == 2
+
+
+def test_a_plain_call_is_taken_only_once_settled_and_without_hooks():
+    """Requestor.request takes PlainCall only when the general path would send the same
+    bytes; a NONE answer to it (SEND_AGAIN) is sent again with our protocol."""
+    transceiver = LocalTransceiver(reversing(EchoProtocol))
+    requestor = avrohttp.Requestor(EchoProtocol, transceiver)
+    assert requestor.plain_call("echo") is None  # no answer yet: nothing is settled
+    assert requestor.request("echo", {"query": "ab"}) == "ba"
+    plain = requestor.plain_call("echo")
+    assert plain.request({"query": "ab"}) == transceiver.sent[-1]
+    requestor.hooks.append(avrohttp.CallHook())
+    assert requestor.plain_call("echo") is None  # a call with hooks takes the general path
+    requestor.hooks.hooks.clear()
+    other = reversing(renamed("Other"))
+    none = other.respond(plain.request({"query": "ab"}))
+    assert plain.answer(none) is avrohttp.requestor.SEND_AGAIN
+    assert requestor.plain_call("echo") is None  # the handshake is open again
+    transceiver.responder = other
+    assert requestor.request("echo", {"query": "ab"}) == "ba"
+    assert b'"protocol"' in transceiver.sent[-1]  # our protocol went with it
