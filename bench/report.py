@@ -126,6 +126,19 @@ def _label(servers: list, name: str) -> str:
     return next((s["label"] for s in servers if s["name"] == name), LABELS.get(name, name))
 
 
+def _throughput_target(add, text: str, ours: Optional[dict], other: Optional[dict],
+                       wanted: float, not_measured: str) -> None:
+    """A target of req/s of at least `wanted` times another server's at the same point:
+    met, missed, or (without both points) not measured."""
+    if ours and other:
+        r = ratio(ours["requests_per_s"], other["requests_per_s"])
+        add(text, r is not None and r >= wanted,
+            f"{ours['requests_per_s']:,.0f} against {other['requests_per_s']:,.0f} "
+            f"({r or 0:.2f})")
+    else:
+        add(text, None, not_measured)
+
+
 def asyncio_targets(servers: list) -> list:
     """The asyncio host's targets: `server.py --loop asyncio` against bare uvicorn answering
     fixed bytes, in one process and with as many workers, in the same run."""
@@ -142,14 +155,9 @@ def asyncio_targets(servers: list) -> list:
     host, bare = _label(servers, "server_asyncio"), _label(servers, "uvicorn")
     ours, limit = _point(servers, "server_asyncio", 50), _point(servers, "uvicorn", 50)
     for wanted, stretch in ((TARGET_ASYNCIO_RATIO, ""), (STRETCH_ASYNCIO_RATIO, " (stretch)")):
-        text = f"{host} at 50 connections: req/s >= {wanted:.2f} x {bare}{stretch}"
-        if ours and limit:
-            r = ratio(ours["requests_per_s"], limit["requests_per_s"])
-            add(text, r is not None and r >= wanted,
-                f"{ours['requests_per_s']:,.0f} against {limit['requests_per_s']:,.0f} "
-                f"({r or 0:.2f})")
-        else:
-            add(text, None, not_measured("server_asyncio", "uvicorn"))
+        _throughput_target(add, f"{host} at 50 connections: req/s >= {wanted:.2f} x {bare}"
+                                f"{stretch}", ours, limit, wanted,
+                           not_measured("server_asyncio", "uvicorn"))
 
     ours, limit = _point(servers, "server_asyncio", 1000), _point(servers, "uvicorn", 1000)
     text = (f"{host} at 1,000 connections: no errors or timeouts, "
@@ -164,14 +172,10 @@ def asyncio_targets(servers: list) -> list:
 
     host, bare = _label(servers, "workers_asyncio"), _label(servers, "uvicorn_workers")
     ours, limit = _point(servers, "workers_asyncio", 50), _point(servers, "uvicorn_workers", 50)
-    text = f"{host} at 50 connections: req/s >= {TARGET_ASYNCIO_WORKERS_RATIO:.2f} x {bare}"
-    if ours and limit:
-        r = ratio(ours["requests_per_s"], limit["requests_per_s"])
-        add(text, r is not None and r >= TARGET_ASYNCIO_WORKERS_RATIO,
-            f"{ours['requests_per_s']:,.0f} against {limit['requests_per_s']:,.0f} "
-            f"({r or 0:.2f})")
-    else:
-        add(text, None, not_measured("workers_asyncio", "uvicorn_workers"))
+    _throughput_target(
+        add, f"{host} at 50 connections: req/s >= {TARGET_ASYNCIO_WORKERS_RATIO:.2f} x {bare}",
+        ours, limit, TARGET_ASYNCIO_WORKERS_RATIO,
+        not_measured("workers_asyncio", "uvicorn_workers"))
     text = f"{host} at 50 connections: p99 <= {TARGET_ASYNCIO_WORKERS_P99_MS:g} ms"
     if ours:
         add(text, ours["p99_ms"] is not None and ours["p99_ms"] <= TARGET_ASYNCIO_WORKERS_P99_MS,
@@ -254,16 +258,11 @@ def evaluate_targets(servers: list, clients: Optional[dict]) -> list:
         add(text, workers["p99_ms"] <= TARGET_WORKERS_P99_MS, f"{workers['p99_ms']:.1f} ms")
     else:
         add(text, None, "not measured (--workers not available)")
+    missing = [n for n, p in (("--workers", workers), (avsc_label, avsc)) if p is None]
     for wanted, stretch in ((TARGET_WORKERS_RATIO, ""), (STRETCH_WORKERS_RATIO, " (stretch)")):
-        text = f"{label} at 50 connections: req/s >= {wanted:.2f} x {avsc_label}{stretch}"
-        if workers and avsc:
-            r = ratio(workers["requests_per_s"], avsc["requests_per_s"])
-            add(text, r is not None and r >= wanted,
-                f"{workers['requests_per_s']:,.0f} against {avsc['requests_per_s']:,.0f} "
-                f"({r or 0:.2f})")
-        else:
-            missing = [n for n, p in (("--workers", workers), (avsc_label, avsc)) if p is None]
-            add(text, None, f"not measured ({' and '.join(missing)} not available)")
+        _throughput_target(
+            add, f"{label} at 50 connections: req/s >= {wanted:.2f} x {avsc_label}{stretch}",
+            workers, avsc, wanted, f"not measured ({' and '.join(missing)} not available)")
 
     targets.extend(asyncio_targets(servers))
 
