@@ -60,7 +60,8 @@ class Server:
     """One server: options, a responder, and the life of serving them (run()).
 
     ready_fd: for a worker of --workers (avrohttp.supervisor), the pipe on which to say that
-    it listens; it then also stops once its supervisor is gone.
+    it listens; it then also stops once its supervisor is gone. (options.workers is the
+    command line's: avrohttp.cli runs the supervisor, whose workers each run one Server.)
     """
 
     def __init__(self, options: ServerOptions, responder: avro.ipc.Responder,
