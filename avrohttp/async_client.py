@@ -346,6 +346,7 @@ class AsyncClient:
     async def call(self, message: str, **parameters) -> object:
         """Call `message` with these parameters, and return the server's answer."""
         connection = self._idle.pop() if self._idle else await self._free_connection()
+        answered = connection.writer is not None  # kept alive: it had answered (failure())
         try:
             plain = connection.requestor.plain_call(message)  # see Requestor.request
             if plain is not None:
@@ -355,7 +356,8 @@ class AsyncClient:
             return await connection.call(message, parameters)
         except client.TRANSPORT_ERRORS as e:
             connection.close()  # the next call on it starts on a fresh connection
-            raise client.failure(e, self.remote_name, self.ssl_context is not None) from e
+            raise client.failure(e, self.remote_name, self.ssl_context is not None,
+                                 answered) from e
         except avro.errors.AvroException:
             # An Avro error of the call: its answer was read whole (or nothing was sent, for
             # a message that the protocol lacks), so the connection can go on.

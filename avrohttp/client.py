@@ -41,6 +41,9 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 # connection raises ssl.SSLEOFError, or SSLZeroReturnError if the server said goodbye.
 _CLOSED_BY_SERVER = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError,
                      ssl.SSLEOFError, ssl.SSLZeroReturnError)
+# The server closed the connection before it answered the call (the three ways it shows are
+# in describe()).
+_CLOSED_WITHOUT_ANSWER = (BrokenPipeError, ConnectionResetError)
 # What a call's transport can fail with; call() turns each into a CallFailed (failure()).
 TRANSPORT_ERRORS = (OSError, http.client.HTTPException, avro.errors.ConnectionClosedException)
 
@@ -183,12 +186,22 @@ def unframe_answer(body: bytes) -> bytes:
         raise CallFailed(f"server answered with a broken Avro body: {e}") from e
 
 
-def failure(error: Exception, address: tuple, tls: bool) -> CallFailed:
-    """The CallFailed for a call whose transport failed with `error` (TRANSPORT_ERRORS)."""
+def failure(error: Exception, address: tuple, tls: bool, answered: bool = False) -> CallFailed:
+    """The CallFailed for a call whose transport failed with `error` (TRANSPORT_ERRORS).
+
+    answered: whether the call was sent on a kept-alive connection, one that had answered
+    calls before. The server was reached then, in the same protocol: a server that closes
+    that connection is stopping, or restarting, or let it go, and HTTP against an HTTPS
+    server is not why.
+    """
     host, port = address
     if isinstance(error, NoAnswerInTime):  # the server was reached: it is slow, or stuck
         return CallFailed(f"the server at {host}:{port} sent {error}")
-    return CallFailed(f"cannot reach the server at {host}:{port}: {describe(error, tls)}")
+    if answered and isinstance(error, _CLOSED_WITHOUT_ANSWER):
+        return CallFailed(f"the server at {host}:{port} closed the connection before answering")
+    # Still "cannot reach" after a kept-alive connection: the retry's new one can fail too.
+    return CallFailed(f"cannot reach the server at {host}:{port}: "
+                      f"{describe(error, tls, answered)}")
 
 
 def connect_timeout_for(timeout: float, connect_timeout: Optional[float]) -> float:
@@ -198,8 +211,10 @@ def connect_timeout_for(timeout: float, connect_timeout: Optional[float]) -> flo
     return connect_timeout
 
 
-def describe(error: Exception, tls: bool) -> str:
-    """What went wrong, in words, without OpenSSL's source locations."""
+def describe(error: Exception, tls: bool, answered: bool = False) -> str:
+    """What went wrong, in words, without OpenSSL's source locations; with a hint to call
+    with TLS where a plain call to an HTTPS server could be why (not with `tls`, nor on a
+    connection that had `answered` before: see failure())."""
     if isinstance(error, ssl.SSLCertVerificationError):
         return f"its TLS certificate is not trusted ({error.verify_message})"
     if isinstance(error, ssl.SSLError):
@@ -207,11 +222,11 @@ def describe(error: Exception, tls: bool) -> str:
             return "TLS failed: the server does not speak TLS here"
         return "TLS failed: " + re.sub(r" \(_ssl\.c:\d+\)", "", error.strerror or str(error))
     # What a server that expects TLS does with plain HTTP: it hangs up, or sends a TLS alert.
-    hint = "" if tls else " (if the server serves HTTPS, call it with TLS)"
+    hint = "" if tls or answered else " (if the server serves HTTPS, call it with TLS)"
     # The three ways the same thing shows, by when it happens: the server closed the
     # connection while the call was being sent (BrokenPipe, ConnectionReset), or before any
     # answer came (RemoteDisconnected, itself a ConnectionResetError).
-    if isinstance(error, (BrokenPipeError, ConnectionResetError)):
+    if isinstance(error, _CLOSED_WITHOUT_ANSWER):
         return f"the server closed the connection without an answer{hint}"
     if isinstance(error, http.client.BadStatusLine):
         return f"the answer is not HTTP{hint}"
@@ -253,12 +268,14 @@ class Client:
 
     def call(self, message: str, **parameters) -> object:
         """Call `message` with these parameters, and return the server's answer."""
+        answered = self.transceiver.conn.sock is not None  # kept alive: it had answered
         try:
             return self.requestor.request(message, parameters)
         except TRANSPORT_ERRORS as e:
             self.close()  # the next call starts on a fresh connection
             raise failure(e, self.transceiver.remote_name,
-                          tls=self.transceiver.ssl_context is not None) from e
+                          tls=self.transceiver.ssl_context is not None,
+                          answered=answered) from e
         except CallFailed:
             self.close()
             raise
@@ -287,6 +304,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="call over HTTPS, trusting the system's certificate authorities")
     add("--cafile", metavar="FILE",
         help="call over HTTPS, trusting only the certificate authority in this PEM file")
+    add("--certfile", metavar="FILE",
+        help="call over HTTPS with this client certificate, for a server that asks for one "
+             "(mutual TLS): a PEM file, the client's certificate first, then any "
+             "intermediate ones")
+    add("--keyfile", metavar="FILE", help="the client certificate's private key, a PEM file")
 
 
 def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
@@ -298,13 +320,21 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
                           ("--connect-timeout", args.connect_timeout)):
         if seconds is not None and not 0 < seconds <= 86400:  # a socket refuses 1e300 s
             parser.error(f"argument {flag}: must be more than 0 seconds, and at most a day")
+    if (args.certfile is None) != (args.keyfile is None):
+        parser.error("--certfile and --keyfile go together: give both, or neither")
     ssl_context = None
-    if args.tls or args.cafile:
+    if args.tls or args.cafile or args.certfile:
         try:
             ssl_context = ssl.create_default_context(cafile=args.cafile)
         except ssl.SSLError:
             parser.error(f"argument --cafile: {args.cafile} holds no PEM certificate")
         except OSError as e:
             parser.error(f"argument --cafile: cannot read {args.cafile}: {e.strerror}")
+    if args.certfile:
+        from avrohttp import tls  # loaded only for a client certificate
+        try:
+            tls.load_certificate(ssl_context, args.certfile, args.keyfile)
+        except tls.BadTLSFile as e:
+            parser.error(str(e))
     return dict(host=args.host, port=args.port, timeout=args.timeout,
                 connect_timeout=args.connect_timeout, ssl_context=ssl_context)

@@ -330,9 +330,8 @@ def test_the_retry_is_made_once_only():
     with scripted_server((1, "close"), (0, "close")) as (address, counts), \
             client.EchoClient(*address, timeout=5) as echo_client:
         assert echo_client.echo("one") == "one"
-        with fails_with(f"cannot reach the server at {address[0]}:{address[1]}: the server "
-                        "closed the connection without an answer (if the server serves HTTPS, "
-                        "call it with TLS)"):
+        with fails_with(f"the server at {address[0]}:{address[1]} closed the connection "
+                        "before answering"):
             echo_client.echo("two")
         assert (counts.connections, counts.requests) == (2, 3)
         # A failure on a new connection is not retried at all.
@@ -455,3 +454,58 @@ def test_a_call_goes_out_in_one_send(live_server):
     assert head.startswith(b"POST / HTTP/1.1\r\n")
     assert b"\r\nContent-Length: %d" % len(body) in head
     assert body == call_body("echo", "two")
+
+
+# --- the words of a call cut off on a kept-alive connection ------------------------------------
+
+TLS_HINT = " (if the server serves HTTPS, call it with TLS)"
+
+
+def test_a_stopping_server_that_cuts_off_a_kept_alive_connection_is_not_a_tls_mismatch(host):
+    # Without a retry, the call meets the kept-alive connection that the stop closed. That
+    # connection had answered: the server was reached over plain HTTP, so no TLS hint.
+    with serving(server.EchoResponder(), host) as address:
+        plain_client = avrohttp.Client(PROTOCOL_JSON, *address, timeout=5)
+        assert plain_client.call("echo", query="one") == "one"
+    with plain_client:
+        with fails_with(f"the server at {address[0]}:{address[1]} closed the connection "
+                        "before answering"):
+            plain_client.call("echo", query="two")
+        # The next call is on a new connection, which nothing answers.
+        with fails_with(f"cannot reach the server at {address[0]}:{address[1]}: "
+                        "[Errno 111] Connection refused"):
+            plain_client.call("echo", query="three")
+
+
+def test_a_new_connection_closed_without_an_answer_keeps_the_tls_hint():
+    with scripted_server((0, "close")) as (address, counts), \
+            avrohttp.Client(PROTOCOL_JSON, *address, timeout=5) as plain_client:
+        with fails_with(f"cannot reach the server at {address[0]}:{address[1]}: the server "
+                        f"closed the connection without an answer{TLS_HINT}"):
+            plain_client.call("echo", query="one")
+
+
+@pytest.mark.parametrize("retry", [False, True])
+def test_the_async_client_words_a_cut_off_kept_alive_connection_alike(retry):
+    import asyncio
+
+    async def calls(address) -> list:
+        failures = []
+        async with avrohttp.AsyncClient(PROTOCOL_JSON, *address, timeout=5,
+                                        retry=retry) as async_client:
+            assert await async_client.call("echo", query="one") == "one"
+            for query in ("two", "three"):  # on the kept-alive connection, then on a new one
+                with pytest.raises(avrohttp.CallFailed) as failed:
+                    await async_client.call("echo", query=query)
+                failures.append(str(failed.value))
+        return failures
+
+    # Connection 1 answers one call, then closes on the next; every later one closes at once.
+    with scripted_server((1, "close"), (0, "close")) as (address, counts):
+        failures = asyncio.run(calls(address))
+    where = f"{address[0]}:{address[1]}"
+    assert failures == [
+        f"the server at {where} closed the connection before answering",
+        f"cannot reach the server at {where}: the server closed the connection without an "
+        f"answer{TLS_HINT}"]
+    assert counts.connections == (3 if retry else 2)
