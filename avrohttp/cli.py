@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Tuple
 
 import avro.ipc
 
-from avrohttp import supervisor
+from avrohttp import extras, supervisor
 from avrohttp.options import ServerOptions
 
 log = logging.getLogger("avrohttp")
@@ -126,6 +126,13 @@ def run(responder_factory: Callable[[], avro.ipc.Responder], options: ServerOpti
     logging.basicConfig(level=logging.INFO, format=(
         "%(asctime)s %(name)s[%(process)d] %(message)s" if ready_fd is not None
         else "%(asctime)s %(name)s %(message)s"))
+    try:  # before any worker starts: without its extra, the host or --metrics is one line
+        extras.require(loop)
+        if options.metrics:
+            extras.require("metrics")
+    except extras.MissingExtra as e:
+        log.error("cannot serve: %s", e)
+        return 1
     if options.workers > 1:
         name = responder_factory().local_protocol.name
         argv = sys.argv[1:] if argv is None else argv

@@ -33,8 +33,13 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import avro.ipc
 import avro.protocol
-import prometheus_client
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+try:
+    import prometheus_client
+    from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                        HistogramMetricFamily)
+except ModuleNotFoundError as e:  # one line: which extra to install
+    from avrohttp import extras
+    raise extras.missing("metrics", e) from None
 
 from avrohttp import hooks
 from avrohttp.hooks import Call, CallHook

@@ -16,11 +16,15 @@ import ssl
 import time
 from typing import Callable, Iterable, Optional
 
-import eventlet
-import eventlet.green.socket
-import eventlet.green.ssl
-import eventlet.wsgi
-import greenlet
+try:
+    import eventlet
+    import eventlet.green.socket
+    import eventlet.green.ssl
+    import eventlet.wsgi
+    import greenlet
+except ModuleNotFoundError as e:  # one line: which extra to install
+    from avrohttp import extras
+    raise extras.missing("eventlet", e) from None
 
 from avrohttp import headers, hosting
 from avrohttp.deadlines import AnswerTimeout, ClientDeadline, Deadlines

@@ -18,9 +18,13 @@ import ssl
 import time
 from typing import Callable, Optional
 
-import uvicorn
-import uvloop
-from uvicorn.server import ServerState
+try:
+    import uvicorn
+    import uvloop
+    from uvicorn.server import ServerState
+except ModuleNotFoundError as e:  # one line: which extra to install
+    from avrohttp import extras
+    raise extras.missing("asyncio", e) from None
 
 from avrohttp import hosting
 from avrohttp.answers import Rules, log_client

@@ -1,11 +1,17 @@
 """docs/ shows what runs: each code excerpt is in its file, and the shop client prints what
 docs/your-protocol.md shows."""
 
+import asyncio
+import http.client
 import re
 
 import pytest
 
-from conftest import ROOT
+import avrohttp
+import server
+from avrohttp.metrics import ClientMetrics, ServerMetrics
+from conftest import ROOT, running, server_class, serving
+from protocol import EchoProtocol
 from test_example_shop import run_client, shop_server_program
 
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -36,3 +42,67 @@ def test_the_shop_client_prints_what_the_doc_shows():
         return re.sub(r"Order [0-9a-f]{32}", "Order <id>", text)
 
     assert normalize(printed) == normalize(shown)
+
+
+# --- docs/metrics.md: a service's /metrics shows the calls it makes too ------------------------
+
+class ShowInMetrics(avrohttp.CallHook):
+    """Shows a ClientMetrics in the server's /metrics. With --metrics, the server makes its
+    ServerMetrics when it starts, and installs it among the responder's hooks: this hook
+    finds it there at the first call."""
+
+    def __init__(self, responder: avrohttp.Responder, collector: ClientMetrics) -> None:
+        self.responder = responder
+        self.collector = collector
+
+    def before(self, call: avrohttp.Call) -> None:
+        if self.collector is None:  # added already
+            return
+        for hook in self.responder.hooks.hooks:
+            if isinstance(hook, ServerMetrics):
+                hook.add(self.collector)
+        self.collector = None
+
+
+class Relay(avrohttp.Responder):
+    """AvroEcho, answered by another AvroEcho server, on the asyncio host."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(EchoProtocol)
+        downstream = ClientMetrics(EchoProtocol)
+        self.other = avrohttp.AsyncClient(EchoProtocol, host, port, call_hooks=[downstream])
+        self.hooks.append(ShowInMetrics(self, downstream))
+
+    async def handle_echo(self, query: str) -> str:
+        return await self.other.call("echo", query=query)
+
+    async def handle_split(self, query: str) -> str:
+        return await self.other.call("split", query=query)
+
+
+def scrape(port: int) -> str:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        assert response.status == 200
+        return response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_a_service_shows_the_calls_it_makes_in_its_own_metrics():
+    with serving(server.EchoResponder(), "asyncio") as other:
+        relay = Relay(*other)
+        options = avrohttp.ServerOptions(port=0, metrics=True)  # what --metrics sets
+        with running(server_class("asyncio")(options, relay)) as relay_server:
+            with avrohttp.Client(EchoProtocol, *relay_server.address, timeout=10) as caller:
+                assert caller.call("echo", query="Hello") == "Hello"
+                assert caller.call("split", query="Hello") == "He"
+                assert caller.call("echo", query="again") == "again"
+            lines = scrape(relay_server.address[1]).splitlines()
+            # The relay's connections to the other server, closed on the relay's loop.
+            asyncio.run_coroutine_threadsafe(relay.other.close(), relay_server._loop).result(10)
+    for side in ("server", "client"):  # the calls the relay answered, and those it made
+        assert f'avro_{side}_calls_total{{message="echo",outcome="answered"}} 2.0' in lines
+        assert f'avro_{side}_calls_total{{message="split",outcome="answered"}} 1.0' in lines
