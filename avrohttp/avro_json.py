@@ -10,6 +10,10 @@ union's value plain, when exactly one branch fits it; to_json() always writes th
 form, so an answer can be given back as a parameter. Floats that JSON cannot write (NaN and
 the infinities) are the strings "NaN", "Infinity" and "-Infinity", as in Avro's Java JSON
 encoder. Logical types go as the types they annotate (a date as its int, say).
+
+The words of its errors (expected(), out_of_range(), the paths: `entry.value`, `sizes[2]`,
+`quantities["boot"]`) are also avrohttp.arguments', which says what is wrong with a call's
+parameters as Python datums.
 """
 
 import json
@@ -46,9 +50,10 @@ def from_json(schema: avro.schema.Schema, value: object, path: str) -> object:
     if kind in ("record", "error", "request"):
         return _from_json_record(schema, value, path)
     if kind == "array" and isinstance(value, list):
-        return [from_json(schema.items, item, f"{path}[{n}]") for n, item in enumerate(value)]
+        return [from_json(schema.items, item, item_path(path, n))
+                for n, item in enumerate(value)]
     if kind == "map" and isinstance(value, dict):
-        return {key: from_json(schema.values, item, f"{path}[{json.dumps(key)}]")
+        return {key: from_json(schema.values, item, key_path(path, key))
                 for key, item in value.items()}
     if kind == "null" and value is None:
         return None
@@ -57,21 +62,19 @@ def from_json(schema: avro.schema.Schema, value: object, path: str) -> object:
     if kind in ("int", "long") and isinstance(value, int) and not isinstance(value, bool):
         low, high = INT_RANGE if kind == "int" else LONG_RANGE
         if not low <= value <= high:
-            raise DoesNotFit(path, f"{value} is out of the range of an {kind} "
-                                   f"({low} to {high})")
+            raise DoesNotFit(path, out_of_range(kind, value))
         return value
     if kind in ("float", "double"):
         number = _number(value)
         if number is not None:
             if kind == "float" and math.isfinite(number) and abs(number) > FLOAT_MAX:
-                raise DoesNotFit(path, f"{value} is out of the range of a float")
+                raise DoesNotFit(path, out_of_range(kind, value))
             return number
     if kind == "string" and isinstance(value, str):
         return value
     if kind == "enum" and isinstance(value, str):
         if value not in schema.symbols:
-            raise DoesNotFit(path, f"{json.dumps(value)} is not a symbol of the enum "
-                                   f"{schema.name} ({', '.join(schema.symbols)})")
+            raise DoesNotFit(path, not_a_symbol(schema, json.dumps(value)))
         return value
     if kind in ("bytes", "fixed") and isinstance(value, str):
         try:
@@ -99,14 +102,10 @@ def _from_json_record(schema: avro.schema.RecordSchema, value: object, path: str
     fields = {field.name: field for field in schema.fields}
     unknown = [name for name in value if name not in fields]
     if unknown:
-        # A message's parameters are a record too: its "request".
-        owner, part = (("the message", "parameter") if schema.type == "request"
-                       else (f"record {schema.fullname}", "field"))
-        raise DoesNotFit(path, f"{owner} has no {part} {json.dumps(unknown[0])} "
-                               f"(its {part}s: {', '.join(fields) or 'none'})")
+        raise DoesNotFit(path, no_such_field(schema, unknown[0]))
     datum = {}
     for name, field in fields.items():
-        inner = f"{path}.{name}" if path else name
+        inner = field_path(path, name)
         if name in value:
             datum[name] = from_json(field.type, value[name], inner)
         elif field.has_default:
@@ -178,31 +177,84 @@ def branch_names(schema: avro.schema.Schema) -> tuple:
     return (schema.type,)
 
 
-def expected(schema: avro.schema.Schema) -> str:
-    """The schema in words, for an error message: "an int", "record example.shop.Item"."""
+# How a value of each type is written in JSON, where expected() says so: {size} is a fixed
+# type's. avrohttp.arguments has the same for Python datums.
+JSON_FORMS = {
+    "boolean": "true or false", "record": "a JSON object", "error": "a JSON object",
+    "map": "a JSON object", "bytes": "a string of code points \\u0000 to \\u00ff",
+    "fixed": "a string of {size} code points, each \\u0000 to \\u00ff",
+    "float": 'a number, or "NaN", "Infinity", "-Infinity"',
+    "double": 'a number, or "NaN", "Infinity", "-Infinity"',
+}
+
+
+def expected(schema: avro.schema.Schema, forms: dict = JSON_FORMS) -> str:
+    """The schema in words, for an error message: "an int", "record example.shop.Item (a
+    JSON object)"; `forms` says how a value of each type is written (JSON_FORMS)."""
     kind = schema.type
     if kind == "union":
         return "one of " + ", ".join(branch_name(branch) for branch in schema.schemas)
     if kind in ("record", "error"):
-        return f"record {schema.fullname} (a JSON object)"
-    if kind == "enum":
-        return f"enum {schema.fullname} (one of {', '.join(schema.symbols)})"
-    if kind == "fixed":
-        return (f"fixed {schema.fullname} (a string of {schema.size} code points, each "
-                "\\u0000 to \\u00ff)")
-    if kind == "bytes":
-        return "bytes (a string of code points \\u0000 to \\u00ff)"
-    if kind == "array":
-        return f"an array of {branch_name(schema.items)}"
-    if kind == "map":
-        return f"a map of {branch_name(schema.values)} (a JSON object)"
-    if kind in ("float", "double"):
-        return f"a {kind} (a number, or \"NaN\", \"Infinity\", \"-Infinity\")"
-    return {"null": "null", "boolean": "a boolean (true or false)", "int": "an int",
-            "long": "a long", "string": "a string"}.get(kind, kind)
+        words = f"record {schema.fullname}"
+    elif kind == "enum":
+        words = f"enum {schema.fullname} (one of {', '.join(schema.symbols)})"
+    elif kind == "fixed":
+        words = f"fixed {schema.fullname}"
+    elif kind == "array":
+        words = f"an array of {branch_name(schema.items)}"
+    elif kind == "map":
+        words = f"a map of {branch_name(schema.values)}"
+    else:
+        words = {"null": "null", "boolean": "a boolean", "int": "an int", "long": "a long",
+                 "float": "a float", "double": "a double", "string": "a string"
+                 }.get(kind, kind)
+    form = forms.get(kind)
+    return f"{words} ({form.format(size=getattr(schema, 'size', None))})" if form else words
+
+
+def out_of_range(kind: str, value: object) -> str:
+    """What is wrong with a number beyond the range of an int, a long or a float."""
+    if kind == "float":
+        return f"{value} is out of the range of a float"
+    low, high, words = (*INT_RANGE, "an int") if kind == "int" else (*LONG_RANGE, "a long")
+    return f"{value} is out of the range of {words} ({low} to {high})"
+
+
+def not_a_symbol(schema: avro.schema.EnumSchema, shown: str) -> str:
+    """What is wrong with a value (`shown` as written) that is not one of the enum's symbols."""
+    return f"{shown} is not a symbol of the enum {schema.name} ({', '.join(schema.symbols)})"
+
+
+def no_such_field(schema: avro.schema.RecordSchema, name: object) -> str:
+    """What is wrong with a value of a record (or a message's parameters: its "request")
+    that has a field `name` which the record lacks."""
+    owner, part = (("the message", "parameter") if schema.type == "request"
+                   else (f"record {schema.fullname}", "field"))
+    shown = json.dumps(name) if isinstance(name, str) else repr(name)
+    fields = ", ".join(field.name for field in schema.fields) or "none"
+    return f"{owner} has no {part} {shown} (its {part}s: {fields})"
+
+
+def field_path(path: str, name: str) -> str:
+    """The path of a record's field (or a parameter) in error messages: `entry.value`."""
+    return f"{path}.{name}" if path else name
+
+
+def item_path(path: str, index: int) -> str:
+    """The path of an array's item in error messages: `sizes[2]`."""
+    return f"{path}[{index}]"
+
+
+def key_path(path: str, key: str) -> str:
+    """The path of a map's value in error messages: `quantities["boot"]`."""
+    return f"{path}[{json.dumps(key)}]"
 
 
 def quote(value: object) -> str:
     """A JSON value, cut short for an error message."""
-    text = json.dumps(value, default=repr)
+    return shorten(json.dumps(value, default=repr))
+
+
+def shorten(text: str) -> str:
+    """A value's text, cut to QUOTED_CHARS for an error message."""
     return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS - 3] + "..."
