@@ -6,11 +6,16 @@ nginx (Debian's package); without it these tests skip, saying so.
 """
 
 import http.client
+import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +196,57 @@ def test_prometheus_scrapes_the_servers_that_nginx_balances():
     upstream = re.findall(r"^\s*server (127\.0\.0\.1:\d+)\b", nginx, re.MULTILINE)
     targets = re.findall(r"^\s*- (127\.0\.0\.1:\d+)$", prometheus, re.MULTILINE)
     assert len(upstream) == 3 and targets == upstream
+
+
+def test_the_steps_to_run_the_configuration_yourself_give_a_working_fleet():
+    # docs/deployment.md's commands, as a reader pastes them into one shell: on free ports
+    # (in the copy of the configuration too), and in a directory of the test's own.
+    nginx = fleet_module.nginx_program()
+    if nginx is None:
+        pytest.skip(NO_NGINX)
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    block = re.search(r"```console\n(\$ \.venv/bin/python server\.py --port 8131 .*?)```", doc,
+                      re.DOTALL).group(1).splitlines()
+    commands = [line[2:] for line in block if line.startswith("$ ")]
+    shown = [line for line in block if not line.startswith("$ ")]
+    ports = set()
+    while len(ports) < 4:
+        ports.add(fleet_module.free_port())
+    port_of = dict(zip(("8130", "8131", "8132", "8133"), map(str, ports)))
+    source = Path(tempfile.mkdtemp(prefix="avro-nginx-conf-"))
+    directory = Path(tempfile.mkdtemp(prefix="avro-nginx-"))
+    directory.chmod(0o755)  # nginx started as root runs its workers as "nobody"
+    (source / "nginx.conf").write_text(fleet_module.render_config(
+        fleet_module.CONFIG.read_text(), int(port_of["8130"]),
+        [int(port_of[port]) for port in ("8131", "8132", "8133")]))
+
+    def as_run(command: str) -> str:
+        command = re.sub(r"\b813[0-3]\b", lambda match: port_of[match.group()], command)
+        if command.startswith(".venv/bin/python client.py "):  # nginx's port, the default
+            command += f" --port {port_of['8130']}"
+        command = re.sub(r"^nginx ", f"{shlex.quote(nginx)} ", command)
+        return (command.replace("/tmp/avro-nginx", str(directory))
+                .replace("deploy/nginx.conf", str(source / "nginx.conf"))
+                .replace(".venv/bin/python", shlex.quote(sys.executable)))
+
+    # Whatever happens, no server or nginx is left running.
+    script = "\n".join(["trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT",
+                        *map(as_run, commands), "wait"])
+    shell = subprocess.Popen(["bash", "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        printed, logged = shell.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(shell.pid, signal.SIGKILL)
+        printed, logged = shell.communicate()
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
+    assert [re.sub(r"\d+\.\d+", "<n>", line) for line in printed.splitlines()] \
+        == [re.sub(r"\d+\.\d+", "<n>", line) for line in shown], printed + logged
+    for port in ("8131", "8132", "8133"):
+        assert f"listening on http://127.0.0.1:{port_of[port]}/" in logged, logged
+    assert "Traceback" not in logged, logged
+    assert shell.returncode == 0, logged
