@@ -46,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("-e", "--echo", action="store_true", help="send the echo message")
     parser.add_argument("-s", "--split", action="store_true", help="send the split message")
     parser.add_argument("-q", "--query", required=True, help="the string to send")
-    avrohttp.client.add_arguments(parser)  # --host, --port, the timeouts, --tls and --cafile
+    avrohttp.client.add_arguments(parser)  # --host, --port, the timeouts and TLS
     args = parser.parse_args(argv)
     if not (args.echo or args.split):
         parser.error("choose a message: --echo, --split, or both")

@@ -43,6 +43,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, loop: str = DEFAULT_LO
         help="serve HTTPS with this certificate, a PEM file "
              "(the server's certificate first, then any intermediate ones)")
     add("--keyfile", metavar="FILE", help="the certificate's private key, a PEM file")
+    add("--client-ca", metavar="FILE",
+        help="mutual TLS: refuse any client without a certificate issued by a certificate "
+             "authority in this PEM file (with --certfile and --keyfile)")
     add("--workers", type=int, default=defaults.workers,
         help="processes serving the port, one per core is a good start (default: %(default)s)")
     add("--max-body-bytes", type=int, default=defaults.max_body_bytes,
@@ -80,6 +83,9 @@ def server_options(args: argparse.Namespace, parser: argparse.ArgumentParser
             parser.error(f"argument --{flag.replace('_', '-')}: must be more than 0 seconds")
     if (args.certfile is None) != (args.keyfile is None):
         parser.error("--certfile and --keyfile go together: give both, or neither")
+    if args.client_ca is not None and args.certfile is None:
+        parser.error("--client-ca needs --certfile and --keyfile: client certificates are "
+                     "checked over HTTPS only")
     # Only ServerOptions' own fields: the command line may hold others (serve's MODULE:ATTR).
     options = ServerOptions(**{field.name: getattr(args, field.name)
                                for field in dataclasses.fields(ServerOptions)

@@ -217,6 +217,25 @@ def describe(error: Exception, tls: bool, answered: bool = False) -> str:
     connection that had `answered` before: see failure())."""
     if isinstance(error, ssl.SSLCertVerificationError):
         return f"its TLS certificate is not trusted ({error.verify_message})"
+    # Mutual TLS: a server that wants a client certificate refuses a client without one, or
+    # with one that it does not trust, in a TLS alert; under TLS 1.3, the client reads the
+    # alert only once its call is sent, while it waits for the answer. The asyncio host sends
+    # none (uvloop drops it): it hangs up.
+    if isinstance(error, ssl.SSLError) and "_ALERT_" in (error.reason or ""):
+        alert = error.reason.partition("_ALERT_")[2].lower().replace("_", " ")
+        if alert == "certificate required":  # TLSV13_ALERT_CERTIFICATE_REQUIRED
+            return "the server wants a client certificate (mutual TLS), and this client gave none"
+        if "certificate" in alert or alert in ("unknown ca", "access denied"):
+            return f"the server refused this client's TLS certificate ({alert})"
+        if alert == "handshake failure":  # what TLS 1.2 says to a client without one
+            return ("the server refused the TLS handshake (if it wants a client certificate, "
+                    "give one that it trusts)")
+    if tls and not answered and isinstance(error, (ssl.SSLEOFError, BrokenPipeError,
+                                                   ConnectionResetError)):
+        return ("the server closed the connection without an answer (if it wants a client "
+                "certificate, give one that it trusts)")
+    if isinstance(error, ssl.SSLEOFError):  # cut off in the middle of TLS
+        return "the server closed the connection without an answer"
     if isinstance(error, ssl.SSLError):
         if error.reason == "WRONG_VERSION_NUMBER":  # the server's first bytes are not TLS
             return "TLS failed: the server does not speak TLS here"

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
 import avro.ipc
 
+from avrohttp import tls
 from avrohttp.options import LISTEN_BACKLOG, METRICS_DIR_ENV, ServerOptions
 
 if TYPE_CHECKING:
@@ -52,8 +53,8 @@ GRACE_SECONDS = 1.0
 
 
 class CannotServeTLS(Exception):
-    """The certificate or key file is missing, unreadable, or not what --certfile and
-    --keyfile need."""
+    """The certificate, key or client CA file is missing, unreadable, or not what
+    --certfile, --keyfile and --client-ca need."""
 
 
 class Server:
@@ -86,10 +87,15 @@ class Server:
         except TypeError as e:  # avrohttp.async_handlers.AsyncHandlers, say
             log.error("cannot serve: %s", e)
             return 1
+        if options.client_ca is not None and not options.certfile:  # else no one is checked
+            log.error("cannot serve: client_ca needs certfile and keyfile: client certificates "
+                      "are checked over HTTPS only")
+            return 1
         context = None
         if options.certfile:
             try:
-                context = tls_context(options.certfile, options.keyfile)
+                context = tls_context(options.certfile, options.keyfile,
+                                      options.client_ca)
             except CannotServeTLS as e:
                 log.error("cannot serve HTTPS: %s", e)
                 return 1
@@ -181,28 +187,25 @@ def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
-def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
-    """The TLS settings to serve HTTPS with this certificate (chain) and key, both PEM files.
+def tls_context(certfile: str, keyfile: str, client_ca: Optional[str] = None
+                ) -> ssl.SSLContext:
+    """The TLS settings to serve HTTPS with this certificate (chain) and key, both PEM files;
+    with client_ca, a PEM file of certificate authorities, mutual TLS: each client must
+    present a certificate that one of them issued, or its handshake fails.
 
     Raises CannotServeTLS, with a message that names the file at fault where it can.
     """
-    for path in (certfile, keyfile):  # load_cert_chain would not say which one is missing
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as e:
-            raise CannotServeTLS(f"cannot read {path}: {e.strerror}") from e
-
-    def no_password() -> bytes:  # OpenSSL would otherwise ask for one on the terminal
-        raise CannotServeTLS(f"{keyfile} is protected by a password: give a key without one")
-
-    # Python's recommended settings for a server: TLS 1.2 or later, no weak ciphers.
+    # Python's recommended settings for a server: TLS 1.2 or later, no weak ciphers. It
+    # trusts no certificate authority of its own: only client_ca's, if given.
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(certfile, keyfile, password=no_password)
-    except ssl.SSLError as e:  # OpenSSL's reason, if it has one: KEY_VALUES_MISMATCH, say
-        raise CannotServeTLS(f"{certfile} and {keyfile} are not a PEM certificate and its "
-                             f"key ({e.reason or 'bad PEM data'})") from e
+        tls.load_certificate(context, certfile, keyfile)
+        if client_ca is not None:
+            tls.trust(context, client_ca)
+    except tls.BadTLSFile as e:
+        raise CannotServeTLS(str(e)) from e
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 

@@ -44,6 +44,9 @@ class ServerOptions:
     port: int = DEFAULT_PORT  # 0 picks a free port
     certfile: Optional[str] = None  # serve HTTPS with this certificate chain (PEM)...
     keyfile: Optional[str] = None  # ...and its private key (PEM)
+    # Mutual TLS: require of each client a certificate issued by a certificate authority in
+    # this PEM file (HTTPS only).
+    client_ca: Optional[str] = None
     workers: int = 1  # processes serving the port (avrohttp.supervisor)
     max_body_bytes: int = MAX_BODY_BYTES
     request_timeout: float = REQUEST_TIMEOUT

@@ -240,6 +240,7 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
             super().handle()
         except ssl.SSLError as e:  # the reason names the problem: HTTP_REQUEST, say
             self.log_error("TLS failed: %s", e.reason or type(e).__name__)
+            self.linger_after_alert()
         except ValueError:
             # When eventlet.wsgi stops, it shuts down the idle connections under their green
             # threads (and marks them STATE_CLOSE). A plain socket then reads as closed; a
@@ -333,6 +334,31 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
         self.connection.shutdown(socket.SHUT_WR)
         while self.connection.recv(4096):
             pass
+
+    def linger_after_alert(self) -> None:
+        """After a failed TLS handshake, let the client read the TLS alert that says why.
+
+        Under TLS 1.3, a client sends its call as soon as its own part of the handshake is
+        done, before the server has checked its certificate (mutual TLS, --client-ca). The
+        server then refuses it with an alert (certificate required, unknown CA) and closes
+        the connection with the call unread; its kernel answers that with a reset, which
+        often reaches the client before it reads the alert, and the client is left with a
+        connection cut short instead of the reason. So, as linger() does for a 408, at the
+        TCP socket (the TLS layer is dead): say that nothing more will be sent, then drop
+        what the client still sends until it closes, for GRACE_SECONDS at most.
+        """
+        try:
+            raw = eventlet.green.socket.fromfd(self.deadline.fileno, self.connection.family,
+                                               socket.SOCK_STREAM)  # a dup of the descriptor
+        except OSError:
+            return  # closed already
+        with raw, eventlet.Timeout(hosting.GRACE_SECONDS, False):
+            try:
+                raw.shutdown(socket.SHUT_WR)
+                while raw.recv(4096):
+                    pass
+            except OSError:
+                pass  # the client is gone as well
 
     def cut(self) -> None:
         """Shut the connection down under its green thread, which then fails and closes it.

@@ -159,7 +159,7 @@ def run(program: List[str], argv: List[str], options: ServerOptions, name: str) 
     status. `name` is the protocol's, for the start-up line."""
     if options.certfile:
         try:  # here, before any worker starts, so that a bad file is reported once
-            hosting.tls_context(options.certfile, options.keyfile)
+            hosting.tls_context(options.certfile, options.keyfile, options.client_ca)
         except hosting.CannotServeTLS as e:
             log.error("cannot serve HTTPS: %s", e)
             return 1

@@ -25,7 +25,7 @@ import avro.io
 import avro.ipc
 import avro.protocol
 
-from avrohttp import avro_json, cli, client, codec
+from avrohttp import avro_json, cli, client, codec, tls
 from avrohttp.errors import DeclaredError, RemoteSystemError
 from avrohttp.protocol import parse as parse_protocol
 
@@ -119,6 +119,12 @@ def command_line() -> argparse.ArgumentParser:
                                   "PEM file (by default, the system's)")
         command.add_argument("--insecure", action="store_true",
                              help="for https://, trust any certificate (for tests only)")
+        command.add_argument("--certfile", metavar="FILE",
+                             help="for https://, give this client certificate to a server that "
+                                  "asks for one (mutual TLS): a PEM file, the client's "
+                                  "certificate first, then any intermediate ones")
+        command.add_argument("--keyfile", metavar="FILE",
+                             help="the client certificate's private key, a PEM file")
         command.set_defaults(run=run, parser=command)
     return parser
 
@@ -230,6 +236,8 @@ def server_of(args: argparse.Namespace) -> Server:
         raise UsageError(f"{args.url!r} has no valid port") from None
     if not 0 < args.timeout <= 86400:
         raise UsageError("--timeout must be more than 0 seconds, and at most a day")
+    if (args.certfile is None) != (args.keyfile is None):
+        raise UsageError("--certfile and --keyfile go together: give both, or neither")
     context = None
     if url.scheme == "https":
         try:
@@ -240,8 +248,15 @@ def server_of(args: argparse.Namespace) -> Server:
         if args.insecure:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        if args.certfile:
+            try:
+                tls.load_certificate(context, args.certfile, args.keyfile)
+            except tls.BadTLSFile as e:
+                raise UsageError(str(e)) from None
     elif args.cafile or args.insecure:
         raise UsageError("--cafile and --insecure are for https:// URLs")
+    elif args.certfile:
+        raise UsageError("--certfile and --keyfile are for https:// URLs")
     path = url.path or "/"
     return Server(url.hostname, port, path + (f"?{url.query}" if url.query else ""),
                   context, args.timeout)

@@ -166,8 +166,8 @@ def test_server_help_lists_every_option():
     result = subprocess.run([sys.executable, "server.py", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     options = re.findall(r"^  (--[a-z-]+)", result.stdout, re.MULTILINE)
-    assert options == ["--loop", "--host", "--port", "--certfile", "--keyfile", "--workers",
-                       "--max-body-bytes", "--request-timeout", "--idle-timeout",
+    assert options == ["--loop", "--host", "--port", "--certfile", "--keyfile", "--client-ca",
+                       "--workers", "--max-body-bytes", "--request-timeout", "--idle-timeout",
                        "--max-connections", "--drain-timeout", "--access-log", "--metrics"]
     # Which loop serves when none is given: the tutorial's eventlet.
     assert "(default: eventlet)" in " ".join(result.stdout.split())
