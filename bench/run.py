@@ -24,7 +24,8 @@ servers take turns at each point, so that a busy moment on a shared machine hits
 
 Then it times the client: EchoClient against a bare http.client loop posting the same bytes,
 both calling the bare server. It prints a table, says which of the performance targets are
-met, and writes bench/results.json and bench/results.png.
+met, and writes bench/results.json and bench/results.png (`--metrics-cost`, which measures
+only what the metrics cost, writes bench/results-metrics-cost.json instead).
 
 Its parts: bench/servers.py starts and checks the servers, bench/load.py runs h2load and
 times the client, bench/report.py makes the table, targets and plot, and bench/settings.py
@@ -68,6 +69,10 @@ FIXED_BYTES_SERVERS = (*LIMIT_SERVERS, "protections", "protections_asyncio", "uv
                        "uvicorn_workers")
 # Without these, there is nothing to report.
 REQUIRED_SERVERS = (*LIMIT_SERVERS, "server")
+# What a run writes in bench/: the full run's results and plot, and those of --metrics-cost.
+RESULTS_JSON = "results.json"
+RESULTS_PNG = "results.png"
+METRICS_COST_JSON = "results-metrics-cost.json"
 
 
 def raise_fd_limit(connections: int) -> None:
@@ -140,12 +145,20 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
                              "no files; h2load is not needed")
     parser.add_argument("--metrics-cost", action="store_true",
                         help="measure only what the metrics cost: the limit, server.py "
-                             "and server.py --metrics (use with --repeat 10 or more)")
-    parser.add_argument("--json", type=Path, default=BENCH / "results.json",
-                        help="where to write the results (default: bench/results.json)")
-    parser.add_argument("--png", type=Path, default=BENCH / "results.png",
-                        help="where to write the plot (default: bench/results.png)")
+                             "and server.py --metrics (use with --repeat 10 or more); "
+                             f"writes bench/{METRICS_COST_JSON}, and no plot unless --png")
+    parser.add_argument("--json", type=Path,
+                        help=f"where to write the results (default: bench/{RESULTS_JSON}; "
+                             f"with --metrics-cost, bench/{METRICS_COST_JSON})")
+    parser.add_argument("--png", type=Path,
+                        help=f"where to write the plot (default: bench/{RESULTS_PNG}; with "
+                             "--metrics-cost, none)")
     args = parser.parse_args(argv)
+    # A run of the metrics' cost alone leaves the full run's results and plot alone.
+    if args.json is None:
+        args.json = BENCH / (METRICS_COST_JSON if args.metrics_cost else RESULTS_JSON)
+    if args.png is None and not args.metrics_cost:
+        args.png = BENCH / RESULTS_PNG
     if args.warmup < 0:
         parser.error("argument --warmup: must be 0 or more")
     if not args.client_seconds > 0:
@@ -300,6 +313,9 @@ def run(args: argparse.Namespace) -> int:
 
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {display(args.json)}", end="")
+    if args.png is None:  # --metrics-cost: the full run's plot stays as it is
+        print()
+        return 0
     try:
         plot(results, args.png)
         print(f" and {display(args.png)}")
