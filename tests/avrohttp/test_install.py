@@ -5,6 +5,7 @@ avrohttp describe` and `call`; serving without a host's extra (or --metrics with
 says in one line which extra to install; and with the extras, serving works.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from typing import List
+from typing import Iterator, List
 
 import pytest
 
@@ -120,6 +121,33 @@ class Venv:
                       if name.strip())
 
 
+@contextlib.contextmanager
+def serving(venv: Venv, *args: str) -> Iterator[int]:
+    """`python -m avrohttp serve svc:EchoResponder` in the virtualenv, on a free port, until
+    the end of the block: yields the port. It must then stop gracefully (exit status 0)."""
+    process = subprocess.Popen(
+        [venv.python, "-m", "avrohttp", "serve", "svc:EchoResponder", "--port", "0", *args],
+        cwd=venv.work, env=venv.env, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        match = re.search(r"Echo server listening on http://127\.0\.0\.1:(\d+)/", line)
+        assert match, line
+        yield int(match.group(1))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def call_echo(venv: Venv, port: int, query: str) -> str:
+    """echo(query), called from this process with the service's own protocol."""
+    protocol = venv.run("-c", "import svc; print(svc.PROTOCOL)").stdout
+    with avrohttp.Client(protocol, "127.0.0.1", port) as client:
+        return client.call("echo", query=query)
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     """The package as a clone holds it, copied: pip builds it where it lies."""
@@ -213,27 +241,12 @@ def test_the_extras_bring_what_serving_needs(source, tmp_path):
 
     venv.pip_install(f"{source}[eventlet,metrics]")
     assert "prometheus-client" in venv.installed()
-    process = subprocess.Popen(
-        [venv.python, "-m", "avrohttp", "serve", "svc:EchoResponder", "--port", "0",
-         "--metrics"], cwd=venv.work, env=venv.env, stderr=subprocess.PIPE, text=True)
-    try:
-        line = process.stderr.readline()
-        match = re.search(r"Echo server listening on http://127\.0\.0\.1:(\d+)/", line)
-        assert match, line
-        port = int(match.group(1))
-        protocol = venv.run("-c", "import svc; print(svc.PROTOCOL)").stdout
-        with avrohttp.Client(protocol, "127.0.0.1", port) as client:
-            assert client.call("echo", query="served") == "served"
+    with serving(venv, "--metrics") as port:
+        assert call_echo(venv, port, "served") == "served"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
             scraped = answer.read().decode()
-        counted = r'^avro_server_calls_total\{message="echo",outcome="answered"\} 1\.0$'
-        assert re.search(counted, scraped, re.MULTILINE), scraped
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
+    counted = r'^avro_server_calls_total\{message="echo",outcome="answered"\} 1\.0$'
+    assert re.search(counted, scraped, re.MULTILINE), scraped
 
 
 def test_all_brings_every_extra(source, tmp_path):
@@ -247,3 +260,5 @@ def test_all_brings_every_extra(source, tmp_path):
     assert (ran.returncode, ran.stderr) == (0, "")
     assert {"eventlet", "uvicorn", "httptools", "uvloop", "prometheus-client",
             "opentelemetry-api"} <= set(venv.installed())
+    with serving(venv, "--loop", "asyncio") as port:
+        assert call_echo(venv, port, "on asyncio") == "on asyncio"
