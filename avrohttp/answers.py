@@ -7,6 +7,7 @@ ASGI server) hold only their own I/O around one Rules object; so both hosts answ
 request alike.
 """
 
+import inspect
 import logging
 import socket
 from typing import TYPE_CHECKING, NamedTuple, Optional, Tuple, Union
@@ -63,6 +64,9 @@ class Rules:
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.paths = (HEALTH_PATH, METRICS_PATH) if metrics is not None else (HEALTH_PATH,)
+        # avro.ipc's own Responder takes the body alone; avrohttp's, its origin too (unless a
+        # subclass overrides respond() the avro.ipc way).
+        self.gives_origin = "origin" in inspect.signature(responder.respond).parameters
 
     def before_body(self, method: str, path: str, content_type: Optional[str],
                     content_length: Optional[str], client: tuple) -> Optional[Answer]:
@@ -117,11 +121,15 @@ class Rules:
         log_client(client, f"the body could not be read: {error}")
         return self.plain("400 Bad Request", "Body could not be read", (("Connection", "close"),))
 
-    def call(self, body: bytes, client: tuple) -> Union[bytes, PendingAnswer, Answer]:
+    def call(self, body: bytes, client: tuple,
+             origin: object = None) -> Union[bytes, PendingAnswer, Answer]:
         """The Avro answer to the body, still to be framed (codec.frame): bytes, or a
         PendingAnswer to await (an async handler's); or, for a body that is no Avro call, an
-        Answer."""
+        Answer. origin: what the call's context reads the request's headers and peer from
+        (avrohttp.origins), for an avrohttp.Responder."""
         try:
+            if self.gives_origin:
+                return self.responder.respond(codec.unframe(body), None, origin)
             return self.responder.respond(codec.unframe(body))
         except (codec.BadFraming, BadRequest) as e:
             if isinstance(e, codec.BadFraming) and hasattr(self.responder, "bad_request"):

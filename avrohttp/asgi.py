@@ -68,7 +68,7 @@ def application_of(rules: Rules) -> Callable:
                     answer = rules.too_slow(client, deadline.expired)
                     break
             if answer is None:
-                answer = call(body, client)
+                answer = call(body, client, scope)
                 if answer.__class__ is not Answer:
                     if answer.__class__ is not bytes:  # an async handler's: PendingAnswer
                         answer = await answer.answer()

@@ -6,12 +6,15 @@ only a call to an `async def` handler leaves its last step to a host that has an
 """
 
 import inspect
+import time
 import types
 from typing import TYPE_CHECKING, Callable, Optional
 
 import avro.ipc
 import avro.protocol
 
+from avrohttp import codec, hooks
+from avrohttp.context import CALL, DEADLINE, _current
 from avrohttp.hooks import Call
 
 if TYPE_CHECKING:
@@ -26,16 +29,21 @@ class PendingAnswer:
     handler leaves its last step, awaiting the handler and writing its answer or its error,
     to a host that has an event loop (avrohttp.asgi). The eventlet host refuses async
     handlers at start-up (refuse_async_handlers), so it never sees one of these.
+
+    The handler runs with its call's context (avrohttp.current_call()), and is cancelled at
+    its caller's deadline, if the caller gave one: the caller gets a system error that says
+    so, and the call's outcome is deadline_exceeded.
     """
 
-    __slots__ = ("responder", "message", "coroutine", "call", "prefix", "then")
+    __slots__ = ("responder", "message", "coroutine", "call", "slot", "prefix", "then")
 
     def __init__(self, responder: "Responder", message: avro.protocol.Message,
-                 coroutine: types.CoroutineType, call: Optional[Call]) -> None:
+                 coroutine: types.CoroutineType, call: Optional[Call], slot: list) -> None:
         self.responder = responder
         self.message = message
         self.coroutine = coroutine
         self.call = call
+        self.slot = slot  # the call's context (avrohttp.context)
         self.prefix = b""  # the handshake response, put in front as respond() returns
         self.then: Optional[Callable[[bytes], bytes]] = None  # the hooks' after(), if any
 
@@ -46,13 +54,35 @@ class PendingAnswer:
         return self
 
     async def answer(self) -> bytes:
-        responder = self.responder
+        import asyncio  # here: a program that has no event loop never comes here
+        responder, slot, name = self.responder, self.slot, self.message.name
+        token = _current.set(slot)
+        deadline = slot[DEADLINE]
+        timeout = None
         try:
-            result = await self.coroutine
-            body = responder._call_result(responder._response_encoders[self.message.name][0],
-                                          result, is_error=False)
+            if deadline is None:
+                result = await self.coroutine
+            else:
+                loop_deadline = asyncio.get_running_loop().time() + deadline - time.monotonic()
+                async with asyncio.timeout_at(loop_deadline) as timeout:
+                    result = await self.coroutine
+            body = responder._call_result(responder._response_encoders[name][0], result,
+                                          is_error=False)
+        except TimeoutError as e:
+            if timeout is None or not timeout.expired():  # the handler's own
+                body = responder._failed(self.message, e, self.call)
+            else:
+                if self.call is not None:
+                    self.call.outcome = hooks.DEADLINE_EXCEEDED
+                body = responder._system_error(
+                    f"Deadline exceeded: {name} was stopped at its caller's deadline")
         except Exception as e:
             body = responder._failed(self.message, e, self.call)
+        finally:
+            _current.reset(token)
+        made = slot[CALL]  # a context the handler asked for, without hooks
+        if self.call is None and made is not None and made.response_meta:
+            body = codec.encode_metadata(made.response_meta) + body[1:]
         response = self.prefix + body
         return response if self.then is None else self.then(response)
 

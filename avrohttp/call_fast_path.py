@@ -92,7 +92,7 @@ class CallFastPath(HttpToolsProtocol):
         if call is _DROPPED:
             return
         if call.__class__ is list:
-            call = self.rules.call(b"".join(call), self.client)
+            call = self.rules.call(b"".join(call), self.client, self)
             if call.__class__ is PendingAnswer:  # an async handler: never, since rules is
                 raise AssertionError("the call fast path met an async handler")  # None then
         self.write_answer(call)

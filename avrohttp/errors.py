@@ -34,3 +34,9 @@ class RemoteSystemError(avro.errors.AvroRemoteException):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class HandlersMismatch(TypeError):
+    """A Responder whose handle_<name> methods do not match its protocol's messages: a message
+    without one, or one for no message (a typo). Raised when the responder is made, naming
+    each; a subclass that overrides invoke() dispatches its own way and is not checked."""

@@ -18,7 +18,11 @@ docs/metrics.md describes each field and when each method runs.
 
 import logging
 import time
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Tuple
+
+import avro.errors
+
+from avrohttp import origins
 
 log = logging.getLogger("avrohttp")
 _now = time.perf_counter  # a global, not time's attribute: one lookup less, twice a call
@@ -29,6 +33,8 @@ ANSWERED = "answered"  # the handler's answer went back
 DECLARED_ERROR = "declared_error"  # the handler raised one of the message's declared errors
 SYSTEM_ERROR = "system_error"  # an Avro system error: a handler's bug, bad parameters...
 UNKNOWN_MESSAGE = "unknown_message"  # a message name that this server does not have
+# The caller's deadline had passed before the handler could start (avrohttp.context).
+DEADLINE_EXCEEDED = "deadline_exceeded"
 BAD_REQUEST = "bad_request"  # not an Avro call at all: HTTP 400, no Avro answer
 PING = "ping"  # the empty message name: the handshake alone is the answer
 # The server did not know the client's protocol and asked for it (handshake NONE): the
@@ -38,8 +44,8 @@ HANDSHAKE = "handshake"
 # HTTP error, or the connection broke).
 FAILED = "failed"
 
-SERVER_OUTCOMES = (ANSWERED, DECLARED_ERROR, SYSTEM_ERROR, UNKNOWN_MESSAGE, BAD_REQUEST, PING,
-                   HANDSHAKE)
+SERVER_OUTCOMES = (ANSWERED, DECLARED_ERROR, SYSTEM_ERROR, UNKNOWN_MESSAGE, DEADLINE_EXCEEDED,
+                   BAD_REQUEST, PING, HANDSHAKE)
 CLIENT_OUTCOMES = (ANSWERED, DECLARED_ERROR, SYSTEM_ERROR, FAILED)
 
 
@@ -58,10 +64,22 @@ class Call:
         other way round: before() may add to request_meta, and response_meta is what came back.
     request_bytes, response_bytes: the sizes of the Avro messages (handshake included, framing
         not), 0 if there was none.
+
+    On the server, it is also the call's context, which a handler gets from
+    avrohttp.current_call():
+    deadline: the time.monotonic() by which the caller wants its answer, from the timeout it
+        sent (avrohttp.context.TIMEOUT_KEY), or None; time_left() counts down to it.
+    headers: the HTTP request's headers, names in lower case.
+    peer: the client's (address, port).
+    peer_certificate: the client's TLS certificate, as ssl.SSLSocket.getpeercert() gives it,
+        when the server requires one (--client-ca); otherwise None.
+    The last three are read from the request when first asked for (origin is what they are
+    read from: a WSGI environ, an ASGI scope, or the asyncio host's connection).
     """
 
     __slots__ = ("message", "outcome", "seconds", "request_meta", "response_meta",
-                 "request_bytes", "response_bytes", "_before_done", "_started")
+                 "request_bytes", "response_bytes", "deadline", "origin", "_before_done",
+                 "_started")
 
     def __init__(self, message: Optional[str] = None, request_bytes: int = 0) -> None:
         self.message = message
@@ -71,8 +89,26 @@ class Call:
         self.response_meta: Dict[str, bytes] = {}
         self.request_bytes = request_bytes
         self.response_bytes = 0
+        self.deadline: Optional[float] = None
+        self.origin: object = None
         self._before_done = False
         self._started = _now()
+
+    def time_left(self) -> Optional[float]:
+        """Seconds until the deadline (0 or less once it has passed), or None without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    @property
+    def headers(self) -> Dict[str, str]:
+        return origins.headers(self.origin)
+
+    @property
+    def peer(self) -> Optional[Tuple[str, int]]:
+        return origins.peer(self.origin)
+
+    @property
+    def peer_certificate(self) -> Optional[dict]:
+        return origins.peer_certificate(self.origin)
 
     def __repr__(self) -> str:
         return (f"Call(message={self.message!r}, outcome={self.outcome!r}, "
@@ -82,11 +118,17 @@ class Call:
 class CallHook:
     """Runs around each call. Override either method; an exception in one is logged (once
     per hook and method, then counted quietly) and the call goes on as if the hook had
-    returned.
+    returned, except for the refusal below.
 
     before(call): on the server, once the message name and the metadata are read, just
     before the handler runs; for a call that ends sooner (a ping, an unknown message, a bad
     request), just before after(). On the client, before the request is written.
+    To refuse a call, before() raises the Avro error that the caller is to get, as a handler
+    would: avrohttp.DeclaredError(name, datum) for an error the message declares, or
+    avrohttp.RemoteSystemError("words") for a system error. On the server, the handler does
+    not run and the caller gets that error; on the client, the call raises it and nothing is
+    sent. The other hooks' before() still run (each hook's after() always follows its
+    before()), and the first refusal wins.
     after(call): when the call is over, with call.outcome and call.seconds set. On the
     server, response_meta written here is still sent.
     Each runs exactly once per call, before() first.
@@ -114,19 +156,29 @@ class Hooks:
         self.hooks.append(hook)
 
     def before(self, call: Call) -> None:
+        """Run each hook's before(); then raise the first refusal, if a hook refused."""
         if call._before_done:
             return
         call._before_done = True
+        refusal = None
         for hook in self.hooks:
             try:
                 hook.before(call)
+            except avro.errors.AvroRemoteException as error:  # a refusal (see CallHook)
+                if refusal is None:
+                    refusal = error
             except Exception:
                 self._failed(hook, "before")
+        if refusal is not None:
+            raise refusal
 
     def after(self, call: Call) -> None:
         if not call._before_done:  # a call that ended before its handler: before() runs now
             outcome, call.outcome = call.outcome, None  # as before() always sees it
-            self.before(call)
+            try:
+                self.before(call)
+            except avro.errors.AvroRemoteException:
+                pass  # the call is over already: there is nothing left to refuse
             call.outcome = outcome
         call.seconds = _now() - call._started
         for hook in self.hooks:

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import io
 import logging
+import time
 import types
 from typing import Callable, Iterable, Optional, Union
 
@@ -21,7 +22,8 @@ import avro.protocol
 
 from avrohttp import codec, hooks
 from avrohttp.async_handlers import PendingAnswer
-from avrohttp.errors import DeclaredError
+from avrohttp.context import CALL, TIMEOUT_KEY, _current, deadline_of
+from avrohttp.errors import DeclaredError, HandlersMismatch
 from avrohttp.hooks import Call, CallHook
 from avrohttp.protocol import as_written
 
@@ -137,6 +139,8 @@ class Responder(avro.ipc.Responder):
                    codec.encoder_for(message.errors))
             for name, message in (local_protocol.messages or {}).items()}
         self._error_encoders = {}  # (message name, branch index): encoder, made on first use
+        if type(self).invoke is Responder.invoke:  # a subclass that overrides it finds its own
+            check_handlers(self)
 
     def _encode_handshake_response(self, match: str) -> bytes:
         response = {"match": match}
@@ -164,15 +168,17 @@ class Responder(avro.ipc.Responder):
             if forgotten != self.local_hash:  # get_protocol_cache always knows our own
                 del self._request_readers[forgotten]
 
-    def respond(self, call_request: bytes, call: Optional[Call] = None) -> bytes:
+    def respond(self, call_request: bytes, call: Optional[Call] = None,
+                origin: object = None) -> bytes:
         """Answer one call: the handshake response, then the call response (if any).
 
         Raises BadRequest when the body does not even start with a handshake request.
         `call` is for _respond_with_hooks: with no hook installed it stays None, and the
-        outcome of the call is not even noted.
+        outcome of the call is not even noted. `origin` is what the call's context reads its
+        HTTP headers and peer from (avrohttp.origins): the hosts give it.
         """
         if call is None and self._hook_list:
-            return self._respond_with_hooks(call_request)
+            return self._respond_with_hooks(call_request, origin)
         decoder = codec.Decoder(io.BytesIO(call_request))
         # Saves: reading the handshake, the metadata and the message name, for a call that
         # starts with the same bytes as an earlier one (see _remember_head).
@@ -180,7 +186,8 @@ class Responder(avro.ipc.Responder):
             head = self._call_heads.get(call_request[:length])
             if head is not None:
                 decoder.reader.seek(length)
-                return self._handshake_responses["BOTH"] + self._call(*head, decoder, call)
+                return self._handshake_responses["BOTH"] + self._call(*head, decoder, call,
+                                                                      origin)
 
         if (len(call_request) >= _SHORT_HANDSHAKE and call_request[_HASH] == 0
                 and call_request[_SHORT_HANDSHAKE - 1] == 0):
@@ -208,17 +215,14 @@ class Responder(avro.ipc.Responder):
             return self._handshake_response(handshake, client_known=False)
         response = self._handshake_response(handshake, client_known=True)
         return response + self._call_response(handshake, response, client_protocol, decoder,
-                                              call)
+                                              call, origin)
 
     def _call_response(self, handshake: dict, handshake_response: bytes,
                        client_protocol: avro.protocol.Protocol,
-                       decoder: avro.io.BinaryDecoder, call: Optional[Call]) -> bytes:
+                       decoder: avro.io.BinaryDecoder, call: Optional[Call],
+                       origin: object) -> bytes:
         try:
-            if call is None:
-                no_meta = codec.skip_metadata(decoder)
-            else:  # the hooks see the metadata
-                call.request_meta = codec.read_metadata(decoder)
-                no_meta = not call.request_meta
+            meta = codec.read_metadata(decoder)
             name = decoder.read_utf8()
         except DECODING_ERRORS as e:
             if call is not None:
@@ -226,6 +230,7 @@ class Responder(avro.ipc.Responder):
             return self._system_error(f"Invalid call request: {e}")
         if call is not None:
             call.message = name
+            call.request_meta = meta
         if name == "":
             if call is not None:
                 call.outcome = hooks.PING
@@ -243,21 +248,28 @@ class Responder(avro.ipc.Responder):
                                            local_message.request)
             if readers is not None:  # the client's protocol is cached: keep its readers too
                 readers[name] = reader
-        if (readers is not None and no_meta and handshake["clientProtocol"] is None
+        timeout = _timeout_of(meta)
+        if (readers is not None and handshake["clientProtocol"] is None
                 and handshake.get("meta") is None
-                and handshake_response == self._handshake_responses["BOTH"]):
+                and handshake_response == self._handshake_responses["BOTH"]
+                and (not meta or (len(meta) == 1 and timeout is not None))):
             with decoder.reader.getbuffer() as call_request:
                 head = bytes(call_request[:decoder.reader.tell()])
-            self._remember_head(head, (local_message, reader))
-        return self._call(local_message, reader, decoder, call)
+            self._remember_head(head, (local_message, reader, meta, timeout))
+        return self._call(local_message, reader, meta, timeout, decoder, call, origin)
 
     def _remember_head(self, head: bytes, call: tuple) -> None:
         """Remember what a call's first bytes mean: a client whose protocol is cached, that
-        guessed our hash, sent no metadata, and called this message with this reader."""
+        guessed our hash, sent no metadata but a timeout (avrohttp.context), and called this
+        message with this reader. A client whose timeouts vary (one calling from inside a
+        handler, with its caller's time left) fills the cache with heads that are seldom seen
+        again; so it is emptied when full, and each new head costs one dict entry."""
         if len(self._call_heads) >= self.max_cached_protocols * len(self._response_encoders):
             self._call_heads.clear()  # only a cache: what it forgets is read again
+            self._head_lengths = ()
         self._call_heads[head] = call
-        self._head_lengths = tuple({len(head) for head in self._call_heads})
+        if len(head) not in self._head_lengths:
+            self._head_lengths += (len(head),)
 
     def _client_protocol(self, handshake: dict) -> Optional[avro.protocol.Protocol]:
         client_hash = handshake["clientHash"]
@@ -292,27 +304,52 @@ class Responder(avro.ipc.Responder):
             raise avro.errors.AvroRemoteException(f"Not implemented: {message.name}")
         return handler(**request)
 
-    def _call(self, local_message, reader: Callable, decoder: avro.io.BinaryDecoder,
-              call: Optional[Call] = None) -> bytes:
-        """The call response: read the parameters, invoke the handler, write its answer."""
+    def _call(self, local_message, reader: Callable, meta: dict, timeout: Optional[float],
+              decoder: avro.io.BinaryDecoder, call: Optional[Call] = None,
+              origin: object = None) -> bytes:
+        """The call response: read the parameters, invoke the handler, write its answer.
+
+        meta: the call metadata, never changed here (it may be a cached head's); timeout:
+        the seconds the caller gave (avrohttp.context), or None. While the hooks' before()
+        and the handler run, avrohttp.current_call() finds this call.
+        """
         name = local_message.name
         if call is not None:
             call.message = name
+            call.request_meta = dict(meta)  # its own: a hook may change it
         try:
             request = reader(decoder)
         except DECODING_ERRORS as e:
             if call is not None:
                 call.outcome = hooks.SYSTEM_ERROR
             return self._system_error(f"Invalid parameters for {name}: {e}")
+        deadline = None
+        if timeout is not None:
+            if timeout <= 0:  # the caller has given up already: do not start it
+                if call is not None:
+                    call.outcome = hooks.DEADLINE_EXCEEDED
+                return self._system_error(f"Deadline exceeded: {name} was not started, as its "
+                                          "caller's time had run out")
+            deadline = time.monotonic() + timeout
         if call is not None:
-            self.hooks.before(call)
+            call.deadline = deadline
+        slot = [call, name, meta, origin, deadline]  # avrohttp.context's
+        token = _current.set(slot)
         try:
+            if call is not None:
+                self.hooks.before(call)  # which may refuse the call (CallHook)
             response = self.invoke(local_message, request)
             if response.__class__ is types.CoroutineType:  # async def: see PendingAnswer
-                return PendingAnswer(self, local_message, response, call)
-            return self._call_result(self._response_encoders[name][0], response, is_error=False)
+                return PendingAnswer(self, local_message, response, call, slot)
+            answer = self._call_result(self._response_encoders[name][0], response, False)
         except Exception as e:
-            return self._failed(local_message, e, call)
+            answer = self._failed(local_message, e, call)
+        finally:
+            _current.reset(token)
+        made = slot[CALL]  # a context the handler asked for, without hooks: its response_meta
+        if call is None and made is not None and made.response_meta:
+            answer = codec.encode_metadata(made.response_meta) + answer[1:]
+        return answer
 
     def _failed(self, local_message: avro.protocol.Message, error: Exception,
                 call: Optional[Call]) -> bytes:
@@ -377,11 +414,12 @@ class Responder(avro.ipc.Responder):
 
     # --- Call hooks (avrohttp.hooks): only ever run when a hook is installed ---------------
 
-    def _respond_with_hooks(self, call_request: bytes) -> bytes:
+    def _respond_with_hooks(self, call_request: bytes, origin: object) -> bytes:
         """respond(), with the hooks run around it, and the response metadata they wrote."""
         call = Call(request_bytes=len(call_request))
+        call.origin = origin
         try:
-            response = self.respond(call_request, call)
+            response = self.respond(call_request, call, origin)
         except BadRequest:
             call.outcome = hooks.BAD_REQUEST
             self.hooks.after(call)
@@ -432,6 +470,31 @@ class Responder(avro.ipc.Responder):
 
 
 _SYSTEM_ERROR_ENCODER = codec.encoder_for(avro.ipc.SYSTEM_ERROR_SCHEMA)
+
+
+def _timeout_of(meta: dict) -> Optional[float]:
+    """The seconds the caller gave the call (avrohttp.context.TIMEOUT_KEY), or None."""
+    if TIMEOUT_KEY not in meta:
+        return None
+    deadline = deadline_of(meta, 0.0)
+    return deadline
+
+
+def check_handlers(responder: Responder) -> None:
+    """Raise HandlersMismatch unless the responder has a handle_<name> for each message of
+    its protocol, and no handle_ method for a message it lacks (a typo)."""
+    messages = set(responder.local_protocol.messages or {})
+    handlers = {name[len("handle_"):] for name in dir(type(responder))
+                if name.startswith("handle_") and callable(getattr(responder, name))}
+    problems = [f"no handle_{name} for the message {name}"
+                for name in sorted(messages - handlers)]
+    problems += [f"handle_{name} answers no message of the protocol"
+                 for name in sorted(handlers - messages)]
+    if problems:
+        raise HandlersMismatch(
+            f"{type(responder).__name__} does not fit the protocol "
+            f"{responder.local_protocol.name}: {'; '.join(problems)} (its messages: "
+            f"{', '.join(sorted(messages)) or 'none'})")
 def _error_outcome(call_response: bytes) -> str:
     """How a handler's AvroRemoteException went out, as the client will read it: a declared
     error (a branch of the errors union after the first), or a system error (the first

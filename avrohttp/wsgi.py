@@ -55,7 +55,7 @@ def make_application(responder: avro.ipc.Responder, max_body_bytes: int = MAX_BO
                 deadline = environ.get(DEADLINE)
                 if deadline is not None:
                     deadline.cancel()  # the request is in: the rest is the server's time
-                answer = call(body, client)
+                answer = call(body, client, environ)
                 if answer.__class__ is not Answer:
                     payload = codec.frame(answer)
                     start_response("200 OK", [("Content-Type", "avro/binary"),

@@ -45,13 +45,16 @@ def make_fixed_application(answer: FixedAnswer) -> Callable:
 
 
 def echo_answer(body: bytes) -> FixedAnswer:
-    """The answer of an AvroEcho server to `body`, without importing server.py (which patches
-    the standard library for eventlet). bench/run.py checks that it is server.py's answer."""
+    """The answer of an AvroEcho server to `body`, from a responder of its own (for the echo
+    call: a split is not answered alike). bench/run.py checks that it is server.py's answer."""
     from protocol import EchoProtocol
 
     class Echo(avrohttp.Responder):
         def handle_echo(self, query: str) -> str:
             return query
+
+        def handle_split(self, query: str) -> list:
+            raise NotImplementedError("the benchmark calls echo only")
 
     return answer_in_process(avrohttp.make_application(Echo(EchoProtocol)), body)
 

@@ -34,7 +34,7 @@ class FixedAnswerResponder(server.EchoResponder):
         super().__init__()
         self.answer = super().respond(codec.unframe(wire.call_body()))
 
-    def respond(self, call_request: bytes) -> bytes:
+    def respond(self, call_request: bytes, call=None, origin=None) -> bytes:
         return self.answer
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple, Tuple, Union
 
+import avro.errors
 import avro.ipc
 import pytest
 
@@ -78,6 +79,15 @@ class LocalTransceiver:
     def transceive(self, request: bytes) -> bytes:
         self.sent.append(request)
         return self.responder.respond(request)
+
+
+class AnyResponder(avrohttp.Responder):
+    """An avrohttp Responder for any protocol, without handlers: every message it knows is
+    answered "Not implemented: <name>", as avro.ipc's Responder would. (A Responder with
+    handle_ methods must have one for each message; overriding invoke lifts the check.)"""
+
+    def invoke(self, message, request):
+        raise avro.errors.AvroRemoteException(f"Not implemented: {message.name}")
 
 
 class PlainRequestor(avro.ipc.Requestor):

@@ -139,6 +139,9 @@ def test_handshake_goes_through_none_and_client_to_both():
         def __init__(self):
             avrohttp.responder.Responder.__init__(self, extended)
 
+        def handle_shout(self):
+            return "HELLO"
+
     with serving(ExtendedResponder()) as (host, port):
         body, answer = handshake_call(host, port)
     assert body == wire.call_body(server_hash=extended.md5)

@@ -40,9 +40,9 @@ def handshake_request(protocol=EchoProtocol, server_hash: Optional[bytes] = None
 STRING = avro.schema.parse('"string"')
 
 
-def call_head(message: str) -> bytes:
-    """The start of a call request: empty metadata, then the message name."""
-    return encode(avro.ipc.META_SCHEMA, {}) + encode(STRING, message)
+def call_head(message: str, meta: Optional[dict] = None) -> bytes:
+    """The start of a call request: its metadata (empty by default), then the message name."""
+    return encode(avro.ipc.META_SCHEMA, meta or {}) + encode(STRING, message)
 
 
 def call_request(message: str, params: dict, protocol=EchoProtocol) -> bytes:

@@ -22,7 +22,7 @@ import avrohttp.requestor
 import avrohttp.responder
 from avrohttp import codec
 import server
-from conftest import LocalTransceiver, PlainRequestor, call_app
+from conftest import AnyResponder, LocalTransceiver, PlainRequestor, call_app
 from protocol import PROTOCOL_JSON, EchoProtocol
 from wire import call_request, frame, handshake_request
 
@@ -134,7 +134,7 @@ def test_requests_are_the_bytes_avro_ipc_sends(server_protocol, calls):
     """From the first call (a guess, maybe NONE or CLIENT, then a resend) to the last."""
     transceivers = []
     for requestor_class in (avrohttp.requestor.Requestor, PlainRequestor):
-        transceiver = LocalTransceiver(avrohttp.responder.Responder(server_protocol))
+        transceiver = LocalTransceiver(AnyResponder(server_protocol))
         transceiver.responder.invoke = lambda message, request: request["query"][::-1]
         requestor = requestor_class(EchoProtocol, transceiver)
         answers = [requestor.request(message, {"query": query}) for message, query in calls]

@@ -54,6 +54,9 @@ def the_calls(protocol) -> list:
         (frame(handshake_request(**ours) + call_head("\u00e9" * 30)), "_other",
          hooks.UNKNOWN_MESSAGE),
         (frame(handshake_request(**ours) + call_head("")), "_other", hooks.PING),
+        # A caller whose time ran out before the call could start.
+        (frame(handshake_request(**ours) + call_head("echo", {"timeout-ms": b"0"}) + b"\x04hi"),
+         "echo", hooks.DEADLINE_EXCEEDED),
         (frame(handshake_request(**ours, client_hash=b"\x01" * 16)), "_other", hooks.HANDSHAKE),
         (frame(b"\x01"), "_other", hooks.BAD_REQUEST),
         (b"not framed", "_other", hooks.BAD_REQUEST),

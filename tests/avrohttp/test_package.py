@@ -43,9 +43,10 @@ def test_the_package_imports_neither_host():
     # avrohttp.metrics.
     assert imported == ["avrohttp", "avrohttp.answers", "avrohttp.asgi",
                         "avrohttp.async_handlers", "avrohttp.client",
-                        "avrohttp.codec", "avrohttp.errors", "avrohttp.hooks",
-                        "avrohttp.options", "avrohttp.protocol", "avrohttp.requestor",
-                        "avrohttp.responder", "avrohttp.wsgi"]
+                        "avrohttp.codec", "avrohttp.context", "avrohttp.errors",
+                        "avrohttp.hooks", "avrohttp.options", "avrohttp.origins",
+                        "avrohttp.protocol", "avrohttp.requestor", "avrohttp.responder",
+                        "avrohttp.wsgi"]
 
 
 def test_a_server_without_metrics_imports_no_prometheus_client():
@@ -98,12 +99,16 @@ def test_importing_the_package_changes_no_global_state():
 def test_making_the_application_lowers_avros_limit_on_zero_byte_items():
     limits = run_python("""
         import json
-        import avro.io
+        import avro.errors, avro.io
         before = avro.io.DEFAULT_MAX_COLLECTION_ITEMS
         import avrohttp
         from protocol import EchoProtocol
         imported = avro.io.DEFAULT_MAX_COLLECTION_ITEMS
-        avrohttp.make_application(avrohttp.Responder(EchoProtocol))
+        class AnyResponder(avrohttp.Responder):
+            def invoke(self, message, request):
+                raise avro.errors.AvroRemoteException("Not implemented")
+
+        avrohttp.make_application(AnyResponder(EchoProtocol))
         print(json.dumps([before, imported, avro.io.DEFAULT_MAX_COLLECTION_ITEMS]))
     """)
     # 10,000,000 is avro 1.12's own default; the server lowers it at start-up only.
@@ -125,6 +130,9 @@ def test_the_application_runs_on_the_standard_librarys_wsgi_server():
 
             def handle_echo(self, query):
                 return query
+
+            def handle_split(self, query):
+                raise avro.errors.AvroRemoteException("not today")
 
         class QuietHandler(WSGIRequestHandler):
             def log_message(self, *args):  # wsgiref logs every request to stderr
@@ -149,4 +157,4 @@ def test_the_application_runs_on_the_standard_librarys_wsgi_server():
         answers.append("eventlet" in sys.modules)
         print(json.dumps(answers))
     """)
-    assert answers == ["Hello World", "héllo wörld", "Not implemented: split", False]
+    assert answers == ["Hello World", "héllo wörld", "not today", False]

@@ -17,7 +17,7 @@ import pytest
 import avrohttp
 import avrohttp.responder
 from avrohttp import codec, hooks
-from conftest import LocalTransceiver, PlainRequestor
+from conftest import AnyResponder, LocalTransceiver, PlainRequestor
 from protocol import PROTOCOL_JSON, EchoProtocol
 
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("fresh_avro_ipc_caches")
 
 
 def reversing(protocol: avro.protocol.Protocol) -> avrohttp.responder.Responder:
-    responder = avrohttp.responder.Responder(protocol)
+    responder = AnyResponder(protocol)
     responder.invoke = lambda message, request: request["query"][::-1]
     return responder
 

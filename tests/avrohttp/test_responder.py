@@ -15,7 +15,7 @@ from hypothesis import given, strategies as st
 import avrohttp
 import avrohttp.responder
 import server
-from conftest import LocalTransceiver, call_app, echo_app
+from conftest import AnyResponder, LocalTransceiver, call_app, echo_app
 from protocol import PROTOCOL_JSON, EchoProtocol
 from wire import (STRING, Answer, call_body, call_head, call_request, encode, frame,
                   handshake_request, read_answer)
@@ -275,7 +275,7 @@ def test_plain_avro_ipc_responder_still_drops_the_error():
 # --- The protocol cache ---------------------------------------------------------------------
 
 def test_protocol_cache_is_bounded():
-    responder = avrohttp.responder.Responder(EchoProtocol, max_cached_protocols=50)
+    responder = AnyResponder(EchoProtocol, max_cached_protocols=50)
     app = avrohttp.make_application(responder)
     for n in range(500):
         client = another_protocol(n)
@@ -286,7 +286,7 @@ def test_protocol_cache_is_bounded():
 
 
 def test_server_protocol_is_known_even_after_the_cache_is_flooded():
-    responder = avrohttp.responder.Responder(EchoProtocol, max_cached_protocols=5)
+    responder = AnyResponder(EchoProtocol, max_cached_protocols=5)
     app = avrohttp.make_application(responder)
     for n in range(20):
         call_app(app, call_body(protocol=another_protocol(n), send_protocol=True))
