@@ -156,7 +156,13 @@ def serve(listener: socket.socket, app: Callable, options: ServerOptions,
     deadlines = Deadlines(options)
 
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        result = app(environ, start_response)
+        def respond(status: str, headers: list, exc_info=None) -> Callable:
+            if ("Connection", "close") in headers:  # Rules' 413, say: see close_after_answer
+                environ[DEADLINE].protocol.close_after_answer()
+                headers = [header for header in headers if header[0] != "Connection"]
+            return start_response(status, headers, exc_info)
+
+        result = app(environ, respond)
         environ[DEADLINE].answer()  # the answer goes out now: at the client's pace
         return result
 
@@ -206,6 +212,7 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
         self.deadline = ClientDeadline(deadlines, self, conn_state[1])
         self.requests = 0
         self.turn_ends = 0.0  # when this connection's turn is over: see _read_request_line
+        self.closing = False  # after this answer: see close_after_answer
         # eventlet keeps its log (EventletLog) only if log_output is set when it starts, but
         # while it is set, formats an access line for every request, a few µs each. Once
         # started, log_output decides only that: so it says whether access lines are wanted.
@@ -300,9 +307,29 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
             del environ["CONTENT_TYPE"]
         return environ
 
+    def close_after_answer(self) -> None:
+        """The application's answer ends the connection ("Connection: close": a 413, whose
+        body is not wanted, say). eventlet.wsgi takes no notice of that header: it would add
+        its own (a contradicting "keep-alive", or a second "close"), then read the rest of
+        the body, however large, to go on with the connection. So the header is left to
+        eventlet, which says "close" once for a connection it closes; and the connection is
+        closed after the answer, with a lingering close (linger) for a client still sending.
+        """
+        self.close_connection = 1
+        self.closing = True
+
     def handle_one_request(self) -> None:
         try:
             super().handle_one_request()
+            if self.closing:
+                self.closing = False
+                # The client has a grace period to take its answer and go, then is cut off.
+                self.deadline.at = time.monotonic() + hosting.GRACE_SECONDS
+                self.deadline.phase = self.deadline.TOLD
+                try:
+                    self.linger()
+                except OSError:
+                    pass  # the client is gone
         except RequestTimeout as e:  # in the request line or headers: no application yet
             self.log_error("%s", e)
             self.close_connection = 1

@@ -199,6 +199,38 @@ def test_a_chunked_body_over_the_limit_is_refused(host):
         "HTTP/1.1 413 Content Too Large", "close", b"Body is larger than 1000 bytes\n")
 
 
+def answer_to_the_end(sock: socket.socket) -> tuple:
+    """An answer read until the server closes the connection: (status line, its headers as
+    sent, in order and with repeats, body)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    return status, [tuple(line.split(": ", 1)) for line in lines], body
+
+
+@pytest.mark.parametrize("request_line, connection", [
+    (b"POST / HTTP/1.1", b""),
+    (b"POST / HTTP/1.1", b"Connection: keep-alive\r\n"),
+    (b"POST / HTTP/1.0", b""),
+    (b"POST / HTTP/1.0", b"Connection: keep-alive\r\n"),
+], ids=["1.1", "1.1-keep-alive", "1.0", "1.0-keep-alive"])
+def test_a_413_says_connection_close_once_and_closes(host, request_line, connection):
+    # The client sends part of a body over the limit, and waits: the server answers 413,
+    # says once that it closes the connection, closes it without reading the rest, and
+    # lets the client read the answer meanwhile.
+    with serving(server.EchoResponder(), host, max_body_bytes=1000) as address, \
+            socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(request_line + b"\r\nHost: x\r\nContent-Type: avro/binary\r\n"
+                     + connection + b"Content-Length: 1000000\r\n\r\n" + b"\x00" * 20_000)
+        status, headers, body = answer_to_the_end(sock)
+    assert (status, body) == ("HTTP/1.1 413 Content Too Large", b"Body is larger than 1000 bytes\n")
+    said = [(name.lower(), value.lower()) for name, value in headers
+            if name.lower() in ("connection", "keep-alive")]
+    assert said == [("connection", "close")], headers
+
+
 def call(sock: socket.socket, query: str) -> str:
     body = call_body(query=query)
     sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
