@@ -256,3 +256,49 @@ def test_protocol_py_prints_the_protocol_json_with_its_docs():
     printed = json.loads(result.stdout)
     assert printed == json.loads(PROTOCOL_JSON)
     assert printed["doc"] and all(m["doc"] for m in printed["messages"].values())
+
+
+IMPORT_SERVER = """
+import json, logging, os, select, signal, socket, ssl, sys, threading, time, warnings
+import avro.io
+
+def sockets():
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the listing's own descriptor, closed since
+            pass
+    return sorted(link for link in links if link.startswith("socket:"))
+
+def state():
+    return {
+        "patched": [repr(x) for x in (socket.socket, socket.create_connection, ssl.SSLContext,
+                                      select.select, threading.Thread, time.sleep)],
+        "threads": threading.active_count(),
+        "sockets": sockets(),
+        "signals": [repr(signal.getsignal(signum)) for signum in
+                    (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)],
+        "logging": [logging.root.level, repr(logging.root.handlers)],
+        "warnings": repr(warnings.filters),
+        "avro.io.DEFAULT_MAX_COLLECTION_ITEMS": avro.io.DEFAULT_MAX_COLLECTION_ITEMS,
+    }
+
+before = state()
+import server
+after = state()
+print(json.dumps({"changed": sorted(key for key in before if before[key] != after[key]),
+                  "eventlet imported": "eventlet" in sys.modules}))
+"""
+
+
+def test_importing_server_starts_nothing_and_patches_nothing():
+    # README.md: only cli.main, when it serves on eventlet, monkey-patches the standard
+    # library. Importing server.py starts no thread and opens no socket either; the one
+    # thing it changes is avro's limit on zero-byte items, which make_application lowers
+    # (tests/avrohttp/test_package.py).
+    result = subprocess.run([sys.executable, "-W", "error", "-c", IMPORT_SERVER], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert json.loads(result.stdout) == {
+        "changed": ["avro.io.DEFAULT_MAX_COLLECTION_ITEMS"], "eventlet imported": False}
