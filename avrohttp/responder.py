@@ -7,7 +7,6 @@ lists each flaw of avro.ipc and what fixes it here; tests/avrohttp/test_responde
 test_codec.py fail without the fixes.
 """
 
-import functools
 import hashlib
 import io
 import logging
@@ -22,8 +21,13 @@ import avro.protocol
 
 from avrohttp import codec, hooks
 from avrohttp.async_handlers import PendingAnswer
+# BadRequest and MAX_ERROR_CHARS are still imported from here, as before they moved.
+from avrohttp.call_responses import MAX_ERROR_CHARS as MAX_ERROR_CHARS
+from avrohttp.call_responses import BadRequest as BadRequest
+from avrohttp.call_responses import CallResponses, _encode_null
 from avrohttp.context import CALL, TIMEOUT_KEY, _current, deadline_of
-from avrohttp.errors import DeclaredError, HandlersMismatch
+from avrohttp.errors import HandlersMismatch
+from avrohttp.hooked_responses import HookedResponses
 from avrohttp.hooks import Call, CallHook
 from avrohttp.protocol import as_written
 
@@ -36,8 +40,6 @@ MAX_CACHED_PROTOCOLS = 256
 # MAX_CACHED_PROTOCOLS protocols of this size could hold about 170 MB, and one of 64 KiB
 # about 700 MB. Parsing one this size also takes a few milliseconds of CPU per call.
 MAX_PROTOCOL_CHARS = 16 * 1024
-# System errors quote the client's input (a message name, a protocol); keep them short.
-MAX_ERROR_CHARS = 300
 # Elements that take no bytes on the wire (an array of nulls, or of empty records) that one
 # datum may hold. avro.io allows 10,000,000, and counting them is a Python loop that no
 # green thread can interrupt: a client that declares such an array in its own protocol can
@@ -69,15 +71,9 @@ DECODING_ERRORS = (avro.errors.AvroException, ValueError, RecursionError)
 # Every call after the first one looks like this, on both sides.
 _HASH = 16
 _SHORT_HANDSHAKE = 2 * _HASH + 2
-# The error flag of a call response.
-_FALSE, _TRUE = b"\x00", b"\x01"
 
 
-class BadRequest(Exception):
-    """The body is not an Avro call at all, so there is no Avro way to answer: HTTP 400."""
-
-
-class Responder(avro.ipc.Responder):
+class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
     """avro.ipc.Responder with the flaws of avro 1.12.2's server side fixed, in one place, and
     each message `name` answered by the method `handle_<name>`, called with its parameters.
 
@@ -164,9 +160,10 @@ class Responder(avro.ipc.Responder):
         self._request_readers[hash] = {}
         while len(self.protocol_cache) > self.max_cached_protocols:
             forgotten = next(iter(self.protocol_cache))
-            del self.protocol_cache[forgotten]
+            # pop, not del: two threads (of a threaded WSGI server) may forget the same one.
+            self.protocol_cache.pop(forgotten, None)
             if forgotten != self.local_hash:  # get_protocol_cache always knows our own
-                del self._request_readers[forgotten]
+                self._request_readers.pop(forgotten, None)
 
     def respond(self, call_request: bytes, call: Optional[Call] = None,
                 origin: object = None) -> bytes:
@@ -351,126 +348,6 @@ class Responder(avro.ipc.Responder):
             answer = codec.encode_metadata(made.response_meta) + answer[1:]
         return answer
 
-    def _failed(self, local_message: avro.protocol.Message, error: Exception,
-                call: Optional[Call]) -> bytes:
-        """The call response for a handler that raised `error` (or whose answer does not fit
-        the message's response type)."""
-        name = local_message.name
-        if isinstance(error, avro.errors.AvroRemoteException):
-            if len(error.args) == 1 and isinstance(error.args[0], str):  # a plain string stays one
-                answer = self._call_result(self._response_encoders[name][1], error.args[0],
-                                           is_error=True)
-            else:
-                answer = self._declared_error(local_message, error)
-            if call is not None:
-                call.outcome = _error_outcome(answer)
-            return answer
-        log.error("handler for %r failed", name, exc_info=error)
-        if call is not None:
-            call.outcome = hooks.SYSTEM_ERROR
-        return self._system_error(f"Internal error in {name}")
-
-    def _declared_error(self, message: avro.protocol.Message,
-                        error: avro.errors.AvroRemoteException) -> bytes:
-        """The call response for an error that a handler raised with a datum: the branch of
-        the message's errors union that the datum fits, as Java and avsc write it.
-
-        DeclaredError(name, datum) names its branch; AvroRemoteException(datum), as avro.ipc
-        users write it, takes the first declared branch that fits. A datum that fits none is a
-        bug in the handler: it is logged, and the client gets a system error that says so.
-        """
-        name = message.name
-        declared = list(enumerate(message.errors.schemas))[1:]  # 0: the system errors' string
-        branches = declared
-        if isinstance(error, DeclaredError):
-            branches = [(index, schema) for index, schema in branches
-                        if error.name in (schema.name, getattr(schema, "fullname", None))]
-            datum = error.datum
-        elif len(error.args) == 1:
-            datum = error.args[0]
-        else:  # AvroRemoteException() or (a, b): no datum, only words
-            return self._call_result(self._response_encoders[name][1], str(error), True)
-        for index, schema in branches:
-            encode = self._error_encoders.get((name, index))
-            if encode is None:
-                encode = self._error_encoders[name, index] = codec.encoder_for(schema)
-            try:
-                encoded = encode(datum)
-            except (avro.errors.AvroException, TypeError, ValueError):  # it does not fit
-                continue
-            return codec.EMPTY_META + _TRUE + codec.encode_long(index) + encoded
-        names = ", ".join(schema.name for _, schema in declared) or "none"
-        log.error("handler for %r raised %r, which fits none of its declared errors (%s)",
-                  name, error, names)
-        return self._system_error(
-            f"{name} failed with an error it does not declare (declared: {names})")
-
-    def _call_result(self, encode: Callable, datum, is_error: bool) -> bytes:
-        """A call response: empty metadata, the error flag, then the answer or the error."""
-        return codec.EMPTY_META + (_TRUE if is_error else _FALSE) + encode(datum)
-
-    def _system_error(self, message: str) -> bytes:
-        return self._call_result(_SYSTEM_ERROR_ENCODER, message[:MAX_ERROR_CHARS], is_error=True)
-
-    # --- Call hooks (avrohttp.hooks): only ever run when a hook is installed ---------------
-
-    def _respond_with_hooks(self, call_request: bytes, origin: object) -> bytes:
-        """respond(), with the hooks run around it, and the response metadata they wrote."""
-        call = Call(request_bytes=len(call_request))
-        call.origin = origin
-        try:
-            response = self.respond(call_request, call, origin)
-        except BadRequest:
-            call.outcome = hooks.BAD_REQUEST
-            self.hooks.after(call)
-            raise
-        except Exception:  # a bug: avrohttp.wsgi answers 500
-            call.outcome = hooks.SYSTEM_ERROR
-            self.hooks.after(call)
-            raise
-        if response.__class__ is PendingAnswer:  # the hooks' after() once it is answered
-            response.then = functools.partial(self._after_hooks, call)
-            return response
-        return self._after_hooks(call, response)
-
-    def _after_hooks(self, call: Call, response: bytes) -> bytes:
-        if call.outcome is None:
-            call.outcome = hooks.ANSWERED
-        call.response_bytes = len(response)
-        self.hooks.after(call)
-        if call.response_meta and call.outcome not in (hooks.PING, hooks.HANDSHAKE):
-            response = self._with_response_meta(response, call.response_meta)
-        return response
-
-    def _with_response_meta(self, response: bytes, meta: dict) -> bytes:
-        """The response with `meta` in place of the empty metadata map of its call response.
-
-        Every call response is written with empty metadata (codec.EMPTY_META); only a call
-        whose hooks wrote some pays for encoding it. The call response starts right after
-        the handshake response, which is one of the three in _handshake_responses (their
-        first bytes, the match enum, differ).
-        """
-        for handshake in self._handshake_responses.values():
-            if response.startswith(handshake):
-                break
-        else:
-            raise AssertionError("a response that starts with no known handshake response")
-        start = len(handshake)
-        if response[start:start + 1] != codec.EMPTY_META:
-            raise AssertionError("a call response that does not start with empty metadata")
-        return response[:start] + codec.encode_metadata(meta) + response[start + 1:]
-
-    def bad_request(self, request_bytes: int) -> None:
-        """Tell the hooks of a body that is not even Avro-framed (avrohttp.wsgi answers 400
-        without calling respond())."""
-        if self.hooks.hooks:
-            call = Call(request_bytes=request_bytes)
-            call.outcome = hooks.BAD_REQUEST
-            self.hooks.after(call)
-
-
-_SYSTEM_ERROR_ENCODER = codec.encoder_for(avro.ipc.SYSTEM_ERROR_SCHEMA)
-
 
 def _timeout_of(meta: dict) -> Optional[float]:
     """The seconds the caller gave the call (avrohttp.context.TIMEOUT_KEY), or None."""
@@ -495,13 +372,3 @@ def check_handlers(responder: Responder) -> None:
             f"{type(responder).__name__} does not fit the protocol "
             f"{responder.local_protocol.name}: {'; '.join(problems)} (its messages: "
             f"{', '.join(sorted(messages)) or 'none'})")
-def _error_outcome(call_response: bytes) -> str:
-    """How a handler's AvroRemoteException went out, as the client will read it: a declared
-    error (a branch of the errors union after the first), or a system error (the first
-    branch, the string: a plain string raised, or a datum that fits no declared error)."""
-    # Empty metadata, the error flag, then the branch index: 0 is the byte 0x00.
-    return hooks.SYSTEM_ERROR if call_response[2:3] == b"\x00" else hooks.DECLARED_ERROR
-
-
-def _encode_null(datum: object) -> bytes:
-    return b""  # null takes no bytes

@@ -42,9 +42,10 @@ def test_the_package_imports_neither_host():
     # prometheus_client: avrohttp.metrics imports it, and only a server with metrics imports
     # avrohttp.metrics.
     assert imported == ["avrohttp", "avrohttp.answers", "avrohttp.asgi",
-                        "avrohttp.async_handlers", "avrohttp.client",
+                        "avrohttp.async_handlers", "avrohttp.call_responses", "avrohttp.client",
                         "avrohttp.codec", "avrohttp.context", "avrohttp.errors",
-                        "avrohttp.hooks", "avrohttp.options", "avrohttp.origins",
+                        "avrohttp.hooked_responses", "avrohttp.hooks", "avrohttp.options",
+                        "avrohttp.origins",
                         "avrohttp.protocol", "avrohttp.requestor", "avrohttp.responder",
                         "avrohttp.wsgi"]
 
