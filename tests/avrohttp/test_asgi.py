@@ -158,7 +158,8 @@ def health_seconds_during_a_slow_call(responder) -> float:
             health.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # connected, warm
             assert read_http_response(health)[0] == "HTTP/1.1 200 OK"
             client = client_module.EchoClient(*address, timeout=5)
-            call = threading.Thread(target=client.echo, args=("slow",))
+            answers = []  # the slow call's, checked here: a failure in the thread is no answer
+            call = threading.Thread(target=lambda: answers.append(client.echo("slow")))
             call.start()
             time.sleep(0.05)  # the call is in its handler
             started = time.monotonic()
@@ -167,6 +168,7 @@ def health_seconds_during_a_slow_call(responder) -> float:
             seconds = time.monotonic() - started
             call.join(5)
             client.close()
+    assert answers == ["slow"]  # the health check was timed while the call was in its handler
     return seconds
 
 
