@@ -9,10 +9,12 @@ import pytest
 
 import avrohttp
 import server
+from avrohttp import hooks
 from avrohttp.metrics import ClientMetrics, ServerMetrics
 from conftest import ROOT, running, server_class, serving
 from protocol import EchoProtocol
 from test_example_shop import run_client, shop_server_program
+from wire import Answer, call_head, encode, frame, handshake_request, read_answer
 
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 EXCERPT = re.compile(r"<!-- excerpt: (\S+) -->\n```\w*\n(.*?)```", re.DOTALL)
@@ -21,8 +23,13 @@ EXCERPTS = [(doc.name, name, code) for doc in DOCS
 
 
 def test_your_protocol_has_excerpts_of_each_shop_file():
-    assert {name for doc, name, _ in EXCERPTS if doc == "your-protocol.md"} == {
+    assert {name for doc, name, _ in EXCERPTS if doc == "your-protocol.md"} >= {
         "examples/shop/protocol.py", "examples/shop/server.py", "examples/shop/client.py"}
+
+
+def test_metrics_lists_every_outcome_of_the_server():
+    listed = re.findall(r"^\| `(\w+)` \|", (ROOT / "docs" / "metrics.md").read_text(), re.M)
+    assert set(hooks.SERVER_OUTCOMES) <= set(listed)
 
 
 @pytest.mark.parametrize("doc, name, code", EXCERPTS,
@@ -106,3 +113,64 @@ def test_a_service_shows_the_calls_it_makes_in_its_own_metrics():
     for side in ("server", "client"):  # the calls the relay answered, and those it made
         assert f'avro_{side}_calls_total{{message="echo",outcome="answered"}} 2.0' in lines
         assert f'avro_{side}_calls_total{{message="split",outcome="answered"}} 1.0' in lines
+
+
+# --- docs/your-protocol.md: the call's context ---------------------------------------------------
+
+class Lookup(avrohttp.Responder):
+    """AvroEcho, whose echo reads its call's context."""
+
+    def __init__(self) -> None:
+        super().__init__(EchoProtocol)
+
+    def handle_echo(self, query: str) -> str:
+        call = avrohttp.current_call()
+        user = call.request_meta.get("user", b"anyone").decode()  # the metadata holds bytes
+        request_id = call.headers.get("x-request-id", "-")  # header names in lower case
+        address, port = call.peer
+        left = avrohttp.time_left()  # seconds, or None: the caller gave no timeout
+        if left is not None and left < 0.05:
+            raise avrohttp.RemoteSystemError("not enough time left to look it up")
+        call.response_meta["served-by"] = b"replica-1"  # goes back with the answer
+        return f"{query}, for {user} at {address} (request {request_id})"
+
+    def handle_split(self, query: str) -> str:
+        return query[: len(query) // 2]
+
+
+class SendUser(avrohttp.CallHook):
+    """Sends the user's name with each call; keeps who served the last one."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user.encode()
+        self.served_by = None
+
+    def before(self, call: avrohttp.Call) -> None:
+        call.request_meta["user"] = self.user
+
+    def after(self, call: avrohttp.Call) -> None:
+        self.served_by = call.response_meta.get("served-by")
+
+
+def post_echo(address, meta: dict, headers: dict) -> Answer:
+    """An echo call with this call metadata and these HTTP headers, as raw HTTP."""
+    body = frame(handshake_request() + call_head("echo", meta)
+                 + encode(EchoProtocol.messages["echo"].request, {"query": "hi"}))
+    connection = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        connection.request("POST", "/", body, {"Content-Type": "avro/binary", **headers})
+        return read_answer(connection.getresponse().read())
+    finally:
+        connection.close()
+
+
+def test_the_handler_and_the_hook_that_read_the_calls_context(host):
+    user = SendUser("ada")
+    with serving(Lookup(), host) as address, \
+            avrohttp.Client(EchoProtocol, *address, call_hooks=[user]) as client:
+        assert client.call("echo", query="hi") == "hi, for ada at 127.0.0.1 (request -)"
+        assert user.served_by == b"replica-1"
+        answer = post_echo(address, {}, {"X-Request-Id": "17"})
+        assert answer.datum == "hi, for anyone at 127.0.0.1 (request 17)"
+        answer = post_echo(address, {"timeout-ms": b"10"}, {})
+        assert (answer.is_error, answer.datum) == (True, "not enough time left to look it up")

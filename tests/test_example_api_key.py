@@ -2,7 +2,10 @@
 error that each message declares, so that no handler runs for it; on each host through real
 sockets, and as programs (`python examples/api_key/server.py`, `.../client.py`)."""
 
+import http.client
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +15,9 @@ import avrohttp
 from conftest import ROOT, server_program, serving
 from examples.api_key import client as notes_client, server as notes_server
 from examples.api_key.protocol import PROTOCOL_JSON
+from wire import call_head, frame, handshake_request, read_answer
 
+NOTES = avrohttp.parse_protocol(PROTOCOL_JSON)
 KEYS = {"ada": b"key-of-ada", "grace": b"key-of-grace"}
 KEYS_FILE = "# Test keys\n\nada key-of-ada\n  grace   key-of-grace  \n"
 
@@ -126,6 +131,36 @@ def test_the_programs_with_the_demo_key(monkeypatch):
     with server_program(program=SERVER) as running:
         result = run_client(running.port)
     assert (result.returncode, result.stdout) == (0, "Added a note: you have 1.\n- Buy milk\n")
+
+
+def test_the_client_prints_what_the_doc_shows(monkeypatch):
+    doc = (ROOT / "docs" / "your-protocol.md").read_text()
+    shown = re.search(r'```console\n\$ \.venv/bin/python examples/api_key/client.py "Buy milk"\n'
+                      r"(.*?)\$ API_KEY=guessed \.venv/bin/python examples/api_key/client.py\n"
+                      r"(.*?)```", doc, re.DOTALL).groups()
+    monkeypatch.delenv(notes_server.KEYS_FILE_ENV, raising=False)
+    with server_program(program=SERVER) as running:
+        added = run_client(running.port, None, "Buy milk")
+        refused = run_client(running.port, "guessed")
+    assert (added.stdout, refused.stderr) == shown
+
+
+def test_a_ping_and_a_message_the_server_lacks_are_not_guarded(notes):
+    # A newer client, with a message that this server lacks, and no key: it is told that
+    # the message is unknown, as any caller would be, before any hook could refuse it.
+    newer = json.loads(PROTOCOL_JSON)
+    newer["messages"]["forget"] = {"request": [], "response": "null"}
+    with avrohttp.Client(json.dumps(newer), *notes[1], timeout=5) as caller:
+        with pytest.raises(avrohttp.RemoteSystemError) as raised:
+            caller.call("forget")
+    assert raised.value.message == "Unknown message: forget"
+    # A ping, the empty message name: the handshake alone answers it.
+    ping = frame(handshake_request(NOTES, server_hash=NOTES.md5) + call_head(""))
+    connection = http.client.HTTPConnection(*notes[1], timeout=10)
+    connection.request("POST", "/", ping, {"Content-Type": "avro/binary"})
+    answer = read_answer(connection.getresponse().read(), protocol=NOTES)
+    connection.close()
+    assert (answer.handshake["match"], answer.has_call_response) == ("BOTH", False)
 
 
 def test_the_server_with_a_keys_file_it_cannot_read_says_so_in_one_line(tmp_path):
