@@ -24,7 +24,10 @@ import avro.errors
 import avro.protocol
 
 from avrohttp import client, codec, hooks
-from avrohttp.client import (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT, NoAnswerInTime)
+from avrohttp.arguments import BadArguments
+from avrohttp.client import (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT, CallFailed,
+                             NoAnswerInTime)
+from avrohttp.context import time_left
 from avrohttp.protocol import as_written
 from avrohttp.requestor import SEND_AGAIN, Requestor
 
@@ -108,10 +111,13 @@ class _Connection:
         self.last_answer: Optional[_Answer] = None
         self.requestor = Requestor(owner.protocol, self)
         self.requestor.hooks = owner.hooks  # one list of hooks for all the connections
+        self.requestor.timeout = owner.timeout
+        self.timeout = owner.timeout  # this call's: less inside a handler (AsyncClient.call)
 
-    async def call(self, message: str, parameters: dict) -> object:
+    async def call(self, message: str, parameters: dict,
+                   timeout: Optional[float] = None) -> object:
         """Requestor.exchange, driven with this connection's transceive."""
-        exchange = self.requestor.exchange(message, parameters)
+        exchange = self.requestor.exchange(message, parameters, timeout)
         step, value = exchange.send, None
         while True:
             try:
@@ -138,7 +144,7 @@ class _Connection:
             head = await self.reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as e:
             head = await self._head_again(request, fresh, e)
-        self.deadline = self.clock() + self.owner.timeout  # and now for the body
+        self.deadline = self.clock() + self.timeout  # and now for the body
         if head != self.last_head:
             self.last_answer = _Answer(head[:-2])
             self.last_head = head
@@ -207,11 +213,11 @@ class _Connection:
         tls = owner.ssl_context
         connecting = asyncio.open_connection(host, port, ssl=tls, limit=MAX_HEAD_BYTES,
                                              server_hostname=host if tls else None)
+        connect_timeout = min(owner.connect_timeout, self.timeout)
         try:
-            self.reader, self.writer = await asyncio.wait_for(connecting, owner.connect_timeout)
+            self.reader, self.writer = await asyncio.wait_for(connecting, connect_timeout)
         except asyncio.TimeoutError as e:  # TimeoutError itself, from Python 3.11 on
-            raise TimeoutError(
-                f"timed out connecting (after {owner.connect_timeout:g} s)") from e
+            raise TimeoutError(f"timed out connecting (after {connect_timeout:g} s)") from e
         except OSError as e:
             if e.errno is None or isinstance(e, ssl.SSLError):
                 raise
@@ -257,12 +263,12 @@ class _Connection:
     async def _read(self, awaitable) -> bytes:
         """A part of the answer: the timeout starts again once it has come."""
         data = await awaitable
-        self.deadline = self.clock() + self.owner.timeout
+        self.deadline = self.clock() + self.timeout
         return data
 
     def _watch(self) -> None:
         """Start the timeout of an answer: Client's, for the answer or the next part of it."""
-        self.deadline = self.clock() + self.owner.timeout
+        self.deadline = self.clock() + self.timeout
         self.awaiting = True
         self.timed_out = False
         if self.watchdog is None:
@@ -281,7 +287,7 @@ class _Connection:
     def _check_time(self, error: Optional[Exception]) -> None:
         """Raise NoAnswerInTime if the read failed because the timeout aborted it."""
         if self.timed_out:
-            raise NoAnswerInTime(f"no answer within {self.owner.timeout:g} s") from error
+            raise NoAnswerInTime(f"no answer within {self.timeout:g} s") from error
 
     def close(self) -> None:
         self.awaiting = False
@@ -343,22 +349,52 @@ class AsyncClient:
             self.request_heads[body_length] = head
         return head
 
-    async def call(self, message: str, **parameters) -> object:
+    async def call(self, message: str, /, **parameters) -> object:
         """Call `message` with these parameters, and return the server's answer."""
+        left = time_left()  # inside a handler whose caller gave a deadline: the time left
+        if left is not None and left < self.timeout:
+            return await self._call_within(left, message, parameters)
+        return await self._call(message, parameters)
+
+    async def _call_within(self, left: float, message: str, parameters: dict) -> object:
+        """The call, sent with the time its caller has left, and waited for that long (as
+        avrohttp.Client's)."""
+        if left <= 0:
+            raise client.DeadlineExceeded(
+                f"{message} was not sent: its caller's deadline has passed")
+        try:
+            return await self._call(message, parameters, left)
+        except CallFailed as e:
+            if isinstance(e.__cause__, (NoAnswerInTime, TimeoutError)):
+                host, port = self.remote_name
+                raise client.DeadlineExceeded(
+                    f"the server at {host}:{port} did not answer {message} within the time "
+                    f"its caller had left ({left:.3g} s)") from e
+            raise
+
+    async def _call(self, message: str, parameters: dict,
+                    timeout: Optional[float] = None) -> object:
         connection = self._idle.pop() if self._idle else await self._free_connection()
         answered = connection.writer is not None  # kept alive: it had answered (failure())
         try:
-            plain = connection.requestor.plain_call(message)  # see Requestor.request
-            if plain is not None:
-                answer = plain.answer(await connection.transceive(plain.request(parameters)))
-                if answer is not SEND_AGAIN:
-                    return answer
-            return await connection.call(message, parameters)
+            if timeout is None:
+                plain = connection.requestor.plain_call(message)  # see Requestor.request
+                if plain is not None:
+                    answer = plain.answer(
+                        await connection.transceive(plain.request(parameters)))
+                    if answer is not SEND_AGAIN:
+                        return answer
+                return await connection.call(message, parameters)
+            connection.timeout = timeout
+            try:
+                return await connection.call(message, parameters, timeout)
+            finally:
+                connection.timeout = self.timeout
         except client.TRANSPORT_ERRORS as e:
             connection.close()  # the next call on it starts on a fresh connection
             raise client.failure(e, self.remote_name, self.ssl_context is not None,
                                  answered) from e
-        except avro.errors.AvroException:
+        except (avro.errors.AvroException, BadArguments):
             # An Avro error of the call: its answer was read whole (or nothing was sent, for
             # a message that the protocol lacks), so the connection can go on.
             raise

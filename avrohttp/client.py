@@ -20,6 +20,7 @@ import avro.ipc
 import avro.protocol
 
 from avrohttp import codec
+from avrohttp.context import time_left
 from avrohttp.hooks import CallHook
 from avrohttp.requestor import Requestor
 
@@ -54,6 +55,11 @@ class CallFailed(Exception):
 
 class NoAnswerInTime(TimeoutError):
     """The call went out, but its answer did not come within the timeout."""
+
+
+class DeadlineExceeded(CallFailed):
+    """A call made inside a handler ran out of the time its handler's caller had left: it
+    was not sent, as no time was left, or its answer did not come in the time left."""
 
 
 class _Connection(http.client.HTTPConnection):
@@ -113,6 +119,13 @@ class Transceiver(avro.ipc.HTTPTransceiver):
         except TimeoutError as e:
             raise TimeoutError(f"timed out connecting (after {self.conn.timeout:g} s)") from e
         self.conn.sock.settimeout(self.timeout)
+
+    def set_timeouts(self, timeout: float, connect_timeout: float) -> None:
+        """Change the timeouts, for the connection as it is too."""
+        self.timeout = timeout
+        self.conn.timeout = connect_timeout
+        if self.conn.sock is not None:
+            self.conn.sock.settimeout(timeout)
 
     def _start_tls(self, sock: socket.socket) -> ssl.SSLSocket:
         """The TLS handshake, as http.client.HTTPSConnection would do it, and the socket
@@ -272,7 +285,12 @@ class Client:
     when the server answers with an Avro error, one of the two subclasses of
     avro.errors.AvroRemoteException: avrohttp.DeclaredError for an error the message declares
     (its `name` and `datum`), avrohttp.RemoteSystemError for a system error (its `message`).
-    A one-way message's call returns None.
+    It raises avrohttp.BadArguments, sending nothing, for parameters that do not fit the
+    message. A one-way message's call returns None.
+
+    Deadlines: every call tells the server its timeout (avrohttp.context.TIMEOUT_KEY). A call
+    made inside a handler whose own caller has less time left than `timeout` sends, and waits
+    for, that time instead; if none is left, it raises DeadlineExceeded and sends nothing.
     """
 
     def __init__(self, protocol: Union[str, avro.protocol.Protocol], host: str = DEFAULT_HOST,
@@ -284,12 +302,38 @@ class Client:
                                        connect_timeout_for(timeout, connect_timeout),
                                        ssl_context, retry)
         self.requestor = Requestor(protocol, self.transceiver, call_hooks)
+        self.requestor.timeout = timeout
 
-    def call(self, message: str, **parameters) -> object:
+    def call(self, message: str, /, **parameters) -> object:
         """Call `message` with these parameters, and return the server's answer."""
+        left = time_left()  # inside a handler whose caller gave a deadline: the time left
+        if left is not None and left < self.transceiver.timeout:
+            return self._call_within(left, message, parameters)
+        return self._call(message, parameters)
+
+    def _call_within(self, left: float, message: str, parameters: dict) -> object:
+        """The call, sent with the time its caller has left, and waited for that long."""
+        if left <= 0:
+            raise DeadlineExceeded(f"{message} was not sent: its caller's deadline has passed")
+        transceiver = self.transceiver
+        own = transceiver.timeout, transceiver.conn.timeout
+        transceiver.set_timeouts(left, min(left, own[1]))
+        try:
+            return self._call(message, parameters, left)
+        except CallFailed as e:
+            if isinstance(e.__cause__, (NoAnswerInTime, TimeoutError)):
+                host, port = transceiver.remote_name
+                raise DeadlineExceeded(
+                    f"the server at {host}:{port} did not answer {message} within the time "
+                    f"its caller had left ({left:.3g} s)") from e
+            raise
+        finally:
+            transceiver.set_timeouts(*own)
+
+    def _call(self, message: str, parameters: dict, timeout: Optional[float] = None) -> object:
         answered = self.transceiver.conn.sock is not None  # kept alive: it had answered
         try:
-            return self.requestor.request(message, parameters)
+            return self.requestor.request(message, parameters, timeout)
         except TRANSPORT_ERRORS as e:
             self.close()  # the next call starts on a fresh connection
             raise failure(e, self.transceiver.remote_name,

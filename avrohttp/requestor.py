@@ -11,7 +11,8 @@ import avro.ipc
 import avro.protocol
 import avro.schema
 
-from avrohttp import codec, hooks
+from avrohttp import arguments, codec, hooks
+from avrohttp.context import TIMEOUT_KEY, timeout_value
 from avrohttp.errors import DeclaredError, RemoteSystemError
 from avrohttp.hooks import Call, CallHook
 from avrohttp.protocol import as_written
@@ -57,8 +58,14 @@ class PlainCall:
         self.read_response = read_response
 
     def request(self, request_datum: object) -> bytes:
-        """The call request's bytes (unframed): avro.ipc's, with the handshake settled."""
-        return self.request_start + self.encode(request_datum)
+        """The call request's bytes (unframed): avro.ipc's, with the handshake settled;
+        avrohttp.BadArguments if the parameters do not fit the message."""
+        try:
+            return self.request_start + self.encode(request_datum)
+        except Exception as error:
+            message = self.requestor.local_protocol.messages[self.message_name]
+            arguments.raise_bad_arguments(message, request_datum, error)
+            raise
 
     def answer(self, answer: bytes) -> object:
         """The call's answer (or its error, raised) from the server's answer to request();
@@ -110,6 +117,24 @@ class Requestor(avro.ipc.Requestor):
         # (plain_call, below). Emptied whenever the handshake's state changes (the three
         # setters below).
         self._plain_calls = {}
+        self._timeout: Optional[float] = None
+        self._usual_meta: dict = {}  # the metadata of every call: its timeout, if any
+        self._meta = codec.EMPTY_META  # the same, encoded
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """The seconds sent with every call as its timeout (avrohttp.context.TIMEOUT_KEY), so
+        that the server knows its deadline; None (the default) sends none. avrohttp.Client
+        sets its own timeout here."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: Optional[float]) -> None:
+        self._timeout = seconds
+        self._usual_meta = {} if seconds is None else {TIMEOUT_KEY: timeout_value(seconds)}
+        self._meta = codec.encode_metadata(self._usual_meta)
+        self._call_heads = {}  # each starts with the metadata
+        self._plain_calls = {}
 
     @property
     def remote_protocol(self) -> Optional[avro.protocol.Protocol]:
@@ -159,15 +184,17 @@ class Requestor(avro.ipc.Requestor):
             self._handshake_requests[key] = request
         return request
 
-    def request(self, message_name: str, request_datum: object) -> object:
+    def request(self, message_name: str, request_datum: object,
+                timeout: Optional[float] = None) -> object:
         """Call the message through the transceiver and return its answer, with the hooks
-        run around it if any are installed."""
-        plain = self.plain_call(message_name)
+        run around it if any are installed. timeout: the seconds to send as this call's
+        timeout, in place of self.timeout (a call made with less time than that)."""
+        plain = self.plain_call(message_name) if timeout is None else None
         if plain is not None:
             answer = plain.answer(self.transceiver.transceive(plain.request(request_datum)))
             if answer is not SEND_AGAIN:
                 return answer
-        return run_exchange(self.exchange(message_name, request_datum),
+        return run_exchange(self.exchange(message_name, request_datum, timeout),
                             self.transceiver.transceive)
 
     def plain_call(self, message_name: str) -> Optional[PlainCall]:
@@ -181,24 +208,29 @@ class Requestor(avro.ipc.Requestor):
             plain = self._plain_call(message_name)
         return plain
 
-    def exchange(self, message_name: str,
-                 request_datum: object) -> Generator[bytes, bytes, object]:
+    def exchange(self, message_name: str, request_datum: object,
+                 timeout: Optional[float] = None) -> Generator[bytes, bytes, object]:
         """The call without its I/O: yields each request to send, is sent the answer to it,
         and returns the call's answer (or raises its error), with the hooks run around it.
 
         One generator serves both clients: request() drives it with a blocking transceiver
         (avrohttp.Client), avrohttp.AsyncClient with an awaited one. A transport failure is
-        thrown into it, so that the hooks see the call fail.
+        thrown into it, so that the hooks see the call fail. timeout: as for request().
         """
         if not self.hooks.hooks:
-            return self._exchange(message_name, request_datum)
-        return self._exchange_with_hooks(message_name, request_datum)
+            meta = None if timeout is None else {TIMEOUT_KEY: timeout_value(timeout)}
+            return self._exchange(message_name, request_datum, meta)
+        return self._exchange_with_hooks(message_name, request_datum, timeout)
 
-    def _exchange_with_hooks(self, message_name: str,
-                             request_datum: object) -> Generator[bytes, bytes, object]:
+    def _exchange_with_hooks(self, message_name: str, request_datum: object,
+                             timeout: Optional[float]) -> Generator[bytes, bytes, object]:
         call = self._call = Call(message_name)
-        self.hooks.before(call)
+        if timeout is None:
+            timeout = self._timeout
+        if timeout is not None:  # the hooks see it, and may add to it
+            call.request_meta[TIMEOUT_KEY] = timeout_value(timeout)
         try:
+            self.hooks.before(call)  # which may refuse the call (CallHook)
             response = yield from self._exchange(message_name, request_datum)
         except DeclaredError:
             call.outcome = hooks.DECLARED_ERROR
@@ -216,16 +248,20 @@ class Requestor(avro.ipc.Requestor):
             self._call = None
             self.hooks.after(call)
 
-    def _exchange(self, message_name: str,
-                  request_datum: object) -> Generator[bytes, bytes, object]:
-        """avro.ipc's request and issue_request, with the transport left to the caller."""
+    def _exchange(self, message_name: str, request_datum: object,
+                  meta: Optional[dict] = None) -> Generator[bytes, bytes, object]:
+        """avro.ipc's request and issue_request, with the transport left to the caller.
+        meta: this call's metadata, in place of the usual (self._meta); with hooks, it is
+        the call's request_meta."""
         call = self._call
+        if call is not None:  # the hooks' metadata, unless it is the usual
+            meta = call.request_meta if call.request_meta != self._usual_meta else None
         plain = self._plain_calls.get(message_name)
         if plain is None and self._send_protocol is False:
             plain = self._plain_call(message_name)
-        if plain is None or (call is not None and call.request_meta):
+        if plain is None or meta is not None:
             plain = None
-            call_request = self._call_request(message_name, request_datum)
+            call_request = self._call_request(message_name, request_datum, meta)
         else:
             call_request = plain.request(request_datum)
         while True:
@@ -242,7 +278,7 @@ class Requestor(avro.ipc.Requestor):
                 return response
             # NONE: the server did not know our protocol. The same call again, with it.
             plain = None
-            call_request = self._call_request(message_name, request_datum)
+            call_request = self._call_request(message_name, request_datum, meta)
 
     def read_answer(self, message_name: str, answer: bytes) -> object:
         """The call's answer (or its error, raised) read from the server's answer as avro.ipc
@@ -252,11 +288,12 @@ class Requestor(avro.ipc.Requestor):
             return self.read_call_response(message_name, decoder)
         return SEND_AGAIN
 
-    def _call_request(self, message_name: str, request_datum: object) -> bytes:
+    def _call_request(self, message_name: str, request_datum: object,
+                      meta: Optional[dict] = None) -> bytes:
         buffer = io.BytesIO()
         encoder = avro.io.BinaryEncoder(buffer)
         self.write_handshake_request(encoder)
-        self.write_call_request(message_name, request_datum, encoder)
+        self.write_call_request(message_name, request_datum, encoder, meta)
         return buffer.getvalue()
 
     def _plain_call(self, message_name: str) -> Optional[PlainCall]:
@@ -280,22 +317,29 @@ class Requestor(avro.ipc.Requestor):
         return plain
 
     def write_call_request(self, message_name: str, request_datum: object,
-                           encoder: avro.io.BinaryEncoder) -> None:
+                           encoder: avro.io.BinaryEncoder, meta: Optional[dict] = None) -> None:
+        """The call request: `meta` (by default, the usual metadata: self._meta), the
+        message name, the parameters (avrohttp.BadArguments if they do not fit)."""
         head = self._call_head(message_name)
-        if self._call is not None and self._call.request_meta:
-            # Metadata from a hook, in place of the cached head's empty map, for this call.
-            head = codec.encode_metadata(self._call.request_meta) + head[len(codec.EMPTY_META):]
-        encoder.write(head + self._request_encoders[message_name](request_datum))
+        if meta is not None:  # this call's own, in place of the cached head's
+            head = codec.encode_metadata(meta) + head[len(self._meta):]
+        try:
+            parameters = self._request_encoders[message_name](request_datum)
+        except Exception as error:
+            arguments.raise_bad_arguments(self.local_protocol.messages[message_name],
+                                          request_datum, error)
+            raise
+        encoder.write(head + parameters)
 
     def _call_head(self, message_name: str) -> bytes:
-        """The start of a call of this message (empty metadata, its name), encoded once, with
-        the encoder of its parameters; AvroException if our protocol lacks it."""
+        """The start of a call of this message (the usual metadata, its name), encoded once,
+        with the encoder of its parameters; AvroException if our protocol lacks it."""
         head = self._call_heads.get(message_name)
         if head is None:
             message = self.local_protocol.messages.get(message_name)
             if message is None:
                 raise avro.errors.AvroException(f"Unknown message: {message_name}")
-            buffer = io.BytesIO(codec.EMPTY_META)
+            buffer = io.BytesIO(self._meta)
             buffer.seek(0, io.SEEK_END)
             avro.io.BinaryEncoder(buffer).write_utf8(message.name)
             head = self._call_heads[message_name] = buffer.getvalue()

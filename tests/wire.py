@@ -45,17 +45,26 @@ def call_head(message: str, meta: Optional[dict] = None) -> bytes:
     return encode(avro.ipc.META_SCHEMA, meta or {}) + encode(STRING, message)
 
 
-def call_request(message: str, params: dict, protocol=EchoProtocol) -> bytes:
+def call_request(message: str, params: dict, protocol=EchoProtocol,
+                 meta: Optional[dict] = None) -> bytes:
     if message == "":  # a ping has no parameters
-        return call_head("")
-    return call_head(message) + encode(protocol.messages[message].request, params)
+        return call_head("", meta)
+    return call_head(message, meta) + encode(protocol.messages[message].request, params)
 
 
-def call_body(message: str = "echo", query: str = "Hello World", **handshake) -> bytes:
-    """A framed HTTP body: handshake request, then a call of `message` with `query`."""
+def call_body(message: str = "echo", query: str = "Hello World", meta: Optional[dict] = None,
+              **handshake) -> bytes:
+    """A framed HTTP body: handshake request, then a call of `message` with `query` (and the
+    call metadata `meta`: avrohttp's clients send their timeout, timeout_meta())."""
     protocol = handshake.get("protocol", EchoProtocol)
     params = {"query": query} if message else {}
-    return frame(handshake_request(**handshake) + call_request(message, params, protocol))
+    return frame(handshake_request(**handshake)
+                 + call_request(message, params, protocol, meta))
+
+
+def timeout_meta(seconds: float) -> dict:
+    """The call metadata with which avrohttp's clients send their timeout."""
+    return {"timeout-ms": b"%d" % (seconds * 1000)}
 
 
 class Answer(NamedTuple):

@@ -468,7 +468,7 @@ async def test_each_request_is_avro_ipcs_call_in_one_post_whatever_its_length():
         assert len(client.request_heads) == avrohttp.async_client.REQUEST_HEADS_KEPT
     assert len(requests) == len(queries)
     for (head, body), query in zip(requests, queries):
-        assert body == wire.call_body("echo", query)
+        assert body == wire.call_body("echo", query, meta=wire.timeout_meta(5))
         assert head == (b"POST / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: avro/binary"
                         b"\r\nContent-Length: %d\r\n\r\n" % (port, len(body)))
 

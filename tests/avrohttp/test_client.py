@@ -27,7 +27,7 @@ import avrohttp.requestor
 import avrohttp.responder
 import server
 from conftest import call_app, echo_app, free_port, read_http_response, serving
-from wire import call_body
+from wire import call_body, timeout_meta
 from protocol import PROTOCOL_JSON
 
 
@@ -453,7 +453,7 @@ def test_a_call_goes_out_in_one_send(live_server):
     head, _, body = request.partition(b"\r\n\r\n")
     assert head.startswith(b"POST / HTTP/1.1\r\n")
     assert b"\r\nContent-Length: %d" % len(body) in head
-    assert body == call_body("echo", "two")
+    assert body == call_body("echo", "two", meta=timeout_meta(5))
 
 
 # --- the words of a call cut off on a kept-alive connection ------------------------------------

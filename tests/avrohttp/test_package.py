@@ -41,11 +41,11 @@ def test_the_package_imports_neither_host():
     # Nor asyncio (AsyncClient, and a host, import it when they are used), nor
     # prometheus_client: avrohttp.metrics imports it, and only a server with metrics imports
     # avrohttp.metrics.
-    assert imported == ["avrohttp", "avrohttp.answers", "avrohttp.asgi",
-                        "avrohttp.async_handlers", "avrohttp.call_responses", "avrohttp.client",
-                        "avrohttp.codec", "avrohttp.context", "avrohttp.errors",
-                        "avrohttp.hooked_responses", "avrohttp.hooks", "avrohttp.options",
-                        "avrohttp.origins",
+    assert imported == ["avrohttp", "avrohttp.answers", "avrohttp.arguments", "avrohttp.asgi",
+                        "avrohttp.async_handlers", "avrohttp.avro_json",
+                        "avrohttp.call_responses", "avrohttp.client", "avrohttp.codec",
+                        "avrohttp.context", "avrohttp.errors", "avrohttp.hooked_responses",
+                        "avrohttp.hooks", "avrohttp.options", "avrohttp.origins",
                         "avrohttp.protocol", "avrohttp.requestor", "avrohttp.responder",
                         "avrohttp.wsgi"]
 
