@@ -27,6 +27,7 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.dev $(INTEROP)/node_modules/.installed nginx install-h2load
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy avrohttp
 	$(PY) -m pytest
 
 $(VENV)/.runtime: requirements.txt

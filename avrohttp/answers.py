@@ -10,7 +10,7 @@ request alike.
 import inspect
 import logging
 import socket
-from typing import TYPE_CHECKING, NamedTuple, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Tuple, Union
 
 import avro.ipc
 
@@ -27,6 +27,11 @@ log = logging.getLogger("avrohttp")
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
 AVRO = "avro/binary"
+
+
+# The client's address, (host, port), or None where the host does not know it (uvicorn's,
+# for a client that left as it came).
+Client = Optional[tuple]
 
 
 class Answer(NamedTuple):
@@ -69,7 +74,7 @@ class Rules:
         self.gives_origin = "origin" in inspect.signature(responder.respond).parameters
 
     def before_body(self, method: str, path: str, content_type: Optional[str],
-                    content_length: Optional[str], client: tuple) -> Optional[Answer]:
+                    content_length: Optional[str], client: Client) -> Optional[Answer]:
         """The answer to a request that is not a call, or None for a call: read its body.
 
         content_type is None if the request has none (a call without one is accepted);
@@ -85,6 +90,7 @@ class Rules:
                                    (("Allow", "GET, HEAD"),))
             if path == HEALTH_PATH:
                 return self.plain("200 OK", "OK")
+            assert self.metrics is not None  # METRICS_PATH is in self.paths only with metrics
             content_type, text = self.metrics.exposition()
             self.metrics.count_status(200)
             return Answer("200 OK", (("Content-Type", content_type),
@@ -105,32 +111,35 @@ class Rules:
                 return self.too_large(client)  # refused before a byte of it is read
         return None
 
-    def too_large(self, client: tuple) -> Answer:
+    def too_large(self, client: Client) -> Answer:
         # The rest of the body is not wanted: ask the client to close the connection.
         return self.refuse(client, "413 Content Too Large",
                            f"Body is larger than {self.max_body_bytes} bytes",
                            (("Connection", "close"),))
 
-    def too_slow(self, client: tuple, error: Exception) -> Answer:
+    def too_slow(self, client: Client, error: Exception) -> Answer:
         log_client(client, error)
         return self.plain("408 Request Timeout", "The body came too slowly",
                           (("Connection", "close"),))
 
-    def unreadable(self, client: tuple, error: Exception) -> Answer:
+    def unreadable(self, client: Client, error: Exception) -> Answer:
         """The client stalled, hung up, or broke the chunking."""
         log_client(client, f"the body could not be read: {error}")
         return self.plain("400 Bad Request", "Body could not be read", (("Connection", "close"),))
 
-    def call(self, body: bytes, client: tuple,
+    def call(self, body: bytes, client: Client,
              origin: object = None) -> Union[bytes, PendingAnswer, Answer]:
         """The Avro answer to the body, still to be framed (codec.frame): bytes, or a
         PendingAnswer to await (an async handler's); or, for a body that is no Avro call, an
         Answer. origin: what the call's context reads the request's headers and peer from
         (avrohttp.origins), for an avrohttp.Responder."""
+        # avro.ipc's respond() takes the body alone and returns bytes; avrohttp's may return a
+        # PendingAnswer.
+        respond: Callable[..., Union[bytes, PendingAnswer]] = self.responder.respond
         try:
             if self.gives_origin:
-                return self.responder.respond(codec.unframe(body), None, origin)
-            return self.responder.respond(codec.unframe(body))
+                return respond(codec.unframe(body), None, origin)
+            return respond(codec.unframe(body))
         except (codec.BadFraming, BadRequest) as e:
             if isinstance(e, codec.BadFraming) and hasattr(self.responder, "bad_request"):
                 self.responder.bad_request(len(body))  # for its hooks: respond() never saw it
@@ -139,7 +148,7 @@ class Rules:
             log.exception("unexpected error while answering a call")
             return self.plain("500 Internal Server Error", "Internal server error")
 
-    def refuse(self, client: tuple, status: str, reason: str, headers: tuple = ()) -> Answer:
+    def refuse(self, client: Client, status: str, reason: str, headers: tuple = ()) -> Answer:
         """Answer a request that is not a call with a 4xx and its reason, and log it once."""
         log_client(client, f"{status}: {reason}")
         return self.plain(status, reason, headers)
@@ -152,6 +161,7 @@ class Rules:
                                ("Content-Length", str(len(body))), *headers), body)
 
 
-def log_client(client: tuple, problem: object) -> None:
+def log_client(client: Client, problem: object) -> None:
     """One line in the log for a client's failure (not the server's: that is an ERROR)."""
-    log.info("client %s:%s: %s", client[0], client[1], problem)
+    host, port = client or ("-", "-")
+    log.info("client %s:%s: %s", host, port, problem)

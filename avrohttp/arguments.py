@@ -41,8 +41,9 @@ says so.
 """
 
 import datetime
+import decimal
 import io
-from typing import Optional, Tuple
+from typing import Optional, Tuple, cast
 
 import avro.errors
 import avro.io
@@ -94,6 +95,7 @@ def parameters_error(message: avro.protocol.Message,
     else the BadArguments that describes the first problem. Slow: call it once encoding has
     failed (raise_bad_arguments)."""
     request = message.request
+    problem: Optional[Problem]
     if not isinstance(parameters, dict):
         problem = ("", f"expected the parameters as a dict, by name, got {given(parameters)}")
     else:
@@ -133,31 +135,37 @@ def _first_problem(schema: avro.schema.Schema, datum: object, path: str,
                    writing: bool) -> Optional[Problem]:
     """The first problem with the datum: as avro.io.validate sees it, or (`writing`) as
     avro.io.DatumWriter.write_data does, once validate has taken it."""
+    # The type names the schema's class, and (once _takes has taken it) the datum's type:
+    # each cast below says which.
     kind = schema.type
     if kind == "union":
-        return _union_problem(schema, datum, path, writing)
+        return _union_problem(cast(avro.schema.UnionSchema, schema), datum, path, writing)
     if not _takes(schema, datum):
         return path, _does_not_fit(schema, datum)
     if kind in ("record", "error", "request"):
-        for field in schema.fields:
+        record, fields = cast(dict, datum), cast(avro.schema.RecordSchema, schema)
+        for field in fields.fields:
             inner = field_path(path, field.name)
-            if not writing and field.name not in datum and not _validates(field.type, None):
-                return inner, _missing(schema, field)
-            problem = _first_problem(field.type, datum.get(field.name), inner, writing)
+            if not writing and field.name not in record and not _validates(field.type, None):
+                return inner, _missing(fields, field)
+            problem = _first_problem(field.type, record.get(field.name), inner, writing)
             if problem is not None:
                 return problem
         return None
     if kind == "array":
-        for index, item in enumerate(datum):
-            problem = _first_problem(schema.items, item, item_path(path, index), writing)
+        items = cast(avro.schema.ArraySchema, schema).items
+        for index, item in enumerate(cast(list, datum)):
+            problem = _first_problem(items, item, item_path(path, index), writing)
             if problem is not None:
                 return problem
         return None
     if kind == "map":
-        for key, value in datum.items():
-            if writing and _unwritable(_STRING, key, path):  # a key that UTF-8 cannot encode
-                return path, f"the key {_unwritable(_STRING, key, path)[1]}"
-            problem = _first_problem(schema.values, value, key_path(path, key), writing)
+        values = cast(avro.schema.MapSchema, schema).values
+        for key, value in cast(dict, datum).items():
+            unwritable = _unwritable(_STRING, key, path) if writing else None
+            if unwritable is not None:  # a key that UTF-8 cannot encode
+                return path, f"the key {unwritable[1]}"
+            problem = _first_problem(values, value, key_path(path, key), writing)
             if problem is not None:
                 return problem
         return None
@@ -226,14 +234,15 @@ def _does_not_fit(schema: avro.schema.Schema, datum: object) -> str:
     if kind in ("int", "long") and isinstance(datum, int) and not logical:  # beyond the range
         return out_of_range(kind, shorten(repr(datum)))
     if kind == "enum" and isinstance(datum, str):
-        return not_a_symbol(schema, repr(datum))
+        return not_a_symbol(cast(avro.schema.EnumSchema, schema), repr(datum))
     if kind == "fixed" and isinstance(datum, bytes) and not logical:  # of another size
         return f"expected {expected_value(schema)}, got {len(datum)} bytes"
     if kind in ("record", "error", "request") and isinstance(datum, dict):
-        known = {field.name for field in schema.fields}
+        record = cast(avro.schema.RecordSchema, schema)
+        known = {field.name for field in record.fields}
         unknown = [key for key in datum if key not in known]
         if unknown:
-            return no_such_field(schema, unknown[0])
+            return no_such_field(record, unknown[0])
     if kind == "map" and isinstance(datum, dict):
         keys = [key for key in datum if not isinstance(key, str)]
         if keys:
@@ -265,7 +274,7 @@ def _why_unwritable(schema: avro.schema.Schema, datum: object, error: Exception)
         return (f"{given(datum)} has more decimal places than the scale, "
                 f"{schema.get_prop('scale')}")
     logical = getattr(schema, "logical_type", None)
-    if logical == "decimal" and not datum.is_finite():
+    if logical == "decimal" and not cast(decimal.Decimal, datum).is_finite():
         return f"{given(datum)} is not a finite number"
     if logical == "date" and isinstance(datum, datetime.datetime):
         return f"expected {expected_value(schema)}, got {given(datum)}, not a date alone"

@@ -14,6 +14,7 @@ import avro.ipc
 
 from avrohttp import codec
 from avrohttp.answers import Answer, Rules
+from avrohttp.async_handlers import PendingAnswer
 from avrohttp.options import MAX_BODY_BYTES
 
 if TYPE_CHECKING:  # imported only for the type: avrohttp.metrics needs prometheus_client
@@ -68,16 +69,17 @@ def application_of(rules: Rules) -> Callable:
                     answer = rules.too_slow(client, deadline.expired)
                     break
             if answer is None:
-                answer = call(body, client, scope)
-                if answer.__class__ is not Answer:
-                    if answer.__class__ is not bytes:  # an async handler's: PendingAnswer
-                        answer = await answer.answer()
-                    payload = codec.frame(answer)
+                result = call(body, client, scope)
+                if not isinstance(result, Answer):
+                    if isinstance(result, PendingAnswer):  # an async handler's
+                        result = await result.answer()
+                    payload = codec.frame(result)
                     await send({"type": "http.response.start", "status": 200,
                                 "headers": [*_AVRO_HEADERS,
                                             (b"content-length", b"%d" % len(payload))]})
                     await send({"type": "http.response.body", "body": payload})
                     return
+                answer = result
         await send({"type": "http.response.start", "status": int(answer.status[:3]),
                     "headers": [(name.lower().encode(), value.encode())
                                 for name, value in answer.headers]})

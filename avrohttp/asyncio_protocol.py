@@ -105,7 +105,8 @@ class HTTPProtocol(CallFastPath):
     def __init__(self, config: uvicorn.Config, state: ServerState, server: "Server") -> None:
         super().__init__(config, state, {})
         self.access_log = False  # uvicorn's own; the server's is avrohttp.access
-        self.logger = _UVICORN_LOG
+        # uvicorn types it as a Logger; it calls only what _UvicornLog has.
+        self.logger = _UVICORN_LOG  # type: ignore[assignment]
         self.host = server
         self.options = server.options
         self.rules = server.fast_rules
@@ -125,7 +126,9 @@ class HTTPProtocol(CallFastPath):
         self.head_lines = False  # the request line is in
         self.refusal: Optional[bytes] = None  # the answer to a head over its limits
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    # As uvicorn's own: asyncio's types give any protocol a BaseTransport; a TCP server's
+    # protocol is given a Transport.
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.began = time.monotonic()  # the first request must come from now
         if self.scheme == "https":  # see unsent()
@@ -192,7 +195,7 @@ class HTTPProtocol(CallFastPath):
         self.refusal = answer
         self.reading_head = False
         self.began = None
-        self.parser = _Discard()
+        self.parser = _Discard()  # type: ignore[assignment]  # uvicorn calls only feed_data
         self.transport.write(answer)
         self.transport.close()
 
@@ -218,7 +221,8 @@ class HTTPProtocol(CallFastPath):
     def on_message_begin(self) -> None:
         self.reading_head = True
         super().on_message_begin()
-        self.scope[DEADLINE] = self
+        # A key of ours, as ASGI allows; uvicorn's type of the scope lists only ASGI's own.
+        self.scope[DEADLINE] = self  # type: ignore[literal-required]
         if self.requests:  # the first request's time counts from the connection's start
             self.began = time.monotonic()
         self.requests += 1
@@ -297,7 +301,7 @@ class HTTPProtocol(CallFastPath):
         log_client(self.client, error)
         if self.host.metrics is not None:
             self.host.metrics.count_status(408)
-        self.parser = _Discard()
+        self.parser = _Discard()  # type: ignore[assignment]  # uvicorn calls only feed_data
         transport = self.transport
         transport.write(REQUEST_TIMEOUT_ANSWER)
         # Let the client read its answer before the connection closes: a client still

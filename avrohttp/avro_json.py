@@ -18,7 +18,7 @@ parameters as Python datums.
 
 import json
 import math
-from typing import List
+from typing import List, cast
 
 import avro.io
 import avro.schema
@@ -44,16 +44,18 @@ class DoesNotFit(ValueError):
 def from_json(schema: avro.schema.Schema, value: object, path: str) -> object:
     """The datum for this JSON value of the schema; DoesNotFit, naming `path`, if it does not
     fit."""
+    # The type names the schema's class: each cast below says which.
     kind = schema.type
     if kind == "union":
-        return _from_json_union(schema, value, path)
+        return _from_json_union(cast(avro.schema.UnionSchema, schema), value, path)
     if kind in ("record", "error", "request"):
-        return _from_json_record(schema, value, path)
+        return _from_json_record(cast(avro.schema.RecordSchema, schema), value, path)
     if kind == "array" and isinstance(value, list):
-        return [from_json(schema.items, item, item_path(path, n))
-                for n, item in enumerate(value)]
+        items = cast(avro.schema.ArraySchema, schema).items
+        return [from_json(items, item, item_path(path, n)) for n, item in enumerate(value)]
     if kind == "map" and isinstance(value, dict):
-        return {key: from_json(schema.values, item, key_path(path, key))
+        values = cast(avro.schema.MapSchema, schema).values
+        return {key: from_json(values, item, key_path(path, key))
                 for key, item in value.items()}
     if kind == "null" and value is None:
         return None
@@ -73,8 +75,9 @@ def from_json(schema: avro.schema.Schema, value: object, path: str) -> object:
     if kind == "string" and isinstance(value, str):
         return value
     if kind == "enum" and isinstance(value, str):
-        if value not in schema.symbols:
-            raise DoesNotFit(path, not_a_symbol(schema, json.dumps(value)))
+        enum = cast(avro.schema.EnumSchema, schema)
+        if value not in enum.symbols:
+            raise DoesNotFit(path, not_a_symbol(enum, json.dumps(value)))
         return value
     if kind in ("bytes", "fixed") and isinstance(value, str):
         try:
@@ -82,7 +85,7 @@ def from_json(schema: avro.schema.Schema, value: object, path: str) -> object:
         except UnicodeEncodeError:
             raise DoesNotFit(path, f"expected {expected(schema)}: {quote(value)} has a code "
                                    "point above \\u00ff") from None
-        if kind == "fixed" and len(data) != schema.size:
+        if kind == "fixed" and len(data) != cast(avro.schema.FixedSchema, schema).size:
             raise DoesNotFit(path, f"expected {expected(schema)}, got {len(data)} bytes")
         return data
     raise DoesNotFit(path, f"expected {expected(schema)}, got {quote(value)}")
@@ -110,7 +113,8 @@ def _from_json_record(schema: avro.schema.RecordSchema, value: object, path: str
             datum[name] = from_json(field.type, value[name], inner)
         elif field.has_default:
             # A default is JSON, but a union's is its first branch's value, never wrapped.
-            branch = field.type.schemas[0] if field.type.type == "union" else field.type
+            branch = (cast(avro.schema.UnionSchema, field.type).schemas[0]
+                      if field.type.type == "union" else field.type)
             datum[name] = from_json(branch, field.default, inner)
         else:
             raise DoesNotFit(inner, f"missing: give {expected(field.type)}")
@@ -143,25 +147,33 @@ def _from_json_union(schema: avro.schema.UnionSchema, value: object, path: str) 
 
 def to_json(schema: avro.schema.Schema, datum: object) -> object:
     """The JSON value of a datum of the schema, in Avro's JSON encoding."""
+    # The type names the schema's class, and the datum's type: each cast below says which.
     kind = schema.type
     if kind == "union":
-        if datum is None and any(branch.type == "null" for branch in schema.schemas):
+        branches = cast(avro.schema.UnionSchema, schema).schemas
+        if datum is None and any(branch.type == "null" for branch in branches):
             return None
-        for branch in schema.schemas:
+        for branch in branches:
             # avro.io writes a datum in the first branch that it fits: so does this.
             if branch.type != "null" and avro.io.validate(branch, datum):
                 return {branch_name(branch): to_json(branch, datum)}
         raise ValueError(f"{quote(datum)} fits no branch of {expected(schema)}")
     if kind in ("record", "error", "request"):
-        return {field.name: to_json(field.type, datum.get(field.name)) for field in schema.fields}
+        record = cast(dict, datum)
+        return {field.name: to_json(field.type, record.get(field.name))
+                for field in cast(avro.schema.RecordSchema, schema).fields}
     if kind == "array":
-        return [to_json(schema.items, item) for item in datum]
+        items = cast(avro.schema.ArraySchema, schema).items
+        return [to_json(items, item) for item in cast(list, datum)]
     if kind == "map":
-        return {key: to_json(schema.values, item) for key, item in datum.items()}
+        values = cast(avro.schema.MapSchema, schema).values
+        return {key: to_json(values, item) for key, item in cast(dict, datum).items()}
     if kind in ("bytes", "fixed") and isinstance(datum, bytes):
         return datum.decode("latin-1")
-    if kind in ("float", "double") and not math.isfinite(datum):
-        return "NaN" if math.isnan(datum) else ("Infinity" if datum > 0 else "-Infinity")
+    if kind in ("float", "double"):
+        number = cast(float, datum)
+        if not math.isfinite(number):
+            return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
     return datum
 
 
@@ -193,17 +205,19 @@ def expected(schema: avro.schema.Schema, forms: dict = JSON_FORMS) -> str:
     JSON object)"; `forms` says how a value of each type is written (JSON_FORMS)."""
     kind = schema.type
     if kind == "union":
-        return "one of " + ", ".join(branch_name(branch) for branch in schema.schemas)
+        branches = cast(avro.schema.UnionSchema, schema).schemas
+        return "one of " + ", ".join(branch_name(branch) for branch in branches)
     if kind in ("record", "error"):
-        words = f"record {schema.fullname}"
+        words = f"record {cast(avro.schema.RecordSchema, schema).fullname}"
     elif kind == "enum":
-        words = f"enum {schema.fullname} (one of {', '.join(schema.symbols)})"
+        enum = cast(avro.schema.EnumSchema, schema)
+        words = f"enum {enum.fullname} (one of {', '.join(enum.symbols)})"
     elif kind == "fixed":
-        words = f"fixed {schema.fullname}"
+        words = f"fixed {cast(avro.schema.FixedSchema, schema).fullname}"
     elif kind == "array":
-        words = f"an array of {branch_name(schema.items)}"
+        words = f"an array of {branch_name(cast(avro.schema.ArraySchema, schema).items)}"
     elif kind == "map":
-        words = f"a map of {branch_name(schema.values)}"
+        words = f"a map of {branch_name(cast(avro.schema.MapSchema, schema).values)}"
     else:
         words = {"null": "null", "boolean": "a boolean", "int": "an int", "long": "a long",
                  "float": "a float", "double": "a double", "string": "a string"

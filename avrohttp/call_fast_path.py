@@ -21,7 +21,7 @@ throughput. tests/avrohttp/test_call_fast_path.py checks that its answers are th
 application's, byte for byte.
 """
 
-from typing import List, Optional, Union
+from typing import TYPE_CHECKING, List, Optional, Union
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -29,6 +29,9 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from avrohttp import codec
 from avrohttp.answers import Answer, Rules
 from avrohttp.async_handlers import PendingAnswer
+
+if TYPE_CHECKING:
+    from avrohttp.serve_asyncio import Server
 
 _AVRO_HEAD = b"content-type: avro/binary\r\ncontent-length: "
 _CONNECTION_CLOSE = b"connection: close\r\n"
@@ -44,6 +47,7 @@ class CallFastPath(HttpToolsProtocol):
     """
 
     rules: Optional[Rules] = None
+    host: "Server"  # the server's own subclass, HTTPProtocol, sets it
     # The call being read on the fast path: its body's pieces; an Answer that refuses it,
     # sent once its body is in; _DROPPED; or None (no call on the fast path).
     call: Union[None, List[bytes], Answer, object] = None
@@ -92,16 +96,20 @@ class CallFastPath(HttpToolsProtocol):
         if call is _DROPPED:
             return
         if call.__class__ is list:
-            call = self.rules.call(b"".join(call), self.client, self)
-            if call.__class__ is PendingAnswer:  # an async handler: never, since rules is
+            assert self.rules is not None  # or the call would not be on the fast path
+            answer = self.rules.call(b"".join(call), self.client, self)
+            if isinstance(answer, PendingAnswer):  # an async handler: never, since rules is
                 raise AssertionError("the call fast path met an async handler")  # None then
-        self.write_answer(call)
+            self.write_answer(answer)
+        elif isinstance(call, Answer):  # refused before its body, which is now in
+            self.write_answer(call)
 
     def body_too_slow(self, error: Exception) -> bool:
         """For the request deadline: answer a call whose body comes too slowly with 408, as
         the ASGI application would; False if no call is being read on the fast path."""
         if self.call.__class__ is not list:
             return False
+        assert self.rules is not None  # or the call would not be on the fast path
         self.call = None
         self.write_answer(self.rules.too_slow(self.client, error))
         return True
@@ -109,9 +117,10 @@ class CallFastPath(HttpToolsProtocol):
     def write_answer(self, answer: Union[bytes, Answer]) -> None:
         """Write the answer in one write, as uvicorn would write it (its Date header first),
         then go on as uvicorn does after an answer: close, or wait for the next request."""
-        keep_alive = self.call_keep_alive and not self.host.stopping
+        # True, False, or None once the answer says "Connection: close" itself.
+        keep_alive: Optional[bool] = self.call_keep_alive and not self.host.stopping
         head = [*(b"%s: %s\r\n" % header for header in self.server_state.default_headers)]
-        if answer.__class__ is Answer:
+        if isinstance(answer, Answer):
             head.insert(0, STATUS_LINE[int(answer.status[:3])])
             for name, value in answer.headers:
                 if name == "Connection":  # only ever "close" (Rules)

@@ -151,8 +151,8 @@ def host(loop: str) -> type:
     """The Server class of a loop, imported only when it is picked: the eventlet host after
     monkey-patching the standard library (if the program has not), the asyncio host without."""
     if loop == "asyncio":
-        from avrohttp.serve_asyncio import Server
-        return Server
+        from avrohttp.serve_asyncio import Server as AsyncioServer
+        return AsyncioServer
     # eventlet warns on import that it is deprecated; README.md, "eventlet's status", says why
     # the tutorial still uses it. Only that warning is silenced.
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")

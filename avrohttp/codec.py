@@ -11,7 +11,7 @@ on them.
 import io
 import operator
 import struct
-from typing import Callable
+from typing import Any, Callable, Dict, List, Tuple, Union, cast
 
 import avro.errors
 import avro.io
@@ -57,7 +57,7 @@ def unframe(body: bytes) -> bytes:
         (length,) = _FRAME_LENGTH.unpack_from(body)
         if length and body[4 + length:8 + length] == _END_OF_MESSAGE:
             return body[4:4 + length]
-    frames = []
+    frames: List[bytes] = []
     position = 0
     while True:
         if position + 4 > len(body):
@@ -133,8 +133,9 @@ class Decoder(avro.io.BinaryDecoder):
 
 # The primitive types for which validate() checks only isinstance(datum, <these types>), and
 # the encoder method that avro.io.DatumWriter.write_data calls for them. (Not int and long:
-# validate() also checks their range.)
-_SELF_CHECKING_WRITES = {
+# validate() also checks their range.) Each method takes a value of its own types: Any.
+_SELF_CHECKING_WRITES: Dict[str, Tuple[Union[type, Tuple[type, ...]],
+                                       Callable[[avro.io.BinaryEncoder, Any], None]]] = {
     "null": (type(None), avro.io.BinaryEncoder.write_null),
     "boolean": (bool, avro.io.BinaryEncoder.write_boolean),
     "string": (str, avro.io.BinaryEncoder.write_utf8),
@@ -177,7 +178,7 @@ def encoder_for(schema: avro.schema.Schema) -> Callable[[object], bytes]:
         def encode_primitive(datum: object) -> bytes:
             if not isinstance(datum, types):
                 raise avro.errors.AvroTypeException(schema, datum)  # as write_data would
-            if types is str:
+            if isinstance(datum, str):  # the string type's
                 data = datum.encode("utf-8")
                 if len(data) < len(_SMALL_LONGS):  # a length that takes one byte
                     return _SMALL_LONGS[len(data)] + data
@@ -292,7 +293,7 @@ def read_metadata(decoder: avro.io.BinaryDecoder) -> dict:
     if reader.read(1) == EMPTY_META:
         return {}
     reader.seek(start)
-    return avro.ipc.META_READER.read(decoder)
+    return cast(dict, avro.ipc.META_READER.read(decoder))  # a map: avro reads it as a dict
 
 
 def encode_metadata(meta: dict) -> bytes:

@@ -66,7 +66,7 @@ class Deadlines:
         finally:
             self.timer = self.hub.schedule_call_global(self.sweep_seconds, self.sweep)
 
-    def waiting_on(self, fileno: int) -> Optional[object]:
+    def waiting_on(self, fileno: int) -> Optional["eventlet.hubs.hub.FdListener"]:
         """The hub's listener for a green thread waiting to read or write this socket."""
         listeners = self.hub.listeners
         return listeners[self.hub.READ].get(fileno) or listeners[self.hub.WRITE].get(fileno)
@@ -93,7 +93,8 @@ class ClientDeadline:
         # A new connection: its first byte (after the TLS handshake) must come within the idle
         # timeout, and its first request within the request timeout, both from now.
         self.started = time.monotonic()
-        self.at = self.started + min(deadlines.idle_timeout, deadlines.request_timeout)
+        self.at: Optional[float] = self.started + min(deadlines.idle_timeout,
+                                                      deadlines.request_timeout)
         self.phase = self.FIRST
 
     def request(self, since: Optional[float] = None) -> None:
@@ -125,6 +126,7 @@ class ClientDeadline:
         waiting = deadlines.waiting_on(self.fileno)
         if waiting is None:
             return  # the application's own work, not the client's: see again next sweep
+        error: socket.timeout
         if self.phase == self.REQUEST or (
                 self.phase == self.FIRST and deadlines.request_timeout <= deadlines.idle_timeout):
             error = RequestTimeout(

@@ -28,7 +28,7 @@ def parse_headers(fp: BinaryIO, _class=http.client.HTTPMessage) -> http.client.H
     """http.client.parse_headers(fp, _class): the same headers, the same errors."""
     # The standard library's reading, with its limits: 65,536 bytes a line and 100 lines.
     # The last line is the blank one that ends the headers (or b"" at the end of the stream).
-    lines = http.client._read_headers(fp)
+    lines = http.client._read_headers(fp)  # type: ignore[attr-defined]  # private: no stub
     message = _class()
     for line in lines[:-1]:
         plain = _PLAIN.fullmatch(line)

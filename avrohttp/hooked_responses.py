@@ -41,7 +41,7 @@ class HookedResponses:
             call.outcome = hooks.SYSTEM_ERROR
             self.hooks.after(call)
             raise
-        if response.__class__ is PendingAnswer:  # the hooks' after() once it is answered
+        if isinstance(response, PendingAnswer):  # the hooks' after() once it is answered
             response.then = functools.partial(self._after_hooks, call)
             return response
         return self._after_hooks(call, response)

@@ -136,6 +136,7 @@ class Server:
         check of its supervisor and its metrics' flush.
         """
         if self.ready_fd is None:
+            assert self.address is not None  # run() sets it before serve() calls this
             host, port = self.address
             log.info("%s server listening on %s://%s:%d/", self.name, self.options.scheme,
                      host, port)
@@ -187,7 +188,7 @@ def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
-def tls_context(certfile: str, keyfile: str, client_ca: Optional[str] = None
+def tls_context(certfile: str, keyfile: Optional[str], client_ca: Optional[str] = None
                 ) -> ssl.SSLContext:
     """The TLS settings to serve HTTPS with this certificate (chain) and key, both PEM files;
     with client_ca, a PEM file of certificate authorities, mutual TLS: each client must
@@ -195,6 +196,8 @@ def tls_context(certfile: str, keyfile: str, client_ca: Optional[str] = None
 
     Raises CannotServeTLS, with a message that names the file at fault where it can.
     """
+    if keyfile is None:  # ServerOptions made in code: the command line checks it itself
+        raise CannotServeTLS(f"{certfile} needs its private key: give keyfile too")
     # Python's recommended settings for a server: TLS 1.2 or later, no weak ciphers. It
     # trusts no certificate authority of its own: only client_ca's, if given.
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -75,8 +75,9 @@ class _Layout:
         self.statuses = statuses
         size = 0
         # Per message: calls by outcome, then three histograms, each its buckets (the last
-        # one +Inf) and its sum.
-        self.per_message: Dict[str, Tuple[int, int, int, int]] = {}
+        # one +Inf) and its sum. Looked up by Call.message, None for a call not read that far
+        # (which finds no entry, and counts under OTHER_MESSAGE).
+        self.per_message: Dict[Optional[str], Tuple[int, int, int, int]] = {}
         for message in self.messages:
             calls = size
             latency = calls + len(outcomes)
@@ -110,9 +111,10 @@ class _Slots:
                                                 ("gauges", self.gauges))}
 
     def _path(self, part: str, pid: object) -> str:
+        assert self.directory is not None  # the files are only made with a directory
         return os.path.join(self.directory, f"{self.kind}-{self.layout.key}-{pid}.{part}")
 
-    def _mapped(self, part: str, slots: int) -> memoryview:
+    def _mapped(self, part: str, slots: int) -> "memoryview[float]":
         size = max(slots, 1) * 8
         with open(self._path(part, os.getpid()), "wb+") as file:  # new, zeroed
             file.truncate(size)
@@ -162,6 +164,8 @@ class _CallMetrics(CallHook, prometheus_client.registry.Collector):
     collector). ServerMetrics and ClientMetrics say which side."""
 
     side = ""
+    verb = ""  # what a side does with its calls: "answered", "made"
+    duration_help = ""
     outcomes: Tuple[str, ...] = ()
     gauge_names: Tuple[str, ...] = ("in_flight",)
     statuses: Tuple[str, ...] = ()
@@ -171,7 +175,9 @@ class _CallMetrics(CallHook, prometheus_client.registry.Collector):
         self.layout = _Layout((protocol.messages or {}).keys(), self.outcomes,
                               self.gauge_names, self.statuses)
         self.slots = _Slots(self.side, self.layout, directory)
-        self._outcome_index = {outcome: i for i, outcome in enumerate(self.outcomes)}
+        # By Call.outcome, which is Optional but always set by the time after() runs.
+        self._outcome_index: Dict[Optional[str], int] = {
+            outcome: i for i, outcome in enumerate(self.outcomes)}
         self._in_flight = self.layout.gauges["in_flight"]
         assert self._in_flight == _IN_FLIGHT
         self._counters, self._gauges = self.slots.counters, self.slots.gauges

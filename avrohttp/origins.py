@@ -8,7 +8,10 @@ fast path); these functions read one only when a handler or a hook asks. So a ca
 context nobody reads costs nothing here.
 """
 
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple, cast
+
+if TYPE_CHECKING:  # imported only for the type: it needs uvicorn
+    from avrohttp.call_fast_path import CallFastPath
 
 # Where the hosts keep the request's connection: avrohttp.serve's ClientDeadline (whose
 # .protocol.connection is the socket) in the WSGI environ, and avrohttp.asyncio_protocol's
@@ -34,7 +37,8 @@ def headers(origin: object) -> Dict[str, str]:
             return found
         pairs = origin.get("headers", ())  # ASGI
     else:
-        pairs = origin.headers  # the asyncio host's connection: uvicorn's list of pairs
+        # The asyncio host's connection: uvicorn's list of pairs.
+        pairs = cast("CallFastPath", origin).headers
     found = {}
     for name, value in pairs:
         name, value = name.decode("latin-1").lower(), value.decode("latin-1")
@@ -55,7 +59,7 @@ def peer(origin: object) -> Optional[Tuple[str, int]]:
             return (address, int(port) if port and str(port).isdigit() else 0)
         client = origin.get("client")  # ASGI
     else:
-        client = origin.client
+        client = cast("CallFastPath", origin).client
     return tuple(client) if client else None
 
 
@@ -75,5 +79,5 @@ def peer_certificate(origin: object) -> Optional[dict]:
             return certificate or None
         transport = connection.transport  # asyncio, through ASGI
     else:
-        transport = origin.transport  # asyncio, on the call fast path
+        transport = cast("CallFastPath", origin).transport  # asyncio, on the call fast path
     return transport.get_extra_info("peercert") or None

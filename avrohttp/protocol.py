@@ -30,7 +30,8 @@ class Protocol(avro.protocol.Protocol):
         self.one_way: FrozenSet[str] = frozenset(
             name for name, message in messages.items()
             if isinstance(message, dict) and message.get("one-way") is True)
-        super().__init__(data.get("protocol"), data.get("namespace"), data.get("types"),
+        # avro refuses a missing name, and one that is not a string, itself.
+        super().__init__(data.get("protocol", ""), data.get("namespace"), data.get("types"),
                          data.get("messages"))
 
     def __str__(self) -> str:

@@ -12,7 +12,7 @@ import io
 import logging
 import time
 import types
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Dict, FrozenSet, Iterable, Optional, Tuple, Union, cast
 
 import avro.errors
 import avro.io
@@ -72,6 +72,12 @@ DECODING_ERRORS = (avro.errors.AvroException, ValueError, RecursionError)
 _HASH = 16
 _SHORT_HANDSHAKE = 2 * _HASH + 2
 
+# Reads a message's parameters from the call request (codec.reader_for).
+_Reader = Callable[[avro.io.BinaryDecoder], object]
+# What the first bytes of a call mean (Responder._remember_head): the message, the reader of
+# its parameters, the call metadata, and the caller's timeout.
+_Head = Tuple[avro.protocol.Message, _Reader, dict, Optional[float]]
+
 
 class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
     """avro.ipc.Responder with the flaws of avro 1.12.2's server side fixed, in one place, and
@@ -113,18 +119,18 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
         other implementations see its one-way messages), or a protocol avro has parsed.
         call_hooks: avrohttp.hooks.CallHook objects run around each call."""
         local_protocol = as_written(local_protocol)
-        one_way = getattr(local_protocol, "one_way", frozenset())
+        one_way: FrozenSet[str] = getattr(local_protocol, "one_way", frozenset())
         self.max_cached_protocols = max_cached_protocols
         # Run around each call (avrohttp.hooks); add one with self.hooks.append(hook).
         self.hooks = hooks.Hooks(call_hooks)
         self._hook_list = self.hooks.hooks  # the same list: one lookup per call, not two
         # For each hash in the protocol cache (and always our own): the request readers of
         # the protocol cached under it, by message name. Kept and forgotten with the protocol.
-        self._request_readers = {}
+        self._request_readers: Dict[bytes, Dict[str, _Reader]] = {}
         # The first bytes of calls seen before (handshake, metadata, message name), and what
         # they mean; _head_lengths holds their lengths, one per message name length.
-        self._call_heads = {}
-        self._head_lengths = ()
+        self._call_heads: Dict[bytes, _Head] = {}
+        self._head_lengths: Tuple[int, ...] = ()
         super().__init__(local_protocol)
         self._handshake_responses = {
             match: self._encode_handshake_response(match) for match in ("BOTH", "CLIENT", "NONE")}
@@ -166,10 +172,11 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
                 self._request_readers.pop(forgotten, None)
 
     def respond(self, call_request: bytes, call: Optional[Call] = None,
-                origin: object = None) -> bytes:
+                origin: object = None) -> Union[bytes, PendingAnswer]:
         """Answer one call: the handshake response, then the call response (if any).
 
-        Raises BadRequest when the body does not even start with a handshake request.
+        Raises BadRequest when the body does not even start with a handshake request. A call
+        to an `async def` handler is answered with a PendingAnswer instead of bytes.
         `call` is for _respond_with_hooks: with no hook installed it stays None, and the
         outcome of the call is not even noted. `origin` is what the call's context reads its
         HTTP headers and peer from (avrohttp.origins): the hosts give it.
@@ -192,8 +199,8 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
                          "serverHash": call_request[_HASH + 1:_SHORT_HANDSHAKE - 1]}
             decoder.reader.seek(_SHORT_HANDSHAKE)
         else:
-            try:
-                handshake = avro.ipc.HANDSHAKE_RESPONDER_READER.read(decoder)
+            try:  # a record: avro reads it as a dict
+                handshake = cast(dict, avro.ipc.HANDSHAKE_RESPONDER_READER.read(decoder))
             except DECODING_ERRORS as e:
                 raise BadRequest("body is not an Avro handshake request") from e
         try:
@@ -211,13 +218,13 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
                 call.outcome = hooks.HANDSHAKE
             return self._handshake_response(handshake, client_known=False)
         response = self._handshake_response(handshake, client_known=True)
-        return response + self._call_response(handshake, response, client_protocol, decoder,
-                                              call, origin)
+        return response + self._call_response(call_request, handshake, response, client_protocol,
+                                              decoder, call, origin)
 
-    def _call_response(self, handshake: dict, handshake_response: bytes,
+    def _call_response(self, call_request: bytes, handshake: dict, handshake_response: bytes,
                        client_protocol: avro.protocol.Protocol,
                        decoder: avro.io.BinaryDecoder, call: Optional[Call],
-                       origin: object) -> bytes:
+                       origin: object) -> Union[bytes, PendingAnswer]:
         try:
             meta = codec.read_metadata(decoder)
             name = decoder.read_utf8()
@@ -234,15 +241,15 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
             return b""  # a ping: the handshake alone is the answer
         local_message = self.local_protocol.messages.get(name)
         # avro parses a protocol with no messages (or "messages": {}) to messages=None.
-        if name not in (client_protocol.messages or {}) or local_message is None:
+        client_messages = client_protocol.messages or {}
+        if name not in client_messages or local_message is None:
             if call is not None:
                 call.outcome = hooks.UNKNOWN_MESSAGE
             return self._system_error(f"Unknown message: {name}")
         readers = self._request_readers.get(handshake["clientHash"])
         reader = readers.get(name) if readers is not None else None
         if reader is None:
-            reader = codec.reader_for(client_protocol.messages[name].request,
-                                           local_message.request)
+            reader = codec.reader_for(client_messages[name].request, local_message.request)
             if readers is not None:  # the client's protocol is cached: keep its readers too
                 readers[name] = reader
         timeout = _timeout_of(meta)
@@ -250,12 +257,11 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
                 and handshake.get("meta") is None
                 and handshake_response == self._handshake_responses["BOTH"]
                 and (not meta or (len(meta) == 1 and timeout is not None))):
-            with decoder.reader.getbuffer() as call_request:
-                head = bytes(call_request[:decoder.reader.tell()])
+            head = call_request[:decoder.reader.tell()]
             self._remember_head(head, (local_message, reader, meta, timeout))
         return self._call(local_message, reader, meta, timeout, decoder, call, origin)
 
-    def _remember_head(self, head: bytes, call: tuple) -> None:
+    def _remember_head(self, head: bytes, call: _Head) -> None:
         """Remember what a call's first bytes mean: a client whose protocol is cached, that
         guessed our hash, sent no metadata but a timeout (avrohttp.context), and called this
         message with this reader. A client whose timeouts vary (one calling from inside a
@@ -301,9 +307,9 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
             raise avro.errors.AvroRemoteException(f"Not implemented: {message.name}")
         return handler(**request)
 
-    def _call(self, local_message, reader: Callable, meta: dict, timeout: Optional[float],
-              decoder: avro.io.BinaryDecoder, call: Optional[Call] = None,
-              origin: object = None) -> bytes:
+    def _call(self, local_message: avro.protocol.Message, reader: _Reader, meta: dict,
+              timeout: Optional[float], decoder: avro.io.BinaryDecoder,
+              call: Optional[Call] = None, origin: object = None) -> Union[bytes, PendingAnswer]:
         """The call response: read the parameters, invoke the handler, write its answer.
 
         meta: the call metadata, never changed here (it may be a cached head's); timeout:
@@ -315,7 +321,7 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
             call.message = name
             call.request_meta = dict(meta)  # its own: a hook may change it
         try:
-            request = reader(decoder)
+            request = cast(dict, reader(decoder))  # the parameters: a record, read as a dict
         except DECODING_ERRORS as e:
             if call is not None:
                 call.outcome = hooks.SYSTEM_ERROR
@@ -330,7 +336,7 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
             deadline = time.monotonic() + timeout
         if call is not None:
             call.deadline = deadline
-        slot = [call, name, meta, origin, deadline]  # avrohttp.context's
+        slot: list = [call, name, meta, origin, deadline]  # avrohttp.context's
         token = _current.set(slot)
         try:
             if call is not None:

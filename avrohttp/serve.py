@@ -85,7 +85,7 @@ class Server(hosting.Server):
             serve(listener, application, self.options, self.max_connections, self.metrics)
             status = 0
         except SystemExit as e:  # from _watch: the calls in flight were not all answered
-            status = e.code
+            status = e.code if isinstance(e.code, int) else 1  # _watch's is an int
         finally:
             watcher.kill()
             if signals:

@@ -90,7 +90,9 @@ class Server(hosting.Server):
             server_header=False,
             # uvicorn's own keep-alive timer closes an idle connection, silently, as eventlet
             # does: --idle-timeout.
-            timeout_keep_alive=options.idle_timeout)
+            # uvicorn types it int; it only ever hands it to loop.call_later, which takes any
+            # number of seconds.
+            timeout_keep_alive=options.idle_timeout)  # type: ignore[arg-type]
         config.load()
         name_413_as_rfc_9110()
         state = ServerState()
@@ -132,16 +134,18 @@ class Server(hosting.Server):
         return status
 
     def _stop(self, now: bool) -> None:
+        accept, stopping = self._accept, self._stopping
+        assert accept is not None and stopping is not None  # set before the loop runs this
         before = self._stops
         self._stops += 2 if now else 1
         if before == 0 and self._stops == 1:
             log.info("stopping: answering the calls in flight")
             # Closed now, not once the calls are answered: meanwhile, new connections are
             # refused at once, and a balancer tries another server.
-            self._accept.close()
+            accept.close()
         elif before < 2:
             log.warning("stopping now, without waiting for the calls in flight")
-        self._stopping.set()
+        stopping.set()
 
     async def _drain(self, accept: "_Acceptor") -> int:
         """Close each connection once it is idle; 0 once all are closed, 1 if they were not
@@ -250,24 +254,27 @@ class _Acceptor:
         self.resume()  # if paused at the limit: this one is open, or its place is free again
 
 
+class _Repeat:
+    """A function called every so many seconds on a loop (_every), until cancel()."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float,
+                 function: Callable[[], None]) -> None:
+        self.loop, self.seconds, self.function = loop, seconds, function
+        self.handle = loop.call_later(seconds, self.run)
+
+    def run(self) -> None:
+        self.handle = self.loop.call_later(self.seconds, self.run)
+        self.function()
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 def _every(loop: asyncio.AbstractEventLoop, seconds: float,
-           function: Callable[[], None]) -> asyncio.TimerHandle:
+           function: Callable[[], None]) -> _Repeat:
     """Call function every so many seconds on the loop; returns a handle whose cancel()
     stops it."""
-
-    class Repeat:
-        handle: asyncio.TimerHandle
-
-        def run(self) -> None:
-            self.handle = loop.call_later(seconds, self.run)
-            function()
-
-        def cancel(self) -> None:
-            self.handle.cancel()
-
-    repeat = Repeat()
-    repeat.handle = loop.call_later(seconds, repeat.run)
-    return repeat
+    return _Repeat(loop, seconds, function)
 
 
 def _with_access_log(app: Callable) -> Callable:

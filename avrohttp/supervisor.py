@@ -114,10 +114,10 @@ class Supervisor:
                 self._signal_all(signal.SIGTERM)  # a worker's second one stops it at once
             # Each worker keeps to its drain timeout; this is for one that hangs regardless.
             if stopping and time.monotonic() > stopping + self.drain_timeout + KILL_GRACE:
-                for worker in self._running():
-                    log.error("worker %d did not stop in time; killing it", worker.pid)
-                    worker.kill()
-                    worker.wait()
+                for hung in self._running():
+                    log.error("worker %d did not stop in time; killing it", hung.pid)
+                    hung.kill()
+                    hung.wait()
             for slot, worker in enumerate(self.workers):
                 if not stopping and (worker is None or worker.poll() is not None):
                     self._replace(slot)

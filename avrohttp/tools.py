@@ -18,7 +18,7 @@ import sys
 import textwrap
 import traceback
 import urllib.parse
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple, cast
 
 import avro.errors
 import avro.io
@@ -282,8 +282,8 @@ def learn_protocol(server: Server) -> Tuple[str, avro.protocol.Protocol]:
     finally:
         transceiver.close()
     try:
-        handshake = avro.io.DatumReader(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA).read(
-            avro.io.BinaryDecoder(io.BytesIO(answer)))
+        handshake = cast(dict, avro.io.DatumReader(avro.ipc.HANDSHAKE_RESPONSE_SCHEMA).read(
+            avro.io.BinaryDecoder(io.BytesIO(answer))))  # a record: avro reads it as a dict
     except (avro.errors.AvroException, ValueError, EOFError) as e:
         raise client.CallFailed(f"the server's answer is not an Avro handshake: {e}") from e
     text = handshake["serverProtocol"]
@@ -322,12 +322,13 @@ def call(args: argparse.Namespace, argv: List[str]) -> int:
     except client.CallFailed as e:
         print(f"{PROG} call: {e}", file=sys.stderr)
         return UNREACHABLE
-    message = protocol.messages.get(args.message)
+    messages = protocol.messages or {}  # None for a protocol without messages
+    message = messages.get(args.message)
     if message is None:
         raise UsageError(f"the {protocol.name} protocol has no message {args.message!r} "
-                         f"(its messages: {', '.join(protocol.messages) or 'none'})")
-    try:
-        request = avro_json.from_json(message.request, parameters, "")
+                         f"(its messages: {', '.join(messages) or 'none'})")
+    try:  # the parameters: a record, a dict
+        request = cast(dict, avro_json.from_json(message.request, parameters, ""))
     except avro_json.DoesNotFit as e:
         raise UsageError(f"{message.name}: {e}") from None
     # The server's own protocol text as ours: its hash is the server's, so the handshake

@@ -28,12 +28,14 @@ that OpenTelemetry is set up with (opentelemetry.propagate: `traceparent` and `t
 W3C's, and `baggage` by default), each value as UTF-8 bytes.
 """
 
+import contextvars
 from typing import Dict, List, Optional, Tuple, Union
 
 import avro.protocol
 from opentelemetry import context, propagate, trace
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from avrohttp import hooks
 from avrohttp.hooks import Call, CallHook
@@ -74,21 +76,21 @@ class _Tracing(CallHook):
 
     def __init__(self, protocol: Union[str, avro.protocol.Protocol],
                  tracer_provider: Optional[trace.TracerProvider],
-                 attributes: Dict[str, object]) -> None:
+                 attributes: Dict[str, AttributeValue]) -> None:
         protocol = as_written(protocol)
         # The global tracer provider, if none is given: until the program sets one up, a
         # proxy that makes no spans, and makes them from then on.
         self.tracer = trace.get_tracer("avrohttp", tracer_provider=tracer_provider,
                                        schema_url=SCHEMA_URL)
-        self.attributes = {"rpc.system.name": SYSTEM, **attributes}
+        self.attributes: Dict[str, AttributeValue] = {"rpc.system.name": SYSTEM, **attributes}
         service = protocol.fullname
-        self.methods: Dict[str, Tuple[str, Dict[str, object]]] = {}
+        self.methods: Dict[str, Tuple[str, Dict[str, AttributeValue]]] = {}
         for message in protocol.messages or {}:
             method = f"{service}/{message}"
             self.methods[message] = (method, {**self.attributes, "rpc.method": method})
-        self.calls: Dict[int, tuple] = {}
+        self.calls: dict = {}  # by id(call): what each side keeps (see its own calls)
 
-    def method(self, message: str) -> Tuple[str, Dict[str, object]]:
+    def method(self, message: str) -> Tuple[str, Dict[str, AttributeValue]]:
         """The span name and attributes of a call of this message."""
         known = self.methods.get(message)
         if known is not None:
@@ -116,6 +118,9 @@ class ServerTracing(_Tracing):
 
     protocol: the responder's protocol. tracer_provider: OpenTelemetry's global one, if None.
     """
+
+    # Each call's span, the context that has it as current, and the token to detach it.
+    calls: Dict[int, Tuple[trace.Span, context.Context, "contextvars.Token[context.Context]"]]
 
     def __init__(self, protocol: Union[str, avro.protocol.Protocol],
                  tracer_provider: Optional[trace.TracerProvider] = None) -> None:
@@ -152,12 +157,15 @@ class ClientTracing(_Tracing):
     tracer_provider: OpenTelemetry's global one, if None.
     """
 
+    calls: Dict[int, trace.Span]  # each call's span
+
     def __init__(self, protocol: Union[str, avro.protocol.Protocol], host: str, port: int,
                  tracer_provider: Optional[trace.TracerProvider] = None) -> None:
         super().__init__(protocol, tracer_provider,
                          {"server.address": host, "server.port": port})
 
     def before(self, call: Call) -> None:
+        assert call.message is not None  # a client's call always has its message's name
         name, attributes = self.method(call.message)
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
         propagate.inject(call.request_meta, trace.set_span_in_context(span), META_SETTER)

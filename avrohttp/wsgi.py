@@ -6,7 +6,7 @@ any WSGI server can host it. An async def handler needs an event loop: serve suc
 responder with avrohttp.asgi instead.
 """
 
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, cast
 
 import avro.ipc
 
@@ -40,7 +40,7 @@ def make_application(responder: avro.ipc.Responder, max_body_bytes: int = MAX_BO
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
         client = (environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT"))
         length = environ.get("CONTENT_LENGTH")
-        answer = before_body(environ["REQUEST_METHOD"], environ.get("PATH_INFO"),
+        answer = before_body(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""),
                              environ.get("CONTENT_TYPE"), length, client)
         if answer is None:
             try:
@@ -55,12 +55,14 @@ def make_application(responder: avro.ipc.Responder, max_body_bytes: int = MAX_BO
                 deadline = environ.get(DEADLINE)
                 if deadline is not None:
                     deadline.cancel()  # the request is in: the rest is the server's time
-                answer = call(body, client, environ)
-                if answer.__class__ is not Answer:
-                    payload = codec.frame(answer)
+                result = call(body, client, environ)
+                if not isinstance(result, Answer):
+                    # bytes: never a PendingAnswer, as refuse_async_handlers saw to above
+                    payload = codec.frame(cast(bytes, result))
                     start_response("200 OK", [("Content-Type", "avro/binary"),
                                               ("Content-Length", str(len(payload)))])
                     return [payload]
+                answer = result
         start_response(answer.status, list(answer.headers))
         return [answer.body]
 
