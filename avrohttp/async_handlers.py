@@ -78,6 +78,12 @@ class PendingAnswer:
                     f"Deadline exceeded: {name} was stopped at its caller's deadline")
         except Exception as e:
             body = responder._failed(self.message, e, self.call)
+        except BaseException:  # cancelled (the client left, the server stops): no answer,
+            if self.then is not None:  # but the hooks see the call end, as a system error
+                if self.call is not None:
+                    self.call.outcome = hooks.SYSTEM_ERROR
+                self.then(self.prefix + responder._system_error(f"{name} was cancelled"))
+            raise
         finally:
             _current.reset(token)
         made = slot[CALL]  # a context the handler asked for, without hooks

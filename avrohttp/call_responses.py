@@ -89,7 +89,8 @@ class CallResponses:
                 continue
             return codec.EMPTY_META + _TRUE + codec.encode_long(index) + encoded
         names = ", ".join(schema.name for _, schema in declared) or "none"
-        log.error("handler for %r raised %r, which fits none of its declared errors (%s)",
+        log.error("%r (its handler, or a hook refusing it) raised %r, which fits none of its "
+                  "declared errors (%s)",
                   name, error, names)
         return self._system_error(
             f"{name} failed with an error it does not declare (declared: {names})")

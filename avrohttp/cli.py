@@ -19,6 +19,7 @@ from typing import Callable, List, Optional, Tuple
 import avro.ipc
 
 from avrohttp import extras, supervisor
+from avrohttp.errors import HandlersMismatch
 from avrohttp.options import ServerOptions
 
 log = logging.getLogger("avrohttp")
@@ -113,7 +114,12 @@ def main(responder_factory: Callable[[], avro.ipc.Responder],
     Returns the exit status: 0 after a graceful stop, 1 if the server could not start or
     could not drain in time.
     """
-    responder = responder_factory()
+    try:
+        responder = responder_factory()
+    except HandlersMismatch as e:  # the service's mistake, in one line, not a traceback
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        log.error("cannot serve: %s", e)
+        return 1
     name = responder.local_protocol.name
     options, loop, ready_fd = parse_options(
         argv, description=description or f"Serve the {name} protocol over HTTP.", loop=loop)

@@ -79,7 +79,7 @@ class Call:
 
     __slots__ = ("message", "outcome", "seconds", "request_meta", "response_meta",
                  "request_bytes", "response_bytes", "deadline", "origin", "_before_done",
-                 "_started")
+                 "_started", "__weakref__")  # a hook may keep its own state per call, weakly
 
     def __init__(self, message: Optional[str] = None, request_bytes: int = 0) -> None:
         self.message = message

@@ -26,7 +26,7 @@ import avro.ipc
 import avro.protocol
 
 from avrohttp import avro_json, cli, client, codec, tls
-from avrohttp.errors import DeclaredError, RemoteSystemError
+from avrohttp.errors import DeclaredError, HandlersMismatch, RemoteSystemError
 from avrohttp.protocol import parse as parse_protocol
 
 PROG = "python -m avrohttp"
@@ -174,6 +174,8 @@ def load_responder(module_name: str, attribute: str) -> avro.ipc.Responder:
         raise CannotLoad(not_a_factory)
     try:
         responder = found()
+    except HandlersMismatch as e:  # the check's words say it all; where it failed does not
+        raise CannotLoad(f"{target}() failed: {type(e).__name__}: {e}") from None
     except Exception as e:
         raise CannotLoad(f"{target}() failed: {reason(e)}") from None
     if not isinstance(responder, avro.ipc.Responder):

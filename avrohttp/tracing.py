@@ -32,10 +32,14 @@ import contextvars
 from typing import Dict, List, Optional, Tuple, Union
 
 import avro.protocol
-from opentelemetry import context, propagate, trace
-from opentelemetry.propagators.textmap import Getter, Setter
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from opentelemetry.util.types import AttributeValue
+try:
+    from opentelemetry import context, propagate, trace
+    from opentelemetry.propagators.textmap import Getter, Setter
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.util.types import AttributeValue
+except ModuleNotFoundError as e:  # one line: which extra to install
+    from avrohttp import extras
+    raise extras.missing("tracing", e) from None
 
 from avrohttp import hooks
 from avrohttp.hooks import Call, CallHook

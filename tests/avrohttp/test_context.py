@@ -390,8 +390,6 @@ def test_serve_says_in_one_line_that_the_handlers_do_not_fit(mismatched):
                            f"HandlersMismatch: {MISMATCH}")
 
 
-@pytest.mark.xfail(strict=True, reason="cli.main calls the factory outside any try: the "
-                   "HandlersMismatch goes out as a traceback")
 def test_cli_main_says_in_one_line_that_the_handlers_do_not_fit(mismatched):
     result = run_in(mismatched, "serve_mismatched.py")
     assert result.returncode == 1

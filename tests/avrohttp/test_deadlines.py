@@ -10,6 +10,8 @@ import pytest
 
 import avrohttp
 import server
+import wire
+from avrohttp import codec
 from conftest import serving
 from protocol import EchoProtocol
 
@@ -167,3 +169,30 @@ def test_a_message_may_have_a_parameter_named_message(host):
     with serving(Notes(), host) as address:
         with avrohttp.Client(protocol, *address, timeout=5) as client:
             assert client.call("note", message="hi") == "HI"
+
+
+def test_an_async_handler_cancelled_still_ends_its_call_for_the_hooks():
+    seen = []
+
+    class Recorder(avrohttp.CallHook):
+        def after(self, call):
+            seen.append(call.outcome)
+
+    class Waits(server.EchoResponder):
+        async def handle_echo(self, query: str) -> str:
+            await asyncio.sleep(60)
+            return query
+
+    responder = Waits()
+    responder.hooks.append(Recorder())
+
+    async def cancelled() -> None:
+        pending = responder.respond(codec.unframe(wire.call_body()))
+        task = asyncio.ensure_future(pending.answer())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled())
+    assert seen == ["system_error"]  # so the metrics' in-flight gauge goes down again
