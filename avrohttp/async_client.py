@@ -18,7 +18,7 @@ import os
 import re
 import ssl
 import time
-from typing import Callable, Deque, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, List, NoReturn, Optional, Tuple, Union
 
 import avro.errors
 import avro.protocol
@@ -118,7 +118,9 @@ class _Connection:
                    timeout: Optional[float] = None) -> object:
         """Requestor.exchange, driven with this connection's transceive."""
         exchange = self.requestor.exchange(message, parameters, timeout)
-        step, value = exchange.send, None
+        # send(None) starts the exchange, then send(answer), or throw(error) into it.
+        step: Callable[[Any], bytes] = exchange.send
+        value: Union[bytes, BaseException, None] = None
         while True:
             try:
                 request = step(value)
@@ -139,20 +141,23 @@ class _Connection:
         if fresh:
             await self._connect()
         try:
-            self.writer.write(request)
+            reader, writer = self.reader, self.writer
+            assert reader is not None and writer is not None  # connected, now or before
+            writer.write(request)
             self._watch()
-            head = await self.reader.readuntil(b"\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as e:
-            head = await self._head_again(request, fresh, e)
+            head, reader = await self._head_again(request, fresh, e)
         self.deadline = self.clock() + self.timeout  # and now for the body
-        if head != self.last_head:
-            self.last_answer = _Answer(head[:-2])
-            self.last_head = head
         answer = self.last_answer
+        if head != self.last_head or answer is None:
+            answer = self.last_answer = _Answer(head[:-2])
+            self.last_head = head
         try:
-            if answer.usual and answer.length <= client.MAX_ANSWER_BYTES:
+            length = answer.length
+            if answer.usual and length is not None and length <= client.MAX_ANSWER_BYTES:
                 # Nothing to check but the frames: 1,200 instructions a call fewer (callgrind).
-                return client.unframe_answer(await self.reader.readexactly(answer.length))
+                return client.unframe_answer(await reader.readexactly(length))
             return await self._read_body(answer)
         except asyncio.IncompleteReadError as e:
             self._check_time(e)
@@ -165,7 +170,7 @@ class _Connection:
         cannot go on; and return its Avro message, or raise CallFailed if it is not Avro."""
         limit = client.MAX_ANSWER_BYTES if answer.avro else client.NOT_AVRO_BYTES
         if answer.length is not None:
-            body = await self.reader.readexactly(min(answer.length, limit + 1))
+            body = await self._reader().readexactly(min(answer.length, limit + 1))
         elif answer.chunked:
             body = await self._read_chunks(limit)
         else:
@@ -176,10 +181,11 @@ class _Connection:
             raise client.not_avro(answer.status, answer.reason, body)
         return client.unframe_answer(body)
 
-    async def _head_again(self, request: bytes, fresh: bool, error: Exception) -> bytes:
+    async def _head_again(self, request: bytes, fresh: bool,
+                          error: Exception) -> Tuple[bytes, asyncio.StreamReader]:
         """The answer's head did not come (`error`): raise why, in http.client's words; or, if
         the retry rule (Client's: avrohttp.client.resend) says so, send the call once more on
-        a new connection and return its answer's head."""
+        a new connection and return its answer's head, and the new connection's reader."""
         try:
             self._no_head(error)
         except OSError as failure:
@@ -188,13 +194,15 @@ class _Connection:
         self.close()
         await self._connect()
         try:
-            self.writer.write(request)
+            reader, writer = self.reader, self.writer
+            assert reader is not None and writer is not None  # connected, just now
+            writer.write(request)
             self._watch()
-            return await self.reader.readuntil(b"\r\n\r\n")
+            return await reader.readuntil(b"\r\n\r\n"), reader
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as e:
             self._no_head(e)
 
-    def _no_head(self, error: Exception) -> None:
+    def _no_head(self, error: Exception) -> NoReturn:
         """Raise why the answer's head did not come, as http.client says it."""
         if isinstance(error, asyncio.IncompleteReadError):
             self._check_time(error)
@@ -235,30 +243,37 @@ class _Connection:
         """A body with neither a length nor chunks: it ends with the connection."""
         parts = []
         size = 0
-        while size <= limit and (part := await self._read(self.reader.read(limit + 1))):
+        reader = self._reader()
+        while size <= limit and (part := await self._read(reader.read(limit + 1))):
             parts.append(part)
             size += len(part)
         self._check_time(None)  # the end of the body, or the timeout's abort?
         return b"".join(parts)
 
     async def _read_chunks(self, limit: int) -> bytes:
+        reader = self._reader()
         chunks = []
         size = 0
         while size <= limit:
-            line = await self._read(self.reader.readuntil(b"\r\n"))
+            line = await self._read(reader.readuntil(b"\r\n"))
             try:
                 length = int(line.split(b";")[0], 16)
             except ValueError:
                 raise http.client.HTTPException(f"bad chunk size: {line[:80]!r}") from None
             if length == 0:
-                while await self._read(self.reader.readuntil(b"\r\n")) != b"\r\n":
+                while await self._read(reader.readuntil(b"\r\n")) != b"\r\n":
                     pass  # a trailer: ignored, as http.client ignores it
                 break
-            chunks.append(await self._read(self.reader.readexactly(min(length, limit + 1))))
+            chunks.append(await self._read(reader.readexactly(min(length, limit + 1))))
             size += len(chunks[-1])
             if size <= limit:
-                await self._read(self.reader.readexactly(2))  # the chunk's CRLF
+                await self._read(reader.readexactly(2))  # the chunk's CRLF
         return b"".join(chunks)
+
+    def _reader(self) -> asyncio.StreamReader:
+        """The connection's reader, for the reads of an answer: it is connected."""
+        assert self.reader is not None
+        return self.reader
 
     async def _read(self, awaitable) -> bytes:
         """A part of the answer: the timeout starts again once it has come."""
@@ -272,12 +287,14 @@ class _Connection:
         self.awaiting = True
         self.timed_out = False
         if self.watchdog is None:
+            assert self.loop is not None  # set when it connected
             self.watchdog = self.loop.call_at(self.deadline, self._time_up)
 
     def _time_up(self) -> None:
         self.watchdog = None
         if not self.awaiting:
             return
+        assert self.loop is not None and self.writer is not None  # awaiting: connected
         if self.clock() < self.deadline:  # a part came in time: wait for the next
             self.watchdog = self.loop.call_at(self.deadline, self._time_up)
             return

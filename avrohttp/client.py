@@ -13,7 +13,7 @@ import http.client
 import re
 import socket
 import ssl
-from typing import Iterable, Optional, Union
+from typing import Iterable, List, Optional, Union
 
 import avro.errors
 import avro.ipc
@@ -70,9 +70,14 @@ class _Connection(http.client.HTTPConnection):
     system call and one wake-up of the server fewer per call.
     """
 
+    # http.client's own, which typeshed's stubs leave out: the request's lines so far.
+    _buffer: List[bytes]
+    timeout: float  # always given (Transceiver): the connect timeout
+
     def _send_output(self, message_body=None, encode_chunked=False) -> None:
         if not isinstance(message_body, bytes) or encode_chunked:
-            return super()._send_output(message_body, encode_chunked)
+            # http.client's private method, which typeshed's stubs leave out.
+            return super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
         self._buffer.extend((b"", message_body))  # the blank line that ends the headers
         request = b"\r\n".join(self._buffer)
         del self._buffer[:]
@@ -83,6 +88,8 @@ class Transceiver(avro.ipc.HTTPTransceiver):
     """avro.ipc.HTTPTransceiver with timeouts, TLS, a retry (if asked) on a connection that
     the server has closed, a clear error for a non-Avro answer, and framing without copies
     (codec.frame and unframe)."""
+
+    conn: _Connection  # ours (below), not avro's plain HTTPConnection
 
     def __init__(self, host: str, port: int, timeout: float, connect_timeout: float,
                  ssl_context: Optional[ssl.SSLContext], retry: bool = False) -> None:
@@ -115,7 +122,7 @@ class Transceiver(avro.ipc.HTTPTransceiver):
         try:
             self.conn.connect()
             if self.ssl_context is not None:
-                self.conn.sock = self._start_tls(self.conn.sock)
+                self.conn.sock = self._start_tls(self.conn.sock, self.ssl_context)
         except TimeoutError as e:
             raise TimeoutError(f"timed out connecting (after {self.conn.timeout:g} s)") from e
         self.conn.sock.settimeout(self.timeout)
@@ -127,12 +134,12 @@ class Transceiver(avro.ipc.HTTPTransceiver):
         if self.conn.sock is not None:
             self.conn.sock.settimeout(timeout)
 
-    def _start_tls(self, sock: socket.socket) -> ssl.SSLSocket:
+    def _start_tls(self, sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
         """The TLS handshake, as http.client.HTTPSConnection would do it, and the socket
         closed if it fails: eventlet's green ssl module, in a monkey-patched program, would
         leave it open."""
-        tls = self.ssl_context.wrap_socket(sock, server_hostname=self.remote_name[0],
-                                           do_handshake_on_connect=False)
+        tls = context.wrap_socket(sock, server_hostname=self.remote_name[0],
+                                  do_handshake_on_connect=False)
         try:
             tls.do_handshake()
         except BaseException:
@@ -393,11 +400,11 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
             parser.error(f"argument --cafile: {args.cafile} holds no PEM certificate")
         except OSError as e:
             parser.error(f"argument --cafile: cannot read {args.cafile}: {e.strerror}")
-    if args.certfile:
-        from avrohttp import tls  # loaded only for a client certificate
-        try:
-            tls.load_certificate(ssl_context, args.certfile, args.keyfile)
-        except tls.BadTLSFile as e:
-            parser.error(str(e))
+        if args.certfile:
+            from avrohttp import tls  # loaded only for a client certificate
+            try:
+                tls.load_certificate(ssl_context, args.certfile, args.keyfile)
+            except tls.BadTLSFile as e:
+                parser.error(str(e))
     return dict(host=args.host, port=args.port, timeout=args.timeout,
                 connect_timeout=args.connect_timeout, ssl_context=ssl_context)

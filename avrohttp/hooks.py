@@ -18,7 +18,7 @@ docs/metrics.md describes each field and when each method runs.
 
 import logging
 import time
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Set, Tuple
 
 import avro.errors
 
@@ -147,7 +147,7 @@ class Hooks:
     def __init__(self, hooks: Iterable[CallHook] = ()) -> None:
         self.hooks = list(hooks)
         self.failures = 0  # hook calls that raised, for a test or a debugger to see
-        self._logged = set()
+        self._logged: Set[Tuple[int, str]] = set()  # (id(hook), method) of failures logged
 
     def __bool__(self) -> bool:
         return bool(self.hooks)

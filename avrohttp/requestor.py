@@ -3,7 +3,7 @@ waste cut. avrohttp.Client builds on it; docs/avro-ipc.md lists what it fixes.
 """
 
 import io
-from typing import Callable, Generator, Iterable, Optional, Union
+from typing import Callable, Dict, Generator, Iterable, List, Optional, Tuple, Union
 
 import avro.errors
 import avro.io
@@ -109,14 +109,16 @@ class Requestor(avro.ipc.Requestor):
         # Run around each call (avrohttp.hooks); add one with self.hooks.append(hook).
         self.hooks = hooks.Hooks(call_hooks)
         self._call: Optional[Call] = None  # the call in progress, while hooks are installed
-        self._handshake_requests = {}
-        self._call_heads = {}
-        self._request_encoders = {}
-        self._response_readers = {}
+        self._handshake_requests: Dict[Tuple[bytes, bool], bytes] = {}
+        self._call_heads: Dict[str, bytes] = {}
+        self._request_encoders: Dict[str, Callable[[object], bytes]] = {}
+        # By message: the readers of its response and of its errors (_readers).
+        self._response_readers: Dict[str, Tuple[Callable[[avro.io.BinaryDecoder], object],
+                                                 ErrorReader]] = {}
         # The fast path of a call once the handshake is settled: a PlainCall per message
         # (plain_call, below). Emptied whenever the handshake's state changes (the three
         # setters below).
-        self._plain_calls = {}
+        self._plain_calls: Dict[str, PlainCall] = {}
         self._timeout: Optional[float] = None
         self._usual_meta: dict = {}  # the metadata of every call: its timeout, if any
         self._meta = codec.EMPTY_META  # the same, encoded
@@ -283,6 +285,8 @@ class Requestor(avro.ipc.Requestor):
     def read_answer(self, message_name: str, answer: bytes) -> object:
         """The call's answer (or its error, raised) read from the server's answer as avro.ipc
         reads it, or SEND_AGAIN if the server answered NONE."""
+        if self._call is not None:
+            self._call.response_bytes += len(answer)
         decoder = avro.io.BinaryDecoder(io.BytesIO(answer))
         if self.read_handshake_response(decoder):
             return self.read_call_response(message_name, decoder)
@@ -303,6 +307,8 @@ class Requestor(avro.ipc.Requestor):
         write_handshake_request would take."""
         if self.remote_hash is None and self.remote_protocol is not self.local_protocol:
             return None
+        # Set, by now: to ours, or to the one the server sent with the hash it answered with.
+        assert self.remote_protocol is not None
         head = self._call_head(message_name)
         remote = (self.remote_protocol.messages or {}).get(message_name)
         if remote is None:
@@ -348,8 +354,6 @@ class Requestor(avro.ipc.Requestor):
 
     def read_handshake_response(self, decoder: avro.io.BinaryDecoder) -> bool:
         reader = decoder.reader
-        if self._call is not None:
-            self._call.response_bytes += reader.getbuffer().nbytes
         start = reader.tell()
         if reader.read(len(_BOTH)) == _BOTH:
             self.send_protocol = False
@@ -375,6 +379,7 @@ class Requestor(avro.ipc.Requestor):
         None if the server's protocol lacks the message."""
         readers = self._response_readers.get(message_name)
         if readers is None:
+            assert self.remote_protocol is not None  # write_handshake_request set it, at least
             remote = (self.remote_protocol.messages or {}).get(message_name)
             if remote is None:
                 return None
@@ -395,29 +400,33 @@ class Requestor(avro.ipc.Requestor):
             f"the server answered {message_name}, which its protocol lacks, with no error")
 
 
+# Reads an error of a message's errors union, and returns it as an exception.
+ErrorReader = Callable[[avro.io.BinaryDecoder], avro.errors.AvroRemoteException]
+
+
 def error_reader_for(writers_errors: avro.schema.UnionSchema,
-                     readers_errors: avro.schema.UnionSchema
-                     ) -> Callable[[avro.io.BinaryDecoder], avro.errors.AvroRemoteException]:
+                     readers_errors: avro.schema.UnionSchema) -> ErrorReader:
     """A function that reads an error of the server's errors union and returns it as an
     exception: RemoteSystemError for the string branch, DeclaredError for a declared one.
 
     A declared branch is read as the type of the same name in our union, resolved like any
     other schema; one that our protocol lacks is read as the server wrote it.
     """
-    branches = [None]  # branch 0: the system errors' string
+    # Each declared branch (1 on; branch 0 is the system errors' string): its name and reader.
+    declared: List[Tuple[str, Callable[[avro.io.BinaryDecoder], object]]] = []
     for schema in writers_errors.schemas[1:]:
         ours = [mine for mine in readers_errors.schemas[1:]
                 if getattr(mine, "fullname", None) == getattr(schema, "fullname", None)]
-        branches.append((getattr(schema, "name", schema.type),
+        declared.append((getattr(schema, "name", schema.type),
                          codec.reader_for(schema, ours[0] if ours else schema)))
 
     def read_error(decoder: avro.io.BinaryDecoder) -> avro.errors.AvroRemoteException:
         index = decoder.read_long()
         if index == 0:
             return RemoteSystemError(decoder.read_utf8())
-        if not 0 < index < len(branches):
+        if not 0 < index <= len(declared):
             raise avro.errors.AvroException(f"error branch {index} is not in the errors union")
-        name, read = branches[index]
+        name, read = declared[index - 1]
         return DeclaredError(name, read(decoder))
     return read_error
 
