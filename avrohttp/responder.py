@@ -294,6 +294,13 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
             return self._handshake_responses["BOTH"]
         return self._handshake_responses["CLIENT"]
 
+    def ready(self) -> Optional[str]:
+        """Whether this service should get calls now, for GET /health/ready: None if it
+        should, else the reason it should not ("the database is unreachable"). Override it to
+        check what the service needs; it runs on each probe, on the server's own thread or
+        loop, so it must be quick (check a flag that other work keeps up to date)."""
+        return None
+
     def invoke(self, message: avro.protocol.Message, request: dict) -> object:
         """Call handle_<message name>(**parameters) and return its answer.
 
