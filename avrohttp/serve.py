@@ -156,13 +156,7 @@ def serve(listener: socket.socket, app: Callable, options: ServerOptions,
     deadlines = Deadlines(options)
 
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        def respond(status: str, headers: list, exc_info=None) -> Callable:
-            if ("Connection", "close") in headers:  # Rules' 413, say: see close_after_answer
-                environ[DEADLINE].protocol.close_after_answer()
-                headers = [header for header in headers if header[0] != "Connection"]
-            return start_response(status, headers, exc_info)
-
-        result = app(environ, respond)
+        result = app(environ, start_response)
         environ[DEADLINE].answer()  # the answer goes out now: at the client's pace
         return result
 

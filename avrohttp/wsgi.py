@@ -18,6 +18,7 @@ from avrohttp.async_handlers import refuse_async_handlers
 # Where avrohttp.serve puts the request's deadline in the WSGI environ: the application
 # cancels it once it has the whole body, since the rest is the server's own time.
 DEADLINE = "avrohttp.request_deadline"
+_CLOSE = ("Connection", "close")
 
 if TYPE_CHECKING:  # imported only for the type: avrohttp.metrics needs prometheus_client
     from avrohttp.metrics import ServerMetrics
@@ -63,7 +64,16 @@ def make_application(responder: avro.ipc.Responder, max_body_bytes: int = MAX_BO
                                               ("Content-Length", str(len(payload)))])
                     return [payload]
                 answer = result
-        start_response(answer.status, list(answer.headers))
+        headers = list(answer.headers)
+        if _CLOSE in headers:  # Rules' 413, say: the rest of the body is not wanted
+            # Connection is a hop-by-hop header, which PEP 3333 leaves to the server (wsgiref
+            # refuses it): so it is taken out, and the eventlet host (whose deadline is in the
+            # environ) is asked to close the connection after this answer.
+            headers.remove(_CLOSE)
+            deadline = environ.get(DEADLINE)
+            if deadline is not None:
+                deadline.protocol.close_after_answer()
+        start_response(answer.status, headers)
         return [answer.body]
 
     return application
