@@ -1,11 +1,10 @@
 """In-process tests of the WSGI application: every HTTP rule, and every bad request with its
 exact status and reason. No sockets. (The Avro rules are in test_responder.py.)"""
 
+import http.client
 import io
 import logging
 import struct
-
-import http.client
 import threading
 
 import pytest
