@@ -14,7 +14,7 @@ import avro.ipc
 import avro.protocol
 
 from avrohttp import codec, hooks
-from avrohttp.context import CALL, DEADLINE, _current
+from avrohttp.context import CALL, DEADLINE, Holder, _current
 from avrohttp.hooks import Call
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class PendingAnswer:
     async def answer(self) -> bytes:
         import asyncio  # here: a program that has no event loop never comes here
         responder, slot, name = self.responder, self.slot, self.message.name
-        token = _current.set(slot)
+        token = _current.set(Holder(slot))  # this task's own: others await beside it
         deadline = slot[DEADLINE]
         timeout = None
         try:

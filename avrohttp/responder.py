@@ -12,7 +12,7 @@ import io
 import logging
 import time
 import types
-from typing import Callable, Dict, FrozenSet, Iterable, Optional, Tuple, Union, cast
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Optional, Tuple, Union, cast
 
 import avro.errors
 import avro.io
@@ -26,6 +26,7 @@ from avrohttp.call_responses import MAX_ERROR_CHARS as MAX_ERROR_CHARS
 from avrohttp.call_responses import BadRequest as BadRequest
 from avrohttp.call_responses import CallResponses, _encode_null
 from avrohttp.context import CALL, TIMEOUT_KEY, _current, deadline_of
+from avrohttp.context import holder as context_holder
 from avrohttp.errors import HandlersMismatch
 from avrohttp.hooked_responses import HookedResponses
 from avrohttp.hooks import Call, CallHook
@@ -73,7 +74,7 @@ _HASH = 16
 _SHORT_HANDSHAKE = 2 * _HASH + 2
 
 # Reads a message's parameters from the call request (codec.reader_for).
-_Reader = Callable[[avro.io.BinaryDecoder], object]
+_Reader = Callable[[avro.io.BinaryDecoder], Any]  # a request's reader gives a dict
 # What the first bytes of a call mean (Responder._remember_head): the message, the reader of
 # its parameters, the call metadata, and the caller's timeout.
 _Head = Tuple[avro.protocol.Message, _Reader, dict, Optional[float]]
@@ -328,7 +329,7 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
             call.message = name
             call.request_meta = dict(meta)  # its own: a hook may change it
         try:
-            request = cast(dict, reader(decoder))  # the parameters: a record, read as a dict
+            request: dict = reader(decoder)  # the parameters: a record, read as a dict
         except DECODING_ERRORS as e:
             if call is not None:
                 call.outcome = hooks.SYSTEM_ERROR
@@ -344,7 +345,8 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
         if call is not None:
             call.deadline = deadline
         slot: list = [call, name, meta, origin, deadline]  # avrohttp.context's
-        token = _current.set(slot)
+        here = _current.get() or context_holder()
+        previous, here.slot = here.slot, slot
         try:
             if call is not None:
                 self.hooks.before(call)  # which may refuse the call (CallHook)
@@ -355,7 +357,7 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
         except Exception as e:
             answer = self._failed(local_message, e, call)
         finally:
-            _current.reset(token)
+            here.slot = previous
         made = slot[CALL]  # a context the handler asked for, without hooks: its response_meta
         if call is None and made is not None and made.response_meta:
             answer = codec.encode_metadata(made.response_meta) + answer[1:]
