@@ -30,7 +30,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Call a Shop server.")
     parser.add_argument("--sku", default="boot", help="the item to order (default: %(default)s)")
     parser.add_argument("--quantity", type=int, default=2, help="how many (default: %(default)s)")
-    avrohttp.client.add_arguments(parser)  # --host, --port, the timeouts, --tls and --cafile
+    avrohttp.client.add_arguments(parser)  # --host, --port, timeouts, TLS
     args = parser.parse_args(argv)
     with avrohttp.Client(PROTOCOL_JSON, **avrohttp.client.options_from(args, parser)) as shop:
         try:
