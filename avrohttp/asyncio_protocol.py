@@ -1,7 +1,7 @@
 """The asyncio host's HTTP/1.1 connection: uvicorn's httptools protocol with what uvicorn
-alone lacks, as avrohttp.serve's HTTPProtocol adds it to eventlet.wsgi: deadlines for slow
-clients (uvicorn has none on a request's head: a client that trickles it would hold its
-connection forever), eventlet.wsgi's limits on a request's head, fair turns between
+alone lacks, as avrohttp.eventlet_protocol's HTTPProtocol adds it to eventlet.wsgi: deadlines
+for slow clients (uvicorn has none on a request's head: a client that trickles it would hold
+its connection forever), eventlet.wsgi's limits on a request's head, fair turns between
 connections, the metrics of open connections, and each failure of a client logged once.
 avrohttp.serve_asyncio.Server makes one for each connection, and sweeps their deadlines.
 """

@@ -1,6 +1,7 @@
 """Deadlines for slow clients, without a timer per read or write: one deadline per
 connection, rewritten as the connection changes phase, and a sweep on eventlet's hub that
-enforces them. avrohttp.serve's HTTPProtocol keeps one ClientDeadline per connection.
+enforces them. avrohttp.eventlet_protocol's HTTPProtocol keeps one ClientDeadline per
+connection.
 """
 
 import socket
@@ -14,7 +15,7 @@ from avrohttp.hosting import GRACE_SECONDS, sweep_seconds
 from avrohttp.options import ServerOptions
 
 if TYPE_CHECKING:
-    from avrohttp.serve import HTTPProtocol
+    from avrohttp.eventlet_protocol import HTTPProtocol
 
 
 class AnswerTimeout(socket.timeout):

@@ -43,8 +43,8 @@ def parse_headers(fp: BinaryIO, _class=http.client.HTTPMessage) -> http.client.H
 # http.server's own parse_request, unchanged, but that the `http.client.parse_headers` it
 # calls is the one above: its code, run with http.server's globals but for `http`, where it
 # finds http.client. It uses three names of http.client: parse_headers, and the two errors
-# it catches. A request handler takes it as its parse_request (avrohttp.serve.HTTPProtocol
-# does); http.client and http.server stay as they are for everyone else.
+# it catches. A request handler takes it as its parse_request (avrohttp.eventlet_protocol's
+# HTTPProtocol does); http.client and http.server stay as they are for everyone else.
 _http_with_fast_headers = types.SimpleNamespace(client=types.SimpleNamespace(
     parse_headers=parse_headers,
     LineTooLong=http.client.LineTooLong,
