@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8130
 INTEROP := tests/interop
 
-.PHONY: demo test clean fuzz fleet nginx bench install-h2load
+.PHONY: demo test clean fuzz fleet rollout nginx bench install-h2load
 
 demo: $(VENV)/.runtime
 	@log=$$(mktemp); shown=0; waited=0; \
@@ -69,6 +69,16 @@ fuzz: $(VENV)/.dev $(INTEROP)/node_modules/.installed
 # system's nginx service, nor port 80.
 fleet: $(VENV)/.runtime nginx
 	@$(PY) -m deploy.fleet
+
+# `make rollout`: a rolling update under load, as Kubernetes does one. Three servers behind
+# nginx are replaced in turn (SIGTERM, out of nginx's list a second later, a new one started
+# and in the list once GET /health/ready says 200); it prints the calls made and failed, and
+# each server's share of them. deploy/rollout.py says how; ROLLOUT_ARGS passes its options
+# (`make rollout ROLLOUT_ARGS="--shutdown-delay 0"`; see python -m deploy.rollout --help).
+ROLLOUT_ARGS ?=
+
+rollout: $(VENV)/.runtime nginx
+	@$(PY) -m deploy.rollout $(ROLLOUT_ARGS)
 
 # tests/test_fleet.py runs nginx too (Debian's package). Without it, those tests skip and
 # say why. On a machine with a service manager, installing the package also starts the
