@@ -1,6 +1,7 @@
 """What each HTTP request gets, whichever server hosts the application: the Avro
 specification's HTTP rules (POST, avro/binary, framed bodies), the body limit, a clear 4xx
-for each bad request (logged once, in one line), GET /health, and GET /metrics.
+for each bad request (logged once, in one line), GET /health and its two probes
+(/health/live, /health/ready), and GET /metrics.
 
 avrohttp.wsgi (for eventlet.wsgi and any WSGI server) and avrohttp.asgi (for uvicorn and any
 ASGI server) hold only their own I/O around one Rules object; so both hosts answer every
@@ -25,6 +26,10 @@ if TYPE_CHECKING:  # imported only for the type: avrohttp.metrics needs promethe
 log = logging.getLogger("avrohttp")
 
 HEALTH_PATH = "/health"
+# Kubernetes' two probes: liveness (restart the process if it fails) and readiness (send it
+# no calls while it fails). docs/deployment.md says how they are used.
+LIVE_PATH = "/health/live"
+READY_PATH = "/health/ready"
 METRICS_PATH = "/metrics"
 AVRO = "avro/binary"
 
@@ -58,6 +63,8 @@ class Rules:
     metrics: an avrohttp.metrics.ServerMetrics that the caller has made a hook of the
     responder (the hosts' Server does): GET /metrics then serves it, and every answer that is
     not an Avro answer is counted by status.
+    shutting_down: set by the server once it is stopping (SIGTERM): GET /health/ready then
+    answers 503, so that balancers send it no more calls.
     Making one is the server's start-up, so it also lowers avro.io's process-wide cap on
     zero-byte items (see avrohttp.responder.limit_zero_byte_items).
     """
@@ -68,7 +75,12 @@ class Rules:
         self.responder = responder
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
-        self.paths = (HEALTH_PATH, METRICS_PATH) if metrics is not None else (HEALTH_PATH,)
+        self.paths = (HEALTH_PATH, LIVE_PATH, READY_PATH,
+                      *((METRICS_PATH,) if metrics is not None else ()))
+        self.shutting_down = False
+        # avrohttp.Responder's readiness check; any other avro.ipc.Responder is always ready.
+        self.ready_check: Optional[Callable[[], object]] = getattr(responder, "ready", None)
+        self.ready_failure: Optional[str] = None  # the check's exception, logged once
         # avro.ipc's own Responder takes the body alone; avrohttp's, its origin too (unless a
         # subclass overrides respond() the avro.ipc way).
         self.gives_origin = "origin" in inspect.signature(responder.respond).parameters
@@ -81,15 +93,21 @@ class Rules:
         content_length is None for a chunked body.
         """
         # /health is for load balancers and orchestrators, and only that: a GET (or HEAD)
-        # gets 200 from any process that can still answer; /metrics is for Prometheus.
+        # gets 200 from any process that can still answer, as /health/live does;
+        # /health/ready says whether it should get calls; /metrics is for Prometheus.
         # Avro calls go to any other path.
         if path in self.paths:
             if method not in ("GET", "HEAD"):
                 return self.refuse(client, "405 Method Not Allowed",
                                    f"{path} answers GET; Avro calls go to any other path",
                                    (("Allow", "GET, HEAD"),))
-            if path == HEALTH_PATH:
+            if path == HEALTH_PATH or path == LIVE_PATH:
                 return self.plain("200 OK", "OK")
+            if path == READY_PATH:
+                reason = "shutting down" if self.shutting_down else self.not_ready()
+                if reason is None:
+                    return self.plain("200 OK", "OK")
+                return self.plain("503 Service Unavailable", reason)
             assert self.metrics is not None  # METRICS_PATH is in self.paths only with metrics
             content_type, text = self.metrics.exposition()
             self.metrics.count_status(200)
@@ -110,6 +128,26 @@ class Rules:
             if too_large:
                 return self.too_large(client)  # refused before a byte of it is read
         return None
+
+    def not_ready(self) -> Optional[str]:
+        """Why the service should get no calls now, in one line, or None: its responder's
+        ready(). An exception in it counts as not ready; it is logged once, until the check
+        works again."""
+        check = self.ready_check
+        if check is None:
+            return None
+        try:
+            reason = check()
+        except Exception as e:
+            failure = f"{type(e).__name__}: {e}"
+            if failure != self.ready_failure:  # not again at every probe
+                self.ready_failure = failure
+                log.exception("the readiness check failed")
+            return f"the readiness check failed ({type(e).__name__})"
+        self.ready_failure = None
+        if reason is None:
+            return None
+        return " ".join(str(reason).split()) or "not ready"
 
     def too_large(self, client: Client) -> Answer:
         # The rest of the body is not wanted: ask the client to close the connection.

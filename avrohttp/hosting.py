@@ -25,6 +25,7 @@ from avrohttp import tls
 from avrohttp.options import LISTEN_BACKLOG, METRICS_DIR_ENV, ServerOptions
 
 if TYPE_CHECKING:
+    from avrohttp.answers import Rules
     from avrohttp.metrics import ServerMetrics
 
 log = logging.getLogger("avrohttp")
@@ -75,6 +76,8 @@ class Server:
         self.address: Optional[Tuple[str, int]] = None
         self.listening = threading.Event()
         self.metrics: Optional["ServerMetrics"] = None
+        self.rules: Optional["Rules"] = None  # set by serve(): its application's
+        self.shutting_down = False  # set once it stops: see begin_shutdown()
         self.max_connections = options.max_connections
         self._supervisor = os.getppid()  # before saying it is ready: it may die any time after
 
@@ -127,6 +130,13 @@ class Server:
         """Stop accepting, answer the calls in flight, then return from run(); with now, or
         a second time, stop at once. Safe to call from any thread, and from a signal."""
         raise NotImplementedError
+
+    def begin_shutdown(self) -> None:
+        """Mark the server as stopping, in its own thread (or loop), as its stop begins: GET
+        /health/ready answers 503 from now on, so that balancers send it no more calls."""
+        self.shutting_down = True
+        if self.rules is not None:
+            self.rules.shutting_down = True
 
     def ready(self, every: Callable[[float, Callable[[], None]], None]) -> None:
         """Say that the server is ready: the start-up line, or a worker's word to its

@@ -61,7 +61,7 @@ _IN_FLIGHT = 0
 # read: a scrape shows the other workers' counts as they were up to this long ago.
 FLUSH_SECONDS = 1.0
 # The HTTP answers that are not an Avro answer, by status (any other goes under "other").
-HTTP_STATUSES = ("200", "400", "404", "405", "408", "413", "415", "500", "other")
+HTTP_STATUSES = ("200", "400", "404", "405", "408", "413", "415", "500", "503", "other")
 
 
 class _Layout:

@@ -26,11 +26,12 @@ except ModuleNotFoundError as e:  # one line: which extra to install
     raise extras.missing("eventlet", e) from None
 
 from avrohttp import hosting
+from avrohttp.answers import Rules
 from avrohttp.deadlines import Deadlines
 from avrohttp.eventlet_protocol import EventletLog, HTTPProtocol
 from avrohttp.options import ServerOptions
 from avrohttp.async_handlers import refuse_async_handlers
-from avrohttp.wsgi import DEADLINE, make_application
+from avrohttp.wsgi import DEADLINE, application_of
 
 log = logging.getLogger("avrohttp")
 
@@ -58,8 +59,8 @@ class Server(hosting.Server):
             # then happens in its own green thread, on first read.
             listener = eventlet.green.ssl.GreenSSLSocket(listener, server_side=True,
                                                          _context=context)
-        application = make_application(self.responder, self.options.max_body_bytes,
-                                       self.metrics)
+        self.rules = Rules(self.responder, self.options.max_body_bytes, self.metrics)
+        application = application_of(self.rules)
         serving = greenlet.getcurrent()
         # A Python signal handler runs in whichever green thread the signal interrupts, where
         # raising would kill a call in flight, and it does not wake eventlet's hub. So let
@@ -123,6 +124,7 @@ class Server(hosting.Server):
             listener.close()
 
         wakeup.recv(1)
+        self.begin_shutdown()
         log.info("stopping: answering the calls in flight")
         eventlet.hubs.get_hub().schedule_call_global(0, stop_accepting)
         with eventlet.Timeout(drain_timeout, False):

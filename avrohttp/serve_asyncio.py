@@ -74,7 +74,7 @@ class Server(hosting.Server):
     async def _serve(self, listener: socket.socket, context: Optional[ssl.SSLContext]) -> int:
         loop = asyncio.get_running_loop()
         options = self.options
-        rules = Rules(self.responder, options.max_body_bytes, self.metrics)
+        self.rules = rules = Rules(self.responder, options.max_body_bytes, self.metrics)
         app = application_of(rules)
         if options.access_log:
             app = _with_access_log(app)
@@ -138,6 +138,8 @@ class Server(hosting.Server):
         assert accept is not None and stopping is not None  # set before the loop runs this
         before = self._stops
         self._stops += 2 if now else 1
+        if before == 0:
+            self.begin_shutdown()
         if before == 0 and self._stops == 1:
             log.info("stopping: answering the calls in flight")
             # Closed now, not once the calls are answered: meanwhile, new connections are

@@ -35,8 +35,13 @@ def make_application(responder: avro.ipc.Responder, max_body_bytes: int = MAX_BO
     WSGI cannot await.
     """
     refuse_async_handlers(responder)
-    rules = Rules(responder, max_body_bytes, metrics)
-    before_body, call = rules.before_body, rules.call
+    return application_of(Rules(responder, max_body_bytes, metrics))
+
+
+def application_of(rules: Rules) -> Callable:
+    """The WSGI application of these Rules (make_application), whose responder has no async
+    def handlers."""
+    before_body, call, max_body_bytes = rules.before_body, rules.call, rules.max_body_bytes
 
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
         client = (environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT"))
