@@ -18,7 +18,8 @@ import os
 import re
 import ssl
 import time
-from typing import Any, Callable, Deque, Dict, Iterable, List, NoReturn, Optional, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, List, NoReturn,
+                    Optional, Tuple, Union)
 
 import avro.errors
 import avro.protocol
@@ -30,6 +31,10 @@ from avrohttp.client import (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT, CallFa
 from avrohttp.context import time_left
 from avrohttp.protocol import as_written
 from avrohttp.requestor import SEND_AGAIN, Requestor
+
+if TYPE_CHECKING:
+    from avrohttp.async_balancing import AsyncBalancer
+    from avrohttp.endpoints import EndpointSpec, Endpoints
 
 # Connections open at once, so calls in flight at once; more calls wait for a connection. A
 # program that gathers ten thousand calls then does not open ten thousand sockets.
@@ -114,10 +119,10 @@ class _Connection:
         self.requestor.timeout = owner.timeout
         self.timeout = owner.timeout  # this call's: less inside a handler (AsyncClient.call)
 
-    async def call(self, message: str, parameters: dict,
-                   timeout: Optional[float] = None) -> object:
+    async def call(self, message: str, parameters: dict, timeout: Optional[float] = None,
+                   call: Optional[hooks.Call] = None) -> object:
         """Requestor.exchange, driven with this connection's transceive."""
-        exchange = self.requestor.exchange(message, parameters, timeout)
+        exchange = self.requestor.exchange(message, parameters, timeout, call)
         # send(None) starts the exchange, then send(answer), or throw(error) into it.
         step: Callable[[Any], bytes] = exchange.send
         value: Union[bytes, BaseException, None] = None
@@ -220,7 +225,7 @@ class _Connection:
         host, port = self.remote_name
         tls = owner.ssl_context
         connecting = asyncio.open_connection(host, port, ssl=tls, limit=MAX_HEAD_BYTES,
-                                             server_hostname=host if tls else None)
+                                             server_hostname=owner.tls_name if tls else None)
         connect_timeout = min(owner.connect_timeout, self.timeout)
         try:
             self.reader, self.writer = await asyncio.wait_for(connecting, connect_timeout)
@@ -329,15 +334,20 @@ class AsyncClient:
     open for the next call, and each has its own Requestor (the handshake's state is per
     sequence of calls). `hooks` is the avrohttp.hooks.Hooks that all of them run; add a hook
     with client.hooks.append(hook).
+
+    endpoints: as avrohttp.Client's, in place of host and port. Each endpoint gets a pool of
+    its own, of up to MAX_CONNECTIONS connections (avrohttp.async_balancing).
     """
 
     def __init__(self, protocol: Union[str, avro.protocol.Protocol], host: str = DEFAULT_HOST,
                  port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: Optional[float] = None,
                  ssl_context: Optional[ssl.SSLContext] = None, retry: bool = False,
-                 call_hooks: Iterable[hooks.CallHook] = ()) -> None:
+                 call_hooks: Iterable[hooks.CallHook] = (),
+                 endpoints: Union["Endpoints", Iterable["EndpointSpec"], None] = None) -> None:
         self.protocol = as_written(protocol)  # parsed once, for every connection's Requestor
         self.remote_name: Tuple[str, int] = (host, port)
+        self.tls_name = host  # the name that the TLS certificate must have
         self.timeout = timeout
         self.connect_timeout = client.connect_timeout_for(timeout, connect_timeout)
         self.ssl_context = ssl_context
@@ -358,6 +368,13 @@ class AsyncClient:
         # the counting before: its acquire() and release() cost a call 0.4 µs (timeit).
         self._idle: List[_Connection] = []
         self._waiting: Deque[asyncio.Future] = collections.deque()
+        self.balancer: Optional["AsyncBalancer"] = None
+        if endpoints is not None:  # several servers (avrohttp.async_balancing)
+            from avrohttp.async_balancing import AsyncBalancer
+            from avrohttp.endpoints import endpoints_for
+            self.balancer = AsyncBalancer(endpoints_for(endpoints, host, port), self.protocol,
+                                          timeout, self.connect_timeout, ssl_context, retry,
+                                          self.hooks)
 
     def request_head(self, body_length: int) -> bytes:
         """The head of a request whose body has this length (request_heads)."""
@@ -369,6 +386,8 @@ class AsyncClient:
     async def call(self, message: str, /, **parameters) -> object:
         """Call `message` with these parameters, and return the server's answer."""
         left = time_left()  # inside a handler whose caller gave a deadline: the time left
+        if self.balancer is not None:
+            return await self.balancer.call(message, parameters, left)
         if left is not None and left < self.timeout:
             return await self._call_within(left, message, parameters)
         return await self._call(message, parameters)
@@ -448,6 +467,8 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close every connection; a call in flight on one of them fails."""
+        if self.balancer is not None:
+            await self.balancer.close()
         writers = [connection.writer for connection in self._connections if connection.writer]
         for connection in self._connections:
             connection.close()

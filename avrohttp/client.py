@@ -13,7 +13,7 @@ import http.client
 import re
 import socket
 import ssl
-from typing import Iterable, List, Optional, Union
+from typing import TYPE_CHECKING, Iterable, List, Optional, Union
 
 import avro.errors
 import avro.ipc
@@ -23,6 +23,10 @@ from avrohttp import codec
 from avrohttp.context import time_left
 from avrohttp.hooks import CallHook
 from avrohttp.requestor import Requestor
+
+if TYPE_CHECKING:
+    from avrohttp.balancing import Balancer
+    from avrohttp.endpoints import EndpointSpec, Endpoints
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8130
@@ -99,6 +103,7 @@ class Transceiver(avro.ipc.HTTPTransceiver):
         self.req_resource = "/"
         self.conn = _Connection(host, port, timeout=connect_timeout)
         self.remote_name = (host, port)
+        self.tls_name = host  # the name that the TLS certificate must have (endpoints: a name)
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.retry = retry
@@ -138,7 +143,7 @@ class Transceiver(avro.ipc.HTTPTransceiver):
         """The TLS handshake, as http.client.HTTPSConnection would do it, and the socket
         closed if it fails: eventlet's green ssl module, in a monkey-patched program, would
         leave it open."""
-        tls = context.wrap_socket(sock, server_hostname=self.remote_name[0],
+        tls = context.wrap_socket(sock, server_hostname=self.tls_name,
                                   do_handshake_on_connect=False)
         try:
             tls.do_handshake()
@@ -287,6 +292,10 @@ class Client:
         kept-alive one (see Transceiver.transceive). Only for idempotent messages.
     call_hooks: avrohttp.hooks.CallHook objects run around each call (avrohttp.metrics's
         ClientMetrics, say).
+    endpoints: in place of host and port, servers to balance the calls over, one keep-alive
+        connection each: [("10.0.0.1", 8130), "10.0.0.2:8130"], or a name with several
+        addresses (["echo.svc:8130"]: each, looked up again every 30 s). An endpoint that
+        cannot be reached is set aside a while; avrohttp.endpoints has the rules.
 
     call() raises CallFailed when the server cannot be reached or gives no Avro answer, and
     when the server answers with an Avro error, one of the two subclasses of
@@ -304,7 +313,16 @@ class Client:
                  port: int = DEFAULT_PORT, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: Optional[float] = None,
                  ssl_context: Optional[ssl.SSLContext] = None, retry: bool = False,
-                 call_hooks: Iterable[CallHook] = ()) -> None:
+                 call_hooks: Iterable[CallHook] = (),
+                 endpoints: Union["Endpoints", Iterable["EndpointSpec"], None] = None) -> None:
+        self.balancer: Optional["Balancer"] = None
+        if endpoints is not None:  # several servers (avrohttp.balancing)
+            from avrohttp.balancing import Balancer
+            from avrohttp.endpoints import endpoints_for
+            self.balancer = Balancer(endpoints_for(endpoints, host, port), protocol, timeout,
+                                     connect_timeout_for(timeout, connect_timeout),
+                                     ssl_context, retry, call_hooks)
+            return
         self.transceiver = Transceiver(host, port, timeout,
                                        connect_timeout_for(timeout, connect_timeout),
                                        ssl_context, retry)
@@ -314,6 +332,8 @@ class Client:
     def call(self, message: str, /, **parameters) -> object:
         """Call `message` with these parameters, and return the server's answer."""
         left = time_left()  # inside a handler whose caller gave a deadline: the time left
+        if self.balancer is not None:
+            return self.balancer.call(message, parameters, left)
         if left is not None and left < self.transceiver.timeout:
             return self._call_within(left, message, parameters)
         return self._call(message, parameters)
@@ -351,6 +371,8 @@ class Client:
             raise
 
     def close(self) -> None:
+        if self.balancer is not None:
+            return self.balancer.close()
         self.transceiver.close()
 
     def __enter__(self) -> "Client":

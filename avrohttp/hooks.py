@@ -22,7 +22,7 @@ from typing import Dict, Iterable, Optional, Set, Tuple
 
 import avro.errors
 
-from avrohttp import origins
+from avrohttp import errors, origins
 
 log = logging.getLogger("avrohttp")
 _now = time.perf_counter  # a global, not time's attribute: one lookup less, twice a call
@@ -113,6 +113,15 @@ class Call:
     def __repr__(self) -> str:
         return (f"Call(message={self.message!r}, outcome={self.outcome!r}, "
                 f"seconds={self.seconds:.6f})")
+
+
+def client_outcome(error: BaseException) -> str:
+    """The outcome of a client's call that raised `error`: an Avro error is an answer."""
+    if isinstance(error, errors.DeclaredError):
+        return DECLARED_ERROR
+    if isinstance(error, avro.errors.AvroRemoteException):  # RemoteSystemError
+        return SYSTEM_ERROR
+    return FAILED
 
 
 class CallHook:

@@ -211,14 +211,20 @@ class Requestor(avro.ipc.Requestor):
         return plain
 
     def exchange(self, message_name: str, request_datum: object,
-                 timeout: Optional[float] = None) -> Generator[bytes, bytes, object]:
+                 timeout: Optional[float] = None,
+                 call: Optional[Call] = None) -> Generator[bytes, bytes, object]:
         """The call without its I/O: yields each request to send, is sent the answer to it,
         and returns the call's answer (or raises its error), with the hooks run around it.
 
         One generator serves both clients: request() drives it with a blocking transceiver
         (avrohttp.Client), avrohttp.AsyncClient with an awaited one. A transport failure is
         thrown into it, so that the hooks see the call fail. timeout: as for request().
+        call: one attempt of a call whose hooks run around all its attempts (a client of
+        several endpoints: avrohttp.endpoints): no hooks run here; the attempt sends
+        call.request_meta, and adds its sizes and response metadata to the call.
         """
+        if call is not None:
+            return self._attempt(call, message_name, request_datum)
         if not self.hooks.hooks:
             meta = None if timeout is None else {TIMEOUT_KEY: timeout_value(timeout)}
             return self._exchange(message_name, request_datum, meta)
@@ -234,14 +240,8 @@ class Requestor(avro.ipc.Requestor):
         try:
             self.hooks.before(call)  # which may refuse the call (CallHook)
             response = yield from self._exchange(message_name, request_datum)
-        except DeclaredError:
-            call.outcome = hooks.DECLARED_ERROR
-            raise
-        except avro.errors.AvroRemoteException:  # RemoteSystemError
-            call.outcome = hooks.SYSTEM_ERROR
-            raise
-        except BaseException:
-            call.outcome = hooks.FAILED
+        except BaseException as error:
+            call.outcome = hooks.client_outcome(error)
             raise
         else:
             call.outcome = hooks.ANSWERED
@@ -249,6 +249,14 @@ class Requestor(avro.ipc.Requestor):
         finally:
             self._call = None
             self.hooks.after(call)
+
+    def _attempt(self, call: Call, message_name: str,
+                 request_datum: object) -> Generator[bytes, bytes, object]:
+        self._call = call
+        try:
+            return (yield from self._exchange(message_name, request_datum))
+        finally:
+            self._call = None
 
     def _exchange(self, message_name: str, request_datum: object,
                   meta: Optional[dict] = None) -> Generator[bytes, bytes, object]:
