@@ -23,6 +23,7 @@ import avrohttp
 import server
 from avrohttp import hooks
 from avrohttp.endpoints import Backoff, Endpoints, parse_endpoint
+from client import EchoClient
 from conftest import ROOT, free_port, running, server_class, serving
 from protocol import EchoProtocol
 from test_client import scripted_server
@@ -92,6 +93,13 @@ def test_endpoints_may_be_written_as_host_and_port_strings(host):
     with servers(host, "a", "b") as [a, b], \
             avrohttp.Client(EchoProtocol, endpoints=[where(a), b], timeout=5) as client:
         assert calls(client, 4) == {"a": 2, "b": 2}
+
+
+def test_the_echo_client_takes_endpoints_too():
+    with servers("eventlet", "a", "b") as addresses, \
+            EchoClient(endpoints=addresses, timeout=5) as echo:
+        assert [echo.echo("hi") for _ in range(4)] == ["a", "b", "a", "b"]
+        assert echo.split("hi") == "h"
 
 
 def test_a_stopped_server_gets_no_more_calls_and_no_call_fails(host):
