@@ -38,7 +38,7 @@ class AsyncBalancer:
         self.ssl_context = ssl_context
         self.retry = retry
         self.hooks = call_hooks  # the client's own: run once per call, around its attempts
-        self._looking_up = False  # a look-up of the names runs in a thread
+        self._lookup: Optional[asyncio.Future] = None  # a look-up of the names, in a thread
 
     async def call(self, message: str, parameters: dict, left: Optional[float]) -> object:
         if left is not None and left <= 0:
@@ -53,7 +53,7 @@ class AsyncBalancer:
     async def _call(self, attempts: Attempts, message: str, parameters: dict,
                     call: Optional[hooks.Call]) -> object:
         while True:
-            if self.endpoints.lookup_due() and not self._looking_up:
+            if self.endpoints.lookup_due() or self._lookup is not None:
                 await self._look_up()
             endpoint, wait = attempts.next()
             if endpoint is None:
@@ -119,14 +119,17 @@ class AsyncBalancer:
         return answer
 
     async def _look_up(self) -> None:
-        """Look the names up again, in a thread (getaddrinfo blocks); the calls meanwhile go
-        to the endpoints as they are."""
-        self._looking_up = True
+        """Look the names up, in a thread (getaddrinfo blocks). The calls made meanwhile wait
+        for the first look-up; after that, they go to the endpoints as they are."""
+        if self._lookup is not None:
+            if not self.endpoints.looked_up:
+                await asyncio.shield(self._lookup)
+            return
+        self._lookup = asyncio.get_running_loop().run_in_executor(None, self.endpoints.look_up)
         try:
-            found = await asyncio.get_running_loop().run_in_executor(
-                None, self.endpoints.look_up)
+            found = await asyncio.shield(self._lookup)
         finally:
-            self._looking_up = False
+            self._lookup = None
         for endpoint in self.endpoints.update(found):
             if endpoint.client is not None:
                 for connection in endpoint.client._idle:  # the busy ones close when done

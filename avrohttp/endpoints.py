@@ -166,6 +166,7 @@ class Endpoints:
         # Until a name is looked up, it is one endpoint, which a connection resolves itself.
         self.all = [Endpoint(address, address[0]) for address in dict.fromkeys(self.given)]
         self.next_lookup = float("-inf") if self.names else float("inf")
+        self.looked_up = False  # whether the names have been looked up yet
         self._resolved: Dict[Address, List[Address]] = {}  # each name's last addresses
         self._next = 0  # where the round robin goes on
 
@@ -187,6 +188,7 @@ class Endpoints:
         """Take the names' addresses from look_up(). An endpoint that stays keeps its state;
         returns those that are gone, whose connections the client closes."""
         self._resolved = found
+        self.looked_up = True
         self.next_lookup = self.clock() + self.resolve_every
         wanted: Dict[Address, str] = {}
         for host, port in self.given:

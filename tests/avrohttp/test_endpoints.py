@@ -470,3 +470,26 @@ def test_the_async_client_fails_in_one_line_when_every_endpoint_is_down():
                     + "; ".join(f"{where(address)}: [Errno 111] Connection refused"
                                 for address in down)):
         async_calls(endpoints, 1, timeout=0.3)
+
+
+def test_the_async_client_looks_a_name_up_once_before_its_first_calls(host, monkeypatch):
+    asked = []
+    lookup = socket.getaddrinfo
+
+    def getaddrinfo(name, *args, **kwargs):  # what a connection would look up itself
+        asked.append(name)
+        return lookup(name, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with servers(host, "a", "b") as [a, b]:
+        looked_up = []
+
+        def resolve(name, port):
+            looked_up.append(name)
+            time.sleep(0.2)  # a slow name server: the calls made meanwhile wait for it
+            return [a, b]
+
+        endpoints = Endpoints(["replicas.test:8130"], resolve=resolve)
+        assert async_calls(endpoints, 10, gather=True) == {"a": 5, "b": 5}
+    assert looked_up == ["replicas.test"]
+    assert "replicas.test" not in asked
