@@ -131,6 +131,7 @@ class HTTPProtocol(CallFastPath):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.began = time.monotonic()  # the first request must come from now
+        self.retiring = self.host.shutting_down
         if self.scheme == "https":  # see unsent()
             self.tls_socket = transport.get_extra_info("socket").fileno()
         self.host.connections.add(self)
@@ -215,8 +216,25 @@ class HTTPProtocol(CallFastPath):
             if self.turn_ends is None:
                 self.turn_ends = now + hosting.TURN_SECONDS
             elif now >= self.turn_ends:  # the turn is over: this call, and the rest, by ASGI
-                return HttpToolsProtocol.on_headers_complete(self)
+                HttpToolsProtocol.on_headers_complete(self)
+                return self.retire_request()
         super().on_headers_complete()
+        self.retire_request()
+
+    def retire(self) -> None:
+        """Close the connection after its next answer, whichever request it answers, and
+        until then keep it: the server is stopping. (An idle connection is closed by the
+        drain, once the server stops accepting.)"""
+        self.retiring = True
+        cycle = self.cycle  # the last request read, through ASGI
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False
+        # A call on the fast path reads `retiring` as it answers (write_answer).
+
+    def retire_request(self) -> None:
+        """A request just read through ASGI, on a retiring connection, ends it."""
+        if self.retiring and self.call is None and self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def on_message_begin(self) -> None:
         self.reading_head = True

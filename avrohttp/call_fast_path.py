@@ -52,6 +52,9 @@ class CallFastPath(HttpToolsProtocol):
     # sent once its body is in; _DROPPED; or None (no call on the fast path).
     call: Union[None, List[bytes], Answer, object] = None
     call_keep_alive = True
+    # The next answer is the connection's last, said with "Connection: close": the server is
+    # stopping (HTTPProtocol.retire).
+    retiring = False
 
     def on_headers_complete(self) -> None:
         rules = self.rules
@@ -118,7 +121,7 @@ class CallFastPath(HttpToolsProtocol):
         """Write the answer in one write, as uvicorn would write it (its Date header first),
         then go on as uvicorn does after an answer: close, or wait for the next request."""
         # True, False, or None once the answer says "Connection: close" itself.
-        keep_alive: Optional[bool] = self.call_keep_alive and not self.host.stopping
+        keep_alive: Optional[bool] = self.call_keep_alive and not self.retiring
         head = [*(b"%s: %s\r\n" % header for header in self.server_state.default_headers)]
         if isinstance(answer, Answer):
             head.insert(0, STATUS_LINE[int(answer.status[:3])])

@@ -12,6 +12,7 @@ before it imports the host: a program need not (and, for --loop asyncio, must no
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 import warnings
 from typing import Callable, List, Optional, Tuple
@@ -61,6 +62,10 @@ def add_server_arguments(parser: argparse.ArgumentParser, loop: str = DEFAULT_LO
         help="connections served at once (default: %(default)s)")
     add("--drain-timeout", type=float, default=defaults.drain_timeout, metavar="SECONDS",
         help="seconds a stop waits for the calls in flight (default: %(default)s)")
+    add("--shutdown-delay", type=float, default=defaults.shutdown_delay, metavar="SECONDS",
+        help="seconds to go on serving after SIGTERM, /health/ready answering 503 and each "
+             "answer closing its connection, before the stop: the time a balancer takes to "
+             "stop sending calls (docs/deployment.md; default: %(default)s)")
     add("--access-log", action="store_true", help="log one line per request")
     add("--metrics", action="store_true",
         help="count every call and serve them at GET /metrics, in Prometheus's format "
@@ -82,6 +87,8 @@ def server_options(args: argparse.Namespace, parser: argparse.ArgumentParser
     for flag in ("request_timeout", "idle_timeout", "drain_timeout"):
         if not getattr(args, flag) > 0:  # also refuses nan
             parser.error(f"argument --{flag.replace('_', '-')}: must be more than 0 seconds")
+    if not 0 <= args.shutdown_delay < math.inf:  # also refuses nan
+        parser.error("argument --shutdown-delay: must be 0 seconds or more, and finite")
     if (args.certfile is None) != (args.keyfile is None):
         parser.error("--certfile and --keyfile go together: give both, or neither")
     if args.client_ca is not None and args.certfile is None:

@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import time
+from typing import Optional
 
 import eventlet
 import eventlet.green.socket
@@ -38,10 +39,17 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
       plain HTTP to the port or does not trust the certificate (eventlet issue 620). And a
       request line that does not parse is reported by the standard library's http.server, in
       two lines written straight to stderr.
+
+    host: the hosting.Server, whose shutdown retires its connections (see retiring).
     """
 
     def __init__(self, conn_state: list, server, deadlines: Deadlines,
-                 access_log: bool, metrics=None) -> None:
+                 access_log: bool, metrics=None,
+                 host: Optional[hosting.Server] = None) -> None:
+        # Whether the next answer is this connection's last, said with "Connection: close"
+        # (avrohttp.serve's application reads it): the server is shutting down. Never closed
+        # while idle for that: the client would find it closed only as it sends a call.
+        self.retiring = host is not None and host.shutting_down
         self.metrics = metrics
         self.deadlines = deadlines
         self.deadline = ClientDeadline(deadlines, self, conn_state[1])

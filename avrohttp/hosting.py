@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("avrohttp")
 
 # The signals that stop a server gracefully: Ctrl-C in a terminal, and what an orchestrator
-# (or kill) sends. A second one stops it at once.
+# (or kill) sends. A second one stops it at once. SIGTERM alone waits for the shutdown delay
+# first (--shutdown-delay): Ctrl-C is someone at a terminal, whom no balancer keeps waiting.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # How often a worker checks that its supervisor is still there.
 ORPHAN_CHECK_SECONDS = 1.0
@@ -128,15 +129,33 @@ class Server:
 
     def stop(self, now: bool = False) -> None:
         """Stop accepting, answer the calls in flight, then return from run(); with now, or
-        a second time, stop at once. Safe to call from any thread, and from a signal."""
+        a second time, stop at once. During the shutdown delay, end it: the stop begins.
+        Safe to call from any thread, and from a signal."""
+        raise NotImplementedError
+
+    def shut_down(self) -> None:
+        """What SIGTERM does: with options.shutdown_delay, go on serving for that long, with
+        GET /health/ready at 503 and every answer closing its connection, then stop(); with
+        no delay, or once stopping, stop(). Safe to call from any thread; before the server
+        serves, the same as stop()."""
         raise NotImplementedError
 
     def begin_shutdown(self) -> None:
-        """Mark the server as stopping, in its own thread (or loop), as its stop begins: GET
-        /health/ready answers 503 from now on, so that balancers send it no more calls."""
+        """Mark the server as stopping, in its own thread (or loop), as its shutdown delay or
+        its stop begins: GET /health/ready answers 503 from now on, so that balancers send it
+        no more calls, and each connection closes after its next answer, so that its client
+        connects again, elsewhere. Each host also tells its open connections."""
         self.shutting_down = True
         if self.rules is not None:
             self.rules.shutting_down = True
+
+    def log_delay(self) -> None:
+        log.info("shutting down: /health/ready answers 503; still serving for %g s",
+                 self.options.shutdown_delay)
+
+    def log_delay_over(self, connections: int) -> None:
+        log.info("no longer accepting: draining %d connection%s", connections,
+                 "" if connections == 1 else "s")
 
     def ready(self, every: Callable[[float, Callable[[], None]], None]) -> None:
         """Say that the server is ready: the start-up line, or a worker's word to its

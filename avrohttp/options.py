@@ -31,6 +31,11 @@ REQUEST_TIMEOUT = 20.0
 MAX_CONNECTIONS = 5000
 # Seconds that a stop (SIGTERM, Ctrl-C) waits for the calls in flight.
 DRAIN_TIMEOUT = 30.0
+# Seconds that a server goes on serving after SIGTERM, with GET /health/ready at 503 and every
+# answer closing its connection, before it stops accepting: the time that an orchestrator's
+# balancers take to stop sending it calls (docs/deployment.md). None by default: a server
+# that is not behind such balancers has no one to wait for.
+SHUTDOWN_DELAY = 0.0
 # The environment variable in which the supervisor of --workers N names the directory where
 # its workers share their metrics (avrohttp.metrics).
 METRICS_DIR_ENV = "AVROHTTP_METRICS_DIR"
@@ -54,6 +59,7 @@ class ServerOptions:
     socket_timeout: float = SOCKET_TIMEOUT
     max_connections: int = MAX_CONNECTIONS
     drain_timeout: float = DRAIN_TIMEOUT
+    shutdown_delay: float = SHUTDOWN_DELAY
     access_log: bool = False  # one log line per request
     # Count calls (avrohttp.metrics) and serve GET /metrics. Off by default: they were not
     # shown to cost at most 2% of the throughput (docs/metrics.md, "What it costs").

@@ -35,6 +35,11 @@ from avrohttp.wsgi import DEADLINE, application_of
 
 log = logging.getLogger("avrohttp")
 
+# What stop() and shut_down() write to the wakeup socket, as Python writes each signal's
+# number there (SIGTERM shuts down, after the shutdown delay; any other word stops).
+_STOP = b"\0"
+_SHUT_DOWN = bytes([signal.SIGTERM])
+
 
 class Server(hosting.Server):
     """The eventlet host: serves a responder on eventlet.wsgi, past eventlet's defaults.
@@ -47,6 +52,7 @@ class Server(hosting.Server):
         super().__init__(*args, **kwargs)
         self._stops = None  # the socket that stop() writes to, once serving
         self._early_stops = 0  # stop() calls before that
+        self._deadlines: Optional[Deadlines] = None  # every open connection's, once serving
 
     def check_responder(self) -> None:
         refuse_async_handlers(self.responder)
@@ -68,7 +74,8 @@ class Server(hosting.Server):
         # green thread reads it, and asks the hub to interrupt the green thread that serves.
         # eventlet.wsgi then closes idle connections and waits for the active ones.
         wakeup, stops = eventlet.green.socket.socketpair()
-        watcher = eventlet.spawn(self._watch, wakeup, listener, serving)
+        self._deadlines = deadlines = Deadlines(self.options)
+        watcher = eventlet.spawn(self._watch, wakeup, listener, serving, deadlines)
         try:
             signal.set_wakeup_fd(stops.fileno())
             signals = True
@@ -83,7 +90,7 @@ class Server(hosting.Server):
         # Before anyone is told to call:
         self.ready(every)
         try:
-            serve(listener, application, self.options, self.max_connections, self.metrics)
+            self._serve_wsgi(listener, application, deadlines)
             status = 0
         except SystemExit as e:  # from _watch: the calls in flight were not all answered
             status = e.code if isinstance(e.code, int) else 1  # _watch's is an int
@@ -102,13 +109,29 @@ class Server(hosting.Server):
             self._early_stops += 2 if now else 1
             return
         try:
-            os.write(stops.fileno(), b"\0\0" if now else b"\0")
+            os.write(stops.fileno(), _STOP * 2 if now else _STOP)
         except OSError:
             pass  # stopped already
 
+    def shut_down(self) -> None:
+        stops = self._stops
+        if stops is None:  # not serving yet: no balancer sends it calls
+            return self.stop()
+        try:
+            os.write(stops.fileno(), _SHUT_DOWN)
+        except OSError:
+            pass  # stopped already
+
+    def begin_shutdown(self) -> None:
+        super().begin_shutdown()
+        if self._deadlines is not None:
+            for deadline in self._deadlines.connections:
+                deadline.protocol.retiring = True
+
     def _watch(self, wakeup: socket.socket, listener: socket.socket,
-               serving: greenlet.greenlet) -> None:
+               serving: greenlet.greenlet, deadlines: Deadlines) -> None:
         drain_timeout = self.options.drain_timeout
+        shutdown_delay = self.options.shutdown_delay
 
         def stop(status: int) -> None:
             eventlet.hubs.get_hub().schedule_call_global(0, serving.throw, SystemExit(status))
@@ -123,9 +146,15 @@ class Server(hosting.Server):
             serving.throw(SystemExit(0))
             listener.close()
 
-        wakeup.recv(1)
+        word = wakeup.recv(1)
         self.begin_shutdown()
-        log.info("stopping: answering the calls in flight")
+        if word == _SHUT_DOWN and shutdown_delay > 0:
+            self.log_delay()
+            with eventlet.Timeout(shutdown_delay, False):
+                wakeup.recv(1)  # another word (a second SIGTERM, say) ends the delay now
+            self.log_delay_over(len(deadlines.connections))
+        else:
+            log.info("stopping: answering the calls in flight")
         eventlet.hubs.get_hub().schedule_call_global(0, stop_accepting)
         with eventlet.Timeout(drain_timeout, False):
             wakeup.recv(1)
@@ -134,6 +163,24 @@ class Server(hosting.Server):
         log.warning("calls still in flight after %g s (--drain-timeout): stopping now",
                     drain_timeout)
         stop(1)
+
+    def _serve_wsgi(self, listener: socket.socket, app: Callable,
+                    deadlines: Deadlines) -> None:
+        """Serve app on listener with eventlet.wsgi until the accept loop is interrupted,
+        then drain."""
+        options = self.options
+
+        def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
+            result = app(environ, start_response)
+            deadline = environ[DEADLINE]
+            deadline.answer()  # the answer goes out now: at the client's pace
+            if deadline.protocol.retiring:  # so eventlet says "Connection: close", and closes
+                deadline.protocol.close_connection = 1
+            return result
+
+        serve(listener, application, options, self.max_connections, deadlines,
+              functools.partial(HTTPProtocol, deadlines=deadlines, access_log=options.access_log,
+                                metrics=self.metrics, host=self))
 
 
 def every(seconds: float, function: Callable[[], None]) -> None:
@@ -147,21 +194,10 @@ def every(seconds: float, function: Callable[[], None]) -> None:
     eventlet.spawn_n(forever)
 
 
-def serve(listener: socket.socket, app: Callable, options: ServerOptions,
-          max_connections: int, server_metrics=None) -> None:
-    """Serve app on listener with eventlet.wsgi until the accept loop is interrupted, then
-    drain (Server.serve).
-
-    server_metrics: the avrohttp.metrics.ServerMetrics that app serves, if any: it then also
-    counts the open connections, and the 408 answers sent before the application is called.
-    """
-    deadlines = Deadlines(options)
-
-    def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        result = app(environ, start_response)
-        environ[DEADLINE].answer()  # the answer goes out now: at the client's pace
-        return result
-
+def serve(listener: socket.socket, application: Callable, options: ServerOptions,
+          max_connections: int, deadlines: Deadlines, protocol: Callable) -> None:
+    """Serve the application on listener with eventlet.wsgi, each connection with protocol,
+    until the accept loop is interrupted, then drain (Server.serve)."""
     deadlines.start()
     try:
         eventlet.wsgi.server(
@@ -176,8 +212,7 @@ def serve(listener: socket.socket, app: Callable, options: ServerOptions,
             # HTTPProtocol, not eventlet, enforces it.
             keepalive=options.idle_timeout,
             max_size=max_connections,
-            protocol=functools.partial(HTTPProtocol, deadlines=deadlines,
-                                       access_log=options.access_log, metrics=server_metrics),
+            protocol=protocol,
         )
     finally:
         deadlines.stop()

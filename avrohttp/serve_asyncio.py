@@ -13,6 +13,7 @@ the start-up line) is avrohttp.hosting's.
 import asyncio
 import email.utils
 import logging
+import signal
 import socket
 import ssl
 import time
@@ -53,6 +54,7 @@ class Server(hosting.Server):
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._stops = 0  # stop() calls: the first drains, the second stops at once
         self._stopping: Optional[asyncio.Event] = None
+        self._delay: Optional[asyncio.TimerHandle] = None  # the shutdown delay's end
         self._accept: Optional[_Acceptor] = None
         self._handshakes = 0  # connections accepted, not yet made (their TLS handshake, say)
         self.fast_rules: Optional[Rules] = None  # for CallFastPath, unless it is off
@@ -68,6 +70,15 @@ class Server(hosting.Server):
             return
         try:
             loop.call_soon_threadsafe(self._stop, now)
+        except RuntimeError:
+            pass  # the loop is closed: stopped already
+
+    def shut_down(self) -> None:
+        loop = self._loop
+        if loop is None:  # not serving yet: no balancer sends it calls
+            return self.stop()
+        try:
+            loop.call_soon_threadsafe(self._shut_down)
         except RuntimeError:
             pass  # the loop is closed: stopped already
 
@@ -108,7 +119,10 @@ class Server(hosting.Server):
         signals = []
         for signum in hosting.STOP_SIGNALS:
             try:
-                loop.add_signal_handler(signum, self._stop, False)
+                if signum == signal.SIGTERM:
+                    loop.add_signal_handler(signum, self._shut_down)
+                else:
+                    loop.add_signal_handler(signum, self._stop, False)
                 signals.append(signum)
             except (ValueError, RuntimeError):  # not the main thread (a test's server)
                 break
@@ -133,15 +147,30 @@ class Server(hosting.Server):
                 connection.transport.abort()
         return status
 
+    def _shut_down(self) -> None:
+        delay = self.options.shutdown_delay
+        if self._stops or self._delay is not None or not delay > 0:
+            return self._stop(False)
+        assert self._loop is not None  # set before the loop runs this
+        self._delay = self._loop.call_later(delay, self._stop, False)
+        self.begin_shutdown()
+        self.log_delay()
+
     def _stop(self, now: bool) -> None:
         accept, stopping = self._accept, self._stopping
         assert accept is not None and stopping is not None  # set before the loop runs this
+        delay, self._delay = self._delay, None
+        if delay is not None:  # over, or cut short
+            delay.cancel()
         before = self._stops
         self._stops += 2 if now else 1
         if before == 0:
             self.begin_shutdown()
         if before == 0 and self._stops == 1:
-            log.info("stopping: answering the calls in flight")
+            if delay is not None:
+                self.log_delay_over(len(self.connections))
+            else:
+                log.info("stopping: answering the calls in flight")
             # Closed now, not once the calls are answered: meanwhile, new connections are
             # refused at once, and a balancer tries another server.
             accept.close()
@@ -180,6 +209,11 @@ class Server(hosting.Server):
     @property
     def stopping(self) -> bool:
         return self._stops > 0
+
+    def begin_shutdown(self) -> None:
+        super().begin_shutdown()
+        for connection in self.connections:
+            connection.retire()
 
     def connection_closed(self) -> None:
         """A connection closed, or never opened: room for the next one."""

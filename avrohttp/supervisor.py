@@ -3,8 +3,9 @@
 Each worker is the same program (`server.py`, say) run again, and binds the port with
 SO_REUSEPORT; the kernel spreads new connections across them, so N workers use N cores. The
 supervisor serves nothing itself. It starts the workers and waits until each one listens; it
-starts a new worker when one dies; and on SIGTERM or SIGINT it passes SIGTERM on, so that
-every worker stops accepting and answers its calls in flight, and it exits when they all have.
+starts a new worker when one dies; and it passes SIGTERM and SIGINT on, so that every worker
+stops accepting and answers its calls in flight (after its shutdown delay, for SIGTERM), and
+it exits when they all have.
 """
 
 import contextlib
@@ -56,11 +57,12 @@ class Supervisor:
     """Keeps `count` workers running `command`, each told to report on a pipe when ready."""
 
     def __init__(self, command: List[str], count: int, drain_timeout: float,
-                 metrics_dir: Optional[str] = None) -> None:
+                 metrics_dir: Optional[str] = None, shutdown_delay: float = 0.0) -> None:
         self.command = command
         self.metrics_dir = metrics_dir
         self.count = count
         self.drain_timeout = drain_timeout
+        self.shutdown_delay = shutdown_delay
         self.workers: List[Optional[subprocess.Popen]] = []  # None: a worker that did not start
         self.started: List[float] = []
         # From the start, so that a signal while the workers start is not lost.
@@ -101,17 +103,36 @@ class Supervisor:
         return True
 
     def run(self) -> int:
-        """Supervise until a signal stops the workers; the exit status is 0 if all drained."""
-        stopping = None  # when the first signal came
-        while not (stopping and not self._running()):
+        """Supervise until a signal stops the workers; the exit status is 0 if all drained.
+
+        Each worker is told what the supervisor was: SIGTERM makes it wait for its shutdown
+        delay first, SIGINT (Ctrl-C) not. A second signal during the delay ends it, as it
+        does in each worker; any other stops the workers at once.
+        """
+        delayed = None  # when the shutdown delay ends, once SIGTERM began one
+        stopping = None  # when the workers stop accepting and drain
+        while not ((delayed or stopping) and not self._running()):
             if self.signals:
-                self.signals.pop()
-                if not stopping:
+                signum = self.signals.pop(0)
+                if not (delayed or stopping):
+                    if signum == signal.SIGTERM and self.shutdown_delay > 0:
+                        log.info("shutting down: the workers' /health/ready answers 503; "
+                                 "still serving for %g s", self.shutdown_delay)
+                        delayed = time.monotonic() + self.shutdown_delay
+                    else:
+                        log.info("stopping: the workers answer the calls in flight")
+                        stopping = time.monotonic()
+                    self._signal_all(signum)
+                elif delayed and not stopping:  # the delay, cut short
                     log.info("stopping: the workers answer the calls in flight")
                     stopping = time.monotonic()
+                    self._signal_all(signal.SIGTERM)
                 else:
                     log.warning("stopping now, without waiting for the calls in flight")
-                self._signal_all(signal.SIGTERM)  # a worker's second one stops it at once
+                    self._signal_all(signal.SIGTERM)  # a worker's second one stops it at once
+            if delayed and not stopping and time.monotonic() >= delayed:
+                log.info("stopping: the workers answer the calls in flight")
+                stopping = delayed  # as each worker's own delay ends, and its drain begins
             # Each worker keeps to its drain timeout; this is for one that hangs regardless.
             if stopping and time.monotonic() > stopping + self.drain_timeout + KILL_GRACE:
                 for hung in self._running():
@@ -119,7 +140,7 @@ class Supervisor:
                     hung.kill()
                     hung.wait()
             for slot, worker in enumerate(self.workers):
-                if not stopping and (worker is None or worker.poll() is not None):
+                if not (delayed or stopping) and (worker is None or worker.poll() is not None):
                     self._replace(slot)
             time.sleep(0.1)
         return 0 if all(w is not None and w.returncode == 0 for w in self.workers) else 1
@@ -172,7 +193,8 @@ def run(program: List[str], argv: List[str], options: ServerOptions, name: str) 
         port = reservation.getsockname()[1]
         # argparse keeps the last of a repeated option, so these override the user's.
         command = [*program, *argv, "--workers", "1", "--port", str(port)]
-        supervisor = Supervisor(command, options.workers, options.drain_timeout, metrics_dir)
+        supervisor = Supervisor(command, options.workers, options.drain_timeout, metrics_dir,
+                                options.shutdown_delay)
         if not supervisor.start():
             return 1
         log.info("%s server listening on %s://%s:%d/ (%d workers)", name, options.scheme,

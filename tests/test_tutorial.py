@@ -168,7 +168,8 @@ def test_server_help_lists_every_option():
     options = re.findall(r"^  (--[a-z-]+)", result.stdout, re.MULTILINE)
     assert options == ["--loop", "--host", "--port", "--certfile", "--keyfile", "--client-ca",
                        "--workers", "--max-body-bytes", "--request-timeout", "--idle-timeout",
-                       "--max-connections", "--drain-timeout", "--access-log", "--metrics"]
+                       "--max-connections", "--drain-timeout", "--shutdown-delay",
+                       "--access-log", "--metrics"]
     # Which loop serves when none is given: the tutorial's eventlet.
     assert "(default: eventlet)" in " ".join(result.stdout.split())
 
