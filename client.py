@@ -20,8 +20,7 @@ from protocol import EchoProtocol
 class EchoClient(avrohttp.Client):
     """Calls an AvroEcho server over one keep-alive HTTP connection.
 
-    Takes avrohttp.Client's options (host, port, timeout, connect_timeout, ssl_context), or
-    endpoints= in place of host and port, to balance the calls over several servers.
+    Takes avrohttp.Client's options (host, port, timeout, connect_timeout, ssl_context).
     echo and split change nothing on the server, so a call that meets a kept-alive
     connection closed by the server is sent once more, on a new one.
     """
