@@ -12,12 +12,14 @@ import collections
 import contextlib
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
+import trustme
 
 import avrohttp
 import server
@@ -312,6 +314,25 @@ def test_a_call_inside_a_handler_has_its_callers_time_left_for_all_its_endpoints
                                            "answer echo within the time its caller had left")
     [left] = slow.time_left  # refused by the first endpoint, then sent to the second
     assert 0 < left < 0.4
+
+
+def test_the_addresses_of_a_name_are_called_over_tls_as_that_name(host, tmp_path):
+    # The certificate names localhost only: checked against 127.0.0.1, it would fail.
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost")
+    issued.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    issued.private_key_pem.write_to_path(tmp_path / "key.pem")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with serving(Named("tls"), host, certfile=str(tmp_path / "cert.pem"),
+                 keyfile=str(tmp_path / "key.pem")) as (_, port):
+        endpoints = Endpoints([f"localhost:{port}"], resolve=lambda name, port: [
+            ("127.0.0.1", port)])
+        with avrohttp.Client(EchoProtocol, endpoints=endpoints, ssl_context=context,
+                             timeout=5) as client:
+            assert calls(client, 2) == {"tls": 2}
+        assert async_calls(Endpoints([f"localhost:{port}"], resolve=endpoints.resolve), 2,
+                           ssl_context=context) == {"tls": 2}
 
 
 class Record(avrohttp.CallHook):
