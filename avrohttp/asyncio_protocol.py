@@ -132,6 +132,9 @@ class HTTPProtocol(CallFastPath):
         super().connection_made(transport)
         self.began = time.monotonic()  # the first request must come from now
         self.retiring = self.host.shutting_down
+        # Once a request begins past this, its answer is the connection's last.
+        self.closes_at = self.began + hosting.connection_lifetime(
+            self.options.max_connection_age)
         if self.scheme == "https":  # see unsent()
             self.tls_socket = transport.get_extra_info("socket").fileno()
         self.host.connections.add(self)
@@ -224,7 +227,8 @@ class HTTPProtocol(CallFastPath):
     def retire(self) -> None:
         """Close the connection after its next answer, whichever request it answers, and
         until then keep it: the server is stopping. (An idle connection is closed by the
-        drain, once the server stops accepting.)"""
+        drain, once the server stops accepting.) A connection that grows old retires as its
+        next request begins (on_message_begin)."""
         self.retiring = True
         cycle = self.cycle  # the last request read, through ASGI
         if cycle is not None and not cycle.response_complete:
@@ -242,7 +246,9 @@ class HTTPProtocol(CallFastPath):
         # A key of ours, as ASGI allows; uvicorn's type of the scope lists only ASGI's own.
         self.scope[DEADLINE] = self  # type: ignore[literal-required]
         if self.requests:  # the first request's time counts from the connection's start
-            self.began = time.monotonic()
+            self.began = now = time.monotonic()
+            if now >= self.closes_at:  # old enough (--max-connection-age)
+                self.retiring = True
         self.requests += 1
 
     def on_message_complete(self) -> None:

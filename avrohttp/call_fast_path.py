@@ -53,7 +53,7 @@ class CallFastPath(HttpToolsProtocol):
     call: Union[None, List[bytes], Answer, object] = None
     call_keep_alive = True
     # The next answer is the connection's last, said with "Connection: close": the server is
-    # stopping (HTTPProtocol.retire).
+    # stopping, or the connection is old (HTTPProtocol.retire, on_message_begin).
     retiring = False
 
     def on_headers_complete(self) -> None:

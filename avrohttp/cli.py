@@ -66,6 +66,9 @@ def add_server_arguments(parser: argparse.ArgumentParser, loop: str = DEFAULT_LO
         help="seconds to go on serving after SIGTERM, /health/ready answering 503 and each "
              "answer closing its connection, before the stop: the time a balancer takes to "
              "stop sending calls (docs/deployment.md; default: %(default)s)")
+    add("--max-connection-age", type=float, metavar="SECONDS",
+        help="close a kept-alive connection after its first answer past this age, give or take "
+             "10%%, so that its client connects again, maybe to a newer server (default: never)")
     add("--access-log", action="store_true", help="log one line per request")
     add("--metrics", action="store_true",
         help="count every call and serve them at GET /metrics, in Prometheus's format "
@@ -84,8 +87,8 @@ def server_options(args: argparse.Namespace, parser: argparse.ArgumentParser
         if getattr(args, flag) < 1:
             parser.error(f"argument --{flag.replace('_', '-')}: {getattr(args, flag)} is not "
                          "1 or more")
-    for flag in ("request_timeout", "idle_timeout", "drain_timeout"):
-        if not getattr(args, flag) > 0:  # also refuses nan
+    for flag in ("request_timeout", "idle_timeout", "drain_timeout", "max_connection_age"):
+        if getattr(args, flag) is not None and not getattr(args, flag) > 0:  # refuses nan
             parser.error(f"argument --{flag.replace('_', '-')}: must be more than 0 seconds")
     if not 0 <= args.shutdown_delay < math.inf:  # also refuses nan
         parser.error("argument --shutdown-delay: must be 0 seconds or more, and finite")

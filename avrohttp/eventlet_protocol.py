@@ -47,12 +47,14 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
                  access_log: bool, metrics=None,
                  host: Optional[hosting.Server] = None) -> None:
         # Whether the next answer is this connection's last, said with "Connection: close"
-        # (avrohttp.serve's application reads it): the server is shutting down. Never closed
-        # while idle for that: the client would find it closed only as it sends a call.
+        # (avrohttp.serve's application reads it): the server is shutting down, or the
+        # connection is older than closes_at (--max-connection-age) as a request begins.
         self.retiring = host is not None and host.shutting_down
         self.metrics = metrics
         self.deadlines = deadlines
         self.deadline = ClientDeadline(deadlines, self, conn_state[1])
+        self.closes_at = self.deadline.started + hosting.connection_lifetime(
+            host.options.max_connection_age if host is not None else None)
         self.requests = 0
         self.turn_ends = 0.0  # when this connection's turn is over: see _read_request_line
         self.closing = False  # after this answer: see close_after_answer
@@ -127,7 +129,13 @@ class HTTPProtocol(eventlet.wsgi.HttpProtocol):
             raise
         except OSError:
             pass  # the read below meets the error again
-        self.deadline.request(since=None if self.requests else self.deadline.started)
+        if self.requests:
+            now = time.monotonic()
+            if now >= self.closes_at:  # old enough: this request's answer is its last
+                self.retiring = True
+            self.deadline.request(since=now)
+        else:  # the first request's time counts from the connection's start
+            self.deadline.request(since=self.deadline.started)
         self.requests += 1
         try:
             line = self.rfile.readline(self.server.url_length_limit)

@@ -11,7 +11,9 @@ own way (serve()). As in uvicorn, a program or a test makes one and runs it:
 """
 
 import logging
+import math
 import os
+import random
 import resource
 import signal
 import socket
@@ -52,6 +54,10 @@ TURN_SECONDS = 0.001
 # How long a connection that was told its time is up may take to say so (a 408) and close,
 # before its socket is shut down under it.
 GRACE_SECONDS = 1.0
+# How far a connection's age limit (--max-connection-age) varies either way, at random, as in
+# gRPC's MAX_CONNECTION_AGE (proposal A9): connections opened together, by a client pool or a
+# rollout, then do not all close together, and their clients do not all connect again at once.
+AGE_JITTER = 0.1
 
 
 class CannotServeTLS(Exception):
@@ -187,6 +193,16 @@ class Server:
             log.warning("the supervisor is gone")
             self._supervisor = os.getppid()  # said once
             self.stop()
+
+
+def connection_lifetime(max_age: Optional[float]) -> float:
+    """How long one connection may be kept alive, in seconds: max_age times a factor drawn at
+    random between 0.9 and 1.1 (AGE_JITTER), for each connection; without max_age, forever
+    (math.inf). Past it, a host closes the connection after its next answer, never while it
+    is idle: its client would find it closed only as it sends a call."""
+    if max_age is None:
+        return math.inf
+    return max_age * random.uniform(1 - AGE_JITTER, 1 + AGE_JITTER)
 
 
 def sweep_seconds(options: ServerOptions) -> float:

@@ -33,7 +33,7 @@ MAX_CONNECTIONS = 5000
 DRAIN_TIMEOUT = 30.0
 # Seconds that a server goes on serving after SIGTERM, with GET /health/ready at 503 and every
 # answer closing its connection, before it stops accepting: the time that an orchestrator's
-# balancers take to stop sending it calls (docs/deployment.md). None by default: a server
+# balancers take to stop sending it calls (docs/deployment.md). 0 by default: a server
 # that is not behind such balancers has no one to wait for.
 SHUTDOWN_DELAY = 0.0
 # The environment variable in which the supervisor of --workers N names the directory where
@@ -60,6 +60,10 @@ class ServerOptions:
     max_connections: int = MAX_CONNECTIONS
     drain_timeout: float = DRAIN_TIMEOUT
     shutdown_delay: float = SHUTDOWN_DELAY
+    # Seconds after which a kept-alive connection's next answer closes it (give or take 10%:
+    # hosting.connection_lifetime), so that its client connects again, maybe to a server
+    # started since. None by default: a client then keeps its server while it is kept alive.
+    max_connection_age: Optional[float] = None
     access_log: bool = False  # one log line per request
     # Count calls (avrohttp.metrics) and serve GET /metrics. Off by default: they were not
     # shown to cost at most 2% of the throughput (docs/metrics.md, "What it costs").

@@ -169,7 +169,7 @@ def test_server_help_lists_every_option():
     assert options == ["--loop", "--host", "--port", "--certfile", "--keyfile", "--client-ca",
                        "--workers", "--max-body-bytes", "--request-timeout", "--idle-timeout",
                        "--max-connections", "--drain-timeout", "--shutdown-delay",
-                       "--access-log", "--metrics"]
+                       "--max-connection-age", "--access-log", "--metrics"]
     # Which loop serves when none is given: the tutorial's eventlet.
     assert "(default: eventlet)" in " ".join(result.stdout.split())
 

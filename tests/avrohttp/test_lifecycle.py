@@ -1,139 +1,45 @@
-"""A server's life under an orchestrator, on both hosts: the probes (GET /health/live and
-/health/ready), the shutdown delay (--shutdown-delay) and the connection age
-(--max-connection-age), in-process, as programs, and with --workers."""
+"""A server's life under an orchestrator, on both hosts: the shutdown delay
+(--shutdown-delay) and the connection age (--max-connection-age), in-process, as programs,
+and with --workers. The probes themselves are test_probes.py's."""
 
-import http.client
 import logging
+import math
 import re
 import signal
 import socket
 import threading
 import time
 
-import avro.errors
-import avro.ipc
 import pytest
 
 import avrohttp
 import server
-from avrohttp.answers import Rules
-from conftest import (call_app, log_messages, read_http_response, running, server_class,
+from avrohttp import cli, hosting
+from conftest import (log_messages, read_http_response, running, server_class,
                       server_program, serving)
 from protocol import EchoProtocol
+from test_probes import get
 from test_supervisor import wait_for, worker_pids
 from wire import call_body, read_answer
 
 
-class Readiness(server.EchoResponder):
-    """Echo, whose ready() says what `state` says: None (ready), a reason, or an exception to
-    raise."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.state = None
-
-    def ready(self):
-        if isinstance(self.state, Exception):
-            raise self.state
-        return self.state
+@pytest.mark.parametrize("option, value, error", [
+    ("--shutdown-delay", "-1", "must be 0 seconds or more, and finite"),
+    ("--shutdown-delay", "inf", "must be 0 seconds or more, and finite"),
+    ("--max-connection-age", "0", "must be more than 0 seconds"),
+    ("--max-connection-age", "nan", "must be more than 0 seconds")])
+def test_the_options_refuse_a_duration_that_makes_no_sense(capsys, option, value, error):
+    with pytest.raises(SystemExit):
+        cli.parse_options([option, value], prog="server.py")
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"server.py: error: argument {option}: {error}")
 
 
-def get(address: tuple, path: str, method: str = "GET") -> tuple:
-    """One request on a connection of its own: (status, headers, body)."""
-    connection = http.client.HTTPConnection(*address, timeout=10)
-    try:
-        connection.request(method, path)
-        response = connection.getresponse()
-        return response.status, response.headers, response.read()
-    finally:
-        connection.close()
-
-
-@pytest.mark.parametrize("path", ["/health/live", "/health/ready", "/health"])
-def test_the_probes_answer_ok_while_the_server_serves(host, path):
-    with serving(server.EchoResponder(), host) as address:
-        status, headers, body = get(address, path)
-        assert (status, body) == (200, b"OK\n")
-        assert headers["Content-Type"] == "text/plain; charset=utf-8"
-        status, headers, body = get(address, path, "HEAD")
-        assert (status, headers["Content-Length"], body) == (200, "3", b"")
-
-
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
-def test_the_probes_take_nothing_but_get_and_head(host, method):
-    with serving(server.EchoResponder(), host) as address:
-        for path in ("/health/live", "/health/ready"):
-            status, headers, _ = get(address, path, method)
-            assert (status, headers["Allow"]) == (405, "GET, HEAD")
-
-
-def test_ready_answers_503_with_the_services_reason(host):
-    responder = Readiness()
-    with serving(responder, host) as address:
-        responder.state = "the database is\nunreachable"
-        assert get(address, "/health/ready")[::2] == (503, b"the database is unreachable\n")
-        status, headers, body = get(address, "/health/ready", "HEAD")
-        assert (status, body) == (503, b"")
-        # Alive, and still answering calls: only the balancer is told to send none.
-        assert get(address, "/health/live")[::2] == (200, b"OK\n")
-        assert get(address, "/health")[::2] == (200, b"OK\n")
-        with avrohttp.Client(EchoProtocol, *address, timeout=10) as caller:
-            assert caller.call("echo", query="still") == "still"
-        responder.state = None
-        assert get(address, "/health/ready")[::2] == (200, b"OK\n")
-
-
-def test_an_exception_in_ready_is_not_ready_and_logged_once(host, caplog):
-    responder = Readiness()
-    caplog.set_level(logging.INFO, logger="avrohttp")
-    with serving(responder, host) as address:
-        responder.state = RuntimeError("no connection to db.internal:5432")
-        for _ in range(3):  # each probe: 503, without the exception's words
-            assert get(address, "/health/ready")[::2] == (
-                503, b"the readiness check failed (RuntimeError)\n")
-        responder.state = None
-        assert get(address, "/health/ready")[0] == 200
-        responder.state = RuntimeError("no connection to db.internal:5432")
-        assert get(address, "/health/ready")[0] == 503
-    failures = [record for record in caplog.records
-                if record.getMessage() == "the readiness check failed"]
-    assert len(failures) == 2  # once, and once more after it had worked again
-    assert all(record.exc_info[0] is RuntimeError for record in failures)
-
-
-def test_a_responder_without_ready_is_always_ready(app):
-    class Plain(avro.ipc.Responder):  # avro.ipc's own, which has no ready()
-        def invoke(self, message, request):
-            raise avro.errors.AvroRemoteException("no")
-
-    for application in (app, avrohttp.make_application(Plain(EchoProtocol))):
-        response = call_app(lambda environ, start: application(
-            {**environ, "PATH_INFO": "/health/ready"}, start), method="GET", content_type=None)
-        assert (response.status, response.body) == (200, b"OK\n")
-
-
-def test_ready_answers_503_once_the_server_is_shutting_down():
-    rules = Rules(Readiness())
-    assert rules.before_body("GET", "/health/ready", None, None, None).status == "200 OK"
-    rules.shutting_down = True
-    answer = rules.before_body("GET", "/health/ready", None, None, None)
-    assert (answer.status, answer.body) == ("503 Service Unavailable", b"shutting down\n")
-    assert rules.before_body("GET", "/health/live", None, None, None).status == "200 OK"
-
-
-def test_the_probes_are_counted_in_the_metrics(host):
-    responder = Readiness()
-    with serving(responder, host, metrics=True) as address:
-        get(address, "/health/ready")
-        get(address, "/health/live")
-        responder.state = "warming up"
-        get(address, "/health/ready")
-        get(address, "/health/ready")
-        get(address, "/health/ready", "POST")
-        metrics = get(address, "/metrics")[2].decode()
-    assert 'avro_server_http_responses_total{status="200"} 2.0' in metrics
-    assert 'avro_server_http_responses_total{status="503"} 2.0' in metrics
-    assert 'avro_server_http_responses_total{status="405"} 1.0' in metrics
+def test_the_options_by_default_and_as_given():
+    options, _, _ = cli.parse_options([])
+    assert (options.shutdown_delay, options.max_connection_age) == (0, None)
+    options, _, _ = cli.parse_options(["--shutdown-delay", "5", "--max-connection-age", "300"])
+    assert (options.shutdown_delay, options.max_connection_age) == (5, 300)
 
 
 # The shutdown delay (--shutdown-delay): SIGTERM, then serving on with /health/ready at 503
@@ -186,15 +92,12 @@ class Log:
         return log_messages("".join(self.lines))
 
 
-def shut_down_in_process(host: str, **options):
-    """A real server of `host` in a thread, with these options: see running()."""
-    return running(server_class(host)(avrohttp.ServerOptions(port=0, **options),
-                                      server.EchoResponder()))
-
-
-def test_during_the_delay_every_call_is_answered_and_closes_its_connection(host, caplog):
+@pytest.mark.parametrize("access_log", [False, True])  # on asyncio, True takes the ASGI path
+def test_during_the_delay_every_call_is_answered_and_closes_its_connection(host, access_log,
+                                                                           caplog):
     caplog.set_level(logging.INFO, logger="avrohttp")
-    with shut_down_in_process(host, shutdown_delay=60) as started:
+    options = avrohttp.ServerOptions(port=0, shutdown_delay=60, access_log=access_log)
+    with running(server_class(host)(options, server.EchoResponder())) as started:
         address = started.address
         kept = socket.create_connection(address, timeout=10)
         in_flight = socket.create_connection(address, timeout=10)
@@ -336,3 +239,66 @@ def test_ctrl_c_stops_workers_without_the_delay(host):
         assert [message for message in log_messages(log)
                 if message.startswith(f"avrohttp[{pid}] ")] == [
             f"avrohttp[{pid}] stopping: answering the calls in flight", f"avrohttp[{pid}] stopped"]
+
+
+# The connection age (--max-connection-age): a kept-alive connection's first answer past its
+# age closes it.
+
+
+def test_each_connection_gets_its_own_age_within_a_tenth_of_the_setting():
+    lifetimes = [hosting.connection_lifetime(10.0) for _ in range(1000)]
+    assert all(9.0 <= lifetime <= 11.0 for lifetime in lifetimes)
+    # Spread over the whole range, so that connections opened together close apart.
+    assert min(lifetimes) < 9.2 and max(lifetimes) > 10.8
+    assert hosting.connection_lifetime(None) == math.inf
+
+
+def test_a_kept_alive_client_is_moved_to_a_new_connection_once_its_own_is_old(host):
+    with serving(server.EchoResponder(), host, max_connection_age=0.5) as address, \
+            avrohttp.Client(EchoProtocol, *address, timeout=10) as caller:
+        calls = [0]  # the calls on each connection of the client, the last one still open
+        ends = time.monotonic() + 2.5
+        while time.monotonic() < ends:
+            assert caller.call("echo", query="hi") == "hi"  # never fails
+            calls[-1] += 1
+            if caller.transceiver.conn.sock is None:  # the answer said "Connection: close"
+                calls.append(0)
+            time.sleep(0.05)
+    # Each closed after an answer once half a second old (give or take a tenth), so at most
+    # 2.5 / 0.45 times, and never after its first answer, however slow the machine.
+    closed = calls[:-1]
+    assert 2 <= len(closed) <= 6, calls
+    assert min(closed) >= 2, calls
+
+
+@pytest.mark.parametrize("access_log", [False, True])  # on asyncio, True takes the ASGI path
+def test_an_idle_connection_is_left_open_past_its_age_and_its_next_answer_closes_it(
+        host, access_log):
+    with serving(server.EchoResponder(), host, max_connection_age=0.2,
+                 access_log=access_log) as address, \
+            socket.create_connection(address, timeout=10) as sock:
+        assert echo_on(sock, "young") == ("HTTP/1.1 200 OK", None, "young")
+        time.sleep(1.0)  # idle, and old
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):  # neither closed nor reset: nothing to read
+            sock.recv(1)
+        sock.setblocking(True)
+        assert echo_on(sock, "old") == ("HTTP/1.1 200 OK", "close", "old")
+        assert closed_by_the_server(sock)
+
+
+def test_workers_close_old_connections(host):
+    with server_program("--loop", host, "--workers", "2",
+                        "--max-connection-age", "0.3") as running_server, \
+            avrohttp.Client(EchoProtocol, "127.0.0.1", running_server.port,
+                            timeout=10) as caller:
+        closes = 0
+        ends = time.monotonic() + 1.5
+        while time.monotonic() < ends:
+            assert caller.call("echo", query="hi") == "hi"
+            closes += caller.transceiver.conn.sock is None
+            time.sleep(0.05)
+        running_server.process.send_signal(signal.SIGTERM)
+        running_server.process.wait(timeout=30)
+    assert closes >= 2
+    assert running_server.process.returncode == 0
