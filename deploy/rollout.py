@@ -69,10 +69,13 @@ class Phase(NamedTuple):
 
 
 class Replacement(NamedTuple):
+    """One replica replaced; the times are seconds from the old one's SIGTERM."""
     old: str  # addresses
     new: str
-    ready_after: float  # seconds from the old one's SIGTERM to the new one being ready
-    exited_after: Optional[float]  # from SIGTERM to exit; None: it had to be killed
+    removed_after: float  # the old one out of nginx's list (nginx reloaded)
+    ready_after: float  # the new one answering 200 on /health/ready
+    added_after: float  # the new one in nginx's list (nginx reloaded)
+    exited_after: Optional[float]  # the old one exited; None: it had to be killed
     exit_code: Optional[int]
 
 
@@ -174,14 +177,20 @@ def rollout(settings: Settings, say: Callable[[str], None] = print) -> RolloutRe
 def _replace(old: Replica, position: int, serving: List[Replica], balancer: Balancer,
              new_replica: Callable[[], Replica], settings: Settings) -> Replacement:
     old.terminate()
+
+    def since() -> float:
+        return time.monotonic() - old.terminated_at
+
     time.sleep(settings.removal_lag)
     serving.remove(old)
     balancer.route([replica.address for replica in serving])
+    removed_after = since()
     new = new_replica()
     new.wait_until_ready()
-    ready_after = time.monotonic() - old.terminated_at
+    ready_after = since()
     serving.insert(position, new)
     balancer.route([replica.address for replica in serving])
+    added_after = since()
     code = old.wait(max(0.0, old.terminated_at + settings.shutdown_delay + EXIT_SECONDS
                         - time.monotonic()))
     exited_after = None
@@ -191,16 +200,18 @@ def _replace(old: Replica, position: int, serving: List[Replica], balancer: Bala
         while old.exited_at is None:  # its watcher notes the moment
             time.sleep(0.01)
         exited_after = old.exited_at - old.terminated_at
-    return Replacement(old.address, new.address, ready_after, exited_after, code)
+    return Replacement(old.address, new.address, removed_after, ready_after, added_after,
+                       exited_after, code)
 
 
 def _progress(replacement: Replacement, load: LoadResult) -> str:
     if replacement.exited_after is None:
         ending = "it did not exit in time and was killed"
     else:
-        ending = f"it exited after {replacement.exited_after:.1f} s (code {replacement.exit_code})"
-    return (f"replaced {replacement.old} by {replacement.new} (ready "
-            f"{replacement.ready_after:.1f} s after the old one's SIGTERM); {ending}; "
+        ending = f"exited {replacement.exited_after:.1f} s (code {replacement.exit_code})"
+    return (f"{replacement.old} -> {replacement.new}: after SIGTERM, old out of nginx "
+            f"{replacement.removed_after:.1f} s, new ready {replacement.ready_after:.1f} s "
+            f"and in nginx {replacement.added_after:.1f} s, old {ending}; "
             f"{load.made} calls so far, {load.failed} failed")
 
 
