@@ -33,12 +33,6 @@ from avrohttp import cli, supervisor
 from conftest import ROOT
 
 KUBERNETES_VERSION = "1.31.0"
-# Until the server has the lifecycle of issue 18 (--shutdown-delay, --max-connection-age,
-# GET /health/live and /health/ready), the tests that need it fail; strict, so that they say
-# so once it has landed, and these marks can go.
-NEEDS_LIFECYCLE = pytest.mark.xfail(strict=True, reason=(
-    "server.py has no --shutdown-delay, --max-connection-age, /health/live or /health/ready "
-    "yet (issue 18)"))
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -221,7 +215,6 @@ def test_the_resources_are_the_three_expected():
 
 # The manifest against the server.
 
-@NEEDS_LIFECYCLE
 def test_the_manifest_passes_options_the_server_has(help_options):
     """Every option of the container's args is one that `server.py --help` lists, and the
     server's own argparse takes the whole command line."""
@@ -273,7 +266,6 @@ def drain_bound(options) -> float:
     return bound
 
 
-@NEEDS_LIFECYCLE
 def test_the_grace_period_outlasts_the_delay_and_the_drain():
     options, _ = cli.parse_options(manifest_args())[:2]
     spec = the("Deployment")["spec"]["template"]["spec"]
@@ -321,7 +313,6 @@ def get(port: int, path: str) -> int:
         connection.close()
 
 
-@NEEDS_LIFECYCLE
 def test_the_probes_get_200_from_the_server(tmp_path):
     """server.py, run from a copy of the files that the image copies and nothing else, with
     the manifest's options (on 127.0.0.1 and a free port instead), answers both probes' paths
