@@ -1,13 +1,10 @@
-"""A client that knows several endpoints (avrohttp.endpoints): Client and AsyncClient with
-endpoints=, against real servers of each host, and against raw-socket servers (test_client's
-scripted_server) for a server that closes without answering or never answers.
-
-Each server answers echo with its own name, so that a test sees where each call went. The
-backoff's clock is a FakeClock where a test needs an endpoint to come back at a time of its
-choosing, and its random source a constant where it needs a wait of a known length.
+"""A client that knows several endpoints (avrohttp.endpoints): Client with endpoints=, against
+real servers of each host, and raw-socket servers (test_client's scripted_server) that close
+without answering or never answer; test_async_endpoints.py does the same for AsyncClient.
+Each server answers echo with its name, so that a test sees where each call went. The
+backoff's clock is a FakeClock where a test needs an endpoint set aside until it says so.
 """
 
-import asyncio
 import collections
 import contextlib
 import re
@@ -29,6 +26,8 @@ from client import EchoClient
 from conftest import ROOT, free_port, running, server_class, serving
 from protocol import EchoProtocol
 from test_client import scripted_server
+import test_deadlines as deadlines
+from test_hooks import Recorder
 
 CLOSED = ("the server closed the connection without an answer "
           "(if the server serves HTTPS, call it with TLS)")
@@ -46,13 +45,17 @@ class Named(server.EchoResponder):
 
 
 class FakeClock:
-    """The backoff's clock: it moves only when a test moves it."""
+    """The backoff's clock: it moves only when a test moves it (clock.now += 0.5)."""
 
-    def __init__(self) -> None:
-        self.now = 1000.0
+    now = 1000.0
 
     def __call__(self) -> float:
         return self.now
+
+
+def frozen(addresses: list) -> Endpoints:
+    """Endpoints whose clock stands still: one set aside stays aside, whatever the time."""
+    return Endpoints(addresses, clock=FakeClock(), backoff=Backoff(random=lambda: 1.0))
 
 
 def fails_with(message: str):
@@ -77,8 +80,6 @@ def servers(host: str, *names: str):
         yield [stack.enter_context(serving(Named(name), host)) for name in names]
 
 
-# --- Client --------------------------------------------------------------------------------
-
 def test_calls_are_spread_evenly_over_three_servers(host):
     with servers(host, "a", "b", "c") as addresses, \
             avrohttp.Client(EchoProtocol, endpoints=addresses, timeout=5) as client:
@@ -91,15 +92,9 @@ def test_calls_are_spread_evenly_over_three_servers(host):
                 for endpoint in client.balancer.endpoints.all] == socks
 
 
-def test_endpoints_may_be_written_as_host_and_port_strings(host):
-    with servers(host, "a", "b") as [a, b], \
-            avrohttp.Client(EchoProtocol, endpoints=[where(a), b], timeout=5) as client:
-        assert calls(client, 4) == {"a": 2, "b": 2}
-
-
-def test_the_echo_client_takes_endpoints_too():
-    with servers("eventlet", "a", "b") as addresses, \
-            EchoClient(endpoints=addresses, timeout=5) as echo:
+def test_the_echo_client_takes_endpoints_too_written_as_pairs_or_strings():
+    with servers("eventlet", "a", "b") as [a, b], \
+            EchoClient(endpoints=[a, where(b)], timeout=5) as echo:
         assert [echo.echo("hi") for _ in range(4)] == ["a", "b", "a", "b"]
         assert echo.split("hi") == "h"
 
@@ -154,7 +149,7 @@ def test_a_call_cut_off_goes_to_another_endpoint_only_with_retry():
             with fails_with(f"cannot reach the server at {where(closer)}: {CLOSED}"):
                 client.call("echo", query="hi")  # its turn: the closer
         assert counts.requests == 1
-        with avrohttp.Client(EchoProtocol, endpoints=[closer, good], timeout=5,
+        with avrohttp.Client(EchoProtocol, endpoints=frozen([closer, good]), timeout=5,
                              retry=True) as client:
             assert client.call("echo", query="hi") == "good"  # sent twice
             assert counts.requests == 2
@@ -180,7 +175,7 @@ def test_a_retry_sends_the_time_that_is_left():
             return query
 
     with scripted_server((0, "close")) as (closer, counts), serving(Timeouts()) as good, \
-            avrohttp.Client(EchoProtocol, endpoints=[closer, good], timeout=5,
+            avrohttp.Client(EchoProtocol, endpoints=frozen([closer, good]), timeout=5,
                             retry=True) as client:
         assert client.call("echo", query="one") == "one"  # cut off, then sent to good
         assert client.call("echo", query="two") == "two"  # to good at once: its own timeout
@@ -190,7 +185,7 @@ def test_a_retry_sends_the_time_that_is_left():
 def test_when_every_endpoint_is_down_the_call_fails_in_one_line_naming_each():
     down = [("127.0.0.1", free_port()) for _ in range(3)]
     # Each is set aside for 0.5 s, longer than the call has: it fails at once.
-    endpoints = Endpoints(down, backoff=Backoff(random=lambda: 1.0))
+    endpoints = frozen(down)
     refused = "[Errno 111] Connection refused"
     with avrohttp.Client(EchoProtocol, endpoints=endpoints, timeout=0.3) as client:
         for _ in range(2):  # tried, then each still set aside
@@ -257,9 +252,8 @@ def test_a_name_is_looked_up_with_getaddrinfo(live_server):
 
 
 def test_an_endpoint_back_from_being_set_aside_is_tried_by_one_call_at_a_time():
-    clock = FakeClock()
-    endpoints = Endpoints(["10.0.0.1:8130", "10.0.0.2:8130"], clock=clock,
-                          backoff=Backoff(random=lambda: 1.0))
+    endpoints = frozen(["10.0.0.1:8130", "10.0.0.2:8130"])
+    clock = endpoints.clock
     first, second = endpoints.all
     assert [endpoints.pick(), endpoints.pick(), endpoints.pick()] == [first, second, first]
     endpoints.set_aside(first, "[Errno 111] Connection refused")
@@ -273,12 +267,8 @@ def test_an_endpoint_back_from_being_set_aside_is_tried_by_one_call_at_a_time():
     assert first.failures == 1  # until it answers a call
 
 
-class Relay(server.EchoResponder):
-    """Echo, which asks the services at `upstream` (endpoints) for its answer."""
-
-    def __init__(self, upstream: list) -> None:
-        super().__init__()
-        self.upstream = upstream
+class Relay(deadlines.Relay):
+    """test_deadlines' Relay, whose upstream is a list of endpoints."""
 
     def handle_echo(self, query: str) -> str:
         with avrohttp.Client(EchoProtocol, endpoints=self.upstream, timeout=10) as upstream:
@@ -288,23 +278,9 @@ class Relay(server.EchoResponder):
                 raise avrohttp.RemoteSystemError(f"upstream: {e}") from e
 
 
-class Slow(server.EchoResponder):
-    """Echo, noting each call's time left, and answering after `sleep` seconds."""
-
-    def __init__(self, sleep: float) -> None:
-        super().__init__()
-        self.sleep = sleep
-        self.time_left = []
-
-    def handle_echo(self, query: str) -> str:
-        self.time_left.append(avrohttp.time_left())
-        time.sleep(self.sleep)
-        return query
-
-
 def test_a_call_inside_a_handler_has_its_callers_time_left_for_all_its_endpoints():
     down = ("127.0.0.1", free_port())
-    slow = Slow(sleep=1.0)
+    slow = deadlines.Seen(sleep=1.0)
     with serving(slow) as up, serving(Relay([down, up])) as relay, \
             avrohttp.Client(EchoProtocol, *relay, timeout=5) as client:
         client.requestor.timeout = 0.4  # the relay's caller gives it 0.4 s
@@ -316,40 +292,35 @@ def test_a_call_inside_a_handler_has_its_callers_time_left_for_all_its_endpoints
     assert 0 < left < 0.4
 
 
-def test_the_addresses_of_a_name_are_called_over_tls_as_that_name(host, tmp_path):
-    # The certificate names localhost only: checked against 127.0.0.1, it would fail.
+@contextlib.contextmanager
+def tls_server(host: str, directory):
+    """A server of `host` over HTTPS, whose certificate names localhost only (checked against
+    127.0.0.1, it would fail): yields its port, and a client context that trusts it."""
     ca = trustme.CA()
     issued = ca.issue_cert("localhost")
-    issued.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
-    issued.private_key_pem.write_to_path(tmp_path / "key.pem")
+    issued.cert_chain_pems[0].write_to_path(directory / "cert.pem")
+    issued.private_key_pem.write_to_path(directory / "key.pem")
     context = ssl.create_default_context()
     ca.configure_trust(context)
-    with serving(Named("tls"), host, certfile=str(tmp_path / "cert.pem"),
-                 keyfile=str(tmp_path / "key.pem")) as (_, port):
-        endpoints = Endpoints([f"localhost:{port}"], resolve=lambda name, port: [
-            ("127.0.0.1", port)])
-        with avrohttp.Client(EchoProtocol, endpoints=endpoints, ssl_context=context,
-                             timeout=5) as client:
-            assert calls(client, 2) == {"tls": 2}
-        assert async_calls(Endpoints([f"localhost:{port}"], resolve=endpoints.resolve), 2,
-                           ssl_context=context) == {"tls": 2}
+    with serving(Named("tls"), host, certfile=str(directory / "cert.pem"),
+                 keyfile=str(directory / "key.pem")) as (_, port):
+        yield port, context
 
 
-class Record(avrohttp.CallHook):
-    """Keeps each call as before() and after() see it."""
+def localhost(port: int) -> Endpoints:
+    """localhost, as a name whose one address is 127.0.0.1."""
+    return Endpoints([f"localhost:{port}"], resolve=lambda name, port: [("127.0.0.1", port)])
 
-    def __init__(self) -> None:
-        self.seen = []
 
-    def before(self, call):
-        self.seen.append(("before", call.message, call.outcome))
-
-    def after(self, call):
-        self.seen.append(("after", call.message, call.outcome))
+def test_the_addresses_of_a_name_are_called_over_tls_as_that_name(host, tmp_path):
+    with tls_server(host, tmp_path) as (port, context), \
+            avrohttp.Client(EchoProtocol, endpoints=localhost(port), ssl_context=context,
+                            timeout=5) as client:
+        assert calls(client, 2) == {"tls": 2}
 
 
 def test_hooks_see_one_call_per_call_whatever_its_attempts():
-    record = Record()
+    record = Recorder()
     down = ("127.0.0.1", free_port())
     with scripted_server((0, "close")) as (closer, counts), serving(Named("good")) as good, \
             avrohttp.Client(EchoProtocol, endpoints=[down, closer, good], timeout=5,
@@ -357,14 +328,14 @@ def test_hooks_see_one_call_per_call_whatever_its_attempts():
         # Refused by the first, cut off by the second, answered by the third.
         assert client.call("echo", query="hi") == "good"
         assert counts.requests == 1
-    assert record.seen == [("before", "echo", None), ("after", "echo", hooks.ANSWERED)]
-    record.seen.clear()
+    assert record.events == [("before", "echo", None), ("after", "echo", hooks.ANSWERED)]
+    record.events.clear()
     endpoints = Endpoints([down], backoff=Backoff(random=lambda: 1.0))
     with avrohttp.Client(EchoProtocol, endpoints=endpoints, timeout=0.3,
                          call_hooks=[record]) as client:
         with pytest.raises(avrohttp.CallFailed):
             client.call("echo", query="hi")
-    assert record.seen == [("before", "echo", None), ("after", "echo", hooks.FAILED)]
+    assert record.events == [("before", "echo", None), ("after", "echo", hooks.FAILED)]
 
 
 def test_the_backoff_doubles_from_half_a_second_to_thirty_with_full_jitter():
@@ -423,94 +394,3 @@ def test_a_client_of_one_host_and_port_is_as_it_was(live_server):
          "print(sorted(m for m in sys.modules if m.endswith(('endpoints', 'balancing'))))"],
         cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert loaded == "[]\n"
-
-
-# --- AsyncClient ---------------------------------------------------------------------------
-
-def async_calls(address_list, count: int, gather: bool = False, **options):
-    """Make `count` echo calls with an AsyncClient of these endpoints, one after another or
-    all at once: which server answered how many."""
-
-    async def run():
-        async with avrohttp.AsyncClient(EchoProtocol, endpoints=address_list,
-                                        **{"timeout": 5, **options}) as client:
-            if gather:
-                answers = await asyncio.gather(*[client.call("echo", query="hi")
-                                                 for _ in range(count)])
-            else:
-                answers = [await client.call("echo", query="hi") for _ in range(count)]
-        return collections.Counter(answers)
-
-    return asyncio.run(run())
-
-
-def test_the_async_client_spreads_calls_evenly_over_three_servers(host):
-    with servers(host, "a", "b", "c") as addresses:
-        assert async_calls(addresses, 30) == {"a": 10, "b": 10, "c": 10}
-        assert async_calls(addresses, 30, gather=True) == {"a": 10, "b": 10, "c": 10}
-
-
-def test_the_async_client_sends_no_more_calls_to_a_stopped_server(host):
-    async def run(a, c, stop_b, b):
-        async with avrohttp.AsyncClient(EchoProtocol, endpoints=[a, b, c],
-                                        timeout=5) as client:
-            first = [await client.call("echo", query="hi") for _ in range(6)]
-            stop_b()
-            then = [await client.call("echo", query="hi") for _ in range(30)]
-        return collections.Counter(first), collections.Counter(then)
-
-    with serving(Named("a"), host) as a, serving(Named("c"), host) as c:
-        with contextlib.ExitStack() as stack:
-            b = stack.enter_context(serving(Named("b"), host))
-            first, then = asyncio.run(run(a, c, stack.close, b))
-    assert first == {"a": 2, "b": 2, "c": 2}
-    assert set(then) == {"a", "c"} and sum(then.values()) == 30
-
-
-def test_the_async_client_passes_over_a_refused_endpoint(host):
-    refused = ("127.0.0.1", free_port())
-    with servers(host, "a", "b") as [a, b]:
-        for gather in (False, True):
-            answered = async_calls([a, refused, b], 20, gather)
-            assert set(answered) == {"a", "b"} and sum(answered.values()) == 20
-
-
-def test_the_async_client_sends_a_call_cut_off_to_another_endpoint_only_with_retry():
-    with scripted_server((0, "close")) as (closer, counts), serving(Named("good")) as good:
-        with fails_with(f"cannot reach the server at {where(closer)}: {CLOSED}"):
-            async_calls([closer, good], 1)
-        assert counts.requests == 1
-        assert async_calls([closer, good], 5, retry=True) == {"good": 5}
-        assert counts.requests == 2  # the first call, then the closer is set aside
-
-
-def test_the_async_client_fails_in_one_line_when_every_endpoint_is_down():
-    down = [("127.0.0.1", free_port()) for _ in range(2)]
-    endpoints = Endpoints(down, backoff=Backoff(random=lambda: 1.0))
-    with fails_with("cannot reach any of the 2 servers: "
-                    + "; ".join(f"{where(address)}: [Errno 111] Connection refused"
-                                for address in down)):
-        async_calls(endpoints, 1, timeout=0.3)
-
-
-def test_the_async_client_looks_a_name_up_once_before_its_first_calls(host, monkeypatch):
-    asked = []
-    lookup = socket.getaddrinfo
-
-    def getaddrinfo(name, *args, **kwargs):  # what a connection would look up itself
-        asked.append(name)
-        return lookup(name, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    with servers(host, "a", "b") as [a, b]:
-        looked_up = []
-
-        def resolve(name, port):
-            looked_up.append(name)
-            time.sleep(0.2)  # a slow name server: the calls made meanwhile wait for it
-            return [a, b]
-
-        endpoints = Endpoints(["replicas.test:8130"], resolve=resolve)
-        assert async_calls(endpoints, 10, gather=True) == {"a": 5, "b": 5}
-    assert looked_up == ["replicas.test"]
-    assert "replicas.test" not in asked
