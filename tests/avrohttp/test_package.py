@@ -46,8 +46,8 @@ def test_the_package_imports_neither_host():
                         "avrohttp.call_responses", "avrohttp.client", "avrohttp.codec",
                         "avrohttp.context", "avrohttp.errors", "avrohttp.hooked_responses",
                         "avrohttp.hooks", "avrohttp.options", "avrohttp.origins",
-                        "avrohttp.protocol", "avrohttp.requestor", "avrohttp.responder",
-                        "avrohttp.wsgi"]
+                        "avrohttp.plain_call", "avrohttp.protocol", "avrohttp.requestor",
+                        "avrohttp.responder", "avrohttp.wsgi"]
 
 
 def test_a_server_without_metrics_imports_no_prometheus_client():
