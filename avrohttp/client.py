@@ -5,12 +5,11 @@ clear error for every failure.
 Try it: `Client(EchoProtocol, "127.0.0.1", 8130).call("echo", query="Hi")`, with server.py
 running. add_arguments() and options_from() give a command line the same client options.
 The rules that avrohttp.AsyncClient shares (the retry rule, reading an answer, the words of
-a CallFailed) are functions here, below Client's transport.
+a CallFailed) are in avrohttp.client_rules, and importable from here too.
 """
 
 import argparse
 import http.client
-import re
 import socket
 import ssl
 from typing import TYPE_CHECKING, Iterable, List, Optional, Union
@@ -20,6 +19,11 @@ import avro.ipc
 import avro.protocol
 
 from avrohttp import codec
+from avrohttp import client_rules
+from avrohttp.client_rules import (NOT_AVRO_BYTES, TRANSPORT_ERRORS, CallFailed,
+                                   DeadlineExceeded, NoAnswerInTime, failure, is_avro_answer,
+                                   not_avro, resend, unframe_answer)
+from avrohttp.client_rules import describe as describe  # still importable from here
 from avrohttp.context import time_left
 from avrohttp.hooks import CallHook
 from avrohttp.requestor import Requestor
@@ -35,37 +39,6 @@ DEFAULT_TIMEOUT = 10.0  # seconds to wait for the answer, or for the next part o
 # that is up connects in milliseconds; a host that drops the attempt should not hold the
 # caller for as long as a slow answer may take.
 DEFAULT_CONNECT_TIMEOUT = 5.0
-# The longest answer the client reads. avrohttp.wsgi takes bodies of at most 1 MiB by default
-# (MAX_BODY_BYTES); this leaves room for a server that takes more, or answers with more, and
-# keeps a broken or hostile server from filling the client's memory.
-MAX_ANSWER_BYTES = 16 * 1024 * 1024
-
-# A kept-alive connection that the server has closed (idle too long, or restarted) fails
-# with one of these when the next request is sent on it, before any answer comes back.
-# http.client.RemoteDisconnected is a ConnectionResetError; over TLS, writing to a closed
-# connection raises ssl.SSLEOFError, or SSLZeroReturnError if the server said goodbye.
-_CLOSED_BY_SERVER = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError,
-                     ssl.SSLEOFError, ssl.SSLZeroReturnError)
-# The server closed the connection before it answered the call (the three ways it shows are
-# in describe()).
-_CLOSED_WITHOUT_ANSWER = (BrokenPipeError, ConnectionResetError)
-# What a call's transport can fail with; call() turns each into a CallFailed (failure()).
-TRANSPORT_ERRORS = (OSError, http.client.HTTPException, avro.errors.ConnectionClosedException)
-
-
-class CallFailed(Exception):
-    """The server could not be reached, or did not answer with an Avro response."""
-
-
-class NoAnswerInTime(TimeoutError):
-    """The call went out, but its answer did not come within the timeout."""
-
-
-class DeadlineExceeded(CallFailed):
-    """A call made inside a handler ran out of the time its handler's caller had left: it
-    was not sent, as no time was left, or its answer did not come in the time left."""
-
-
 class _Connection(http.client.HTTPConnection):
     """http.client's connection, writing a request's headers and body in one send.
 
@@ -165,68 +138,7 @@ class Transceiver(avro.ipc.HTTPTransceiver):
         # The whole body at once (this also readies the connection for the next call), then
         # the frames out of it: cheaper than avro's FramedReader, which reads the response a
         # few bytes at a time. One byte more than the limit, to tell whether it is over.
-        return unframe_answer(response.read(MAX_ANSWER_BYTES + 1))
-
-
-def resend(error: BaseException, retry: bool) -> bool:
-    """Whether a call whose request failed with `error` on a kept-alive connection, before
-    any answer came, is sent once more on a new connection: with retry, if the server had
-    closed the connection.
-
-    The server closed this kept-alive connection before the call reached it, or while it ran.
-    Sending the same call again is safe only for idempotent messages (echo computes an answer
-    and changes nothing, so running it twice does no harm); a message with side effects (a
-    payment, say) could run twice, so retry is off unless the caller asks. Never retried (the
-    transports ask only about a connection that had answered before, and once per call): a
-    failure on a new connection (the server is down, or refuses the call), a second failure,
-    and a timeout (the server may still be working on the call, and a copy of it would only
-    add to its load).
-    """
-    return retry and isinstance(error, _CLOSED_BY_SERVER)
-
-
-# Of an answer that is not Avro, how many bytes of its body a CallFailed quotes.
-NOT_AVRO_BYTES = 200
-
-
-def is_avro_answer(status: int, content_type: str) -> bool:
-    """Whether an answer with this status and Content-Type carries an Avro response."""
-    return status == 200 and content_type.split(";")[0] == "avro/binary"
-
-
-def not_avro(status: int, reason: str, body_start: bytes) -> CallFailed:
-    """The CallFailed of an answer that is not Avro, quoting the start of its body."""
-    quoted = body_start[:NOT_AVRO_BYTES].decode("utf-8", "replace").strip()
-    return CallFailed(f"server answered {status} {reason}: {quoted}")
-
-
-def unframe_answer(body: bytes) -> bytes:
-    """The Avro message in an answer's body, read up to one byte over MAX_ANSWER_BYTES;
-    CallFailed if it is over, or not framed as Avro frames."""
-    if len(body) > MAX_ANSWER_BYTES:
-        raise CallFailed(f"server answered with more than {MAX_ANSWER_BYTES} bytes")
-    try:
-        return codec.unframe(body)
-    except codec.BadFraming as e:
-        raise CallFailed(f"server answered with a broken Avro body: {e}") from e
-
-
-def failure(error: Exception, address: tuple, tls: bool, answered: bool = False) -> CallFailed:
-    """The CallFailed for a call whose transport failed with `error` (TRANSPORT_ERRORS).
-
-    answered: whether the call was sent on a kept-alive connection, one that had answered
-    calls before. The server was reached then, in the same protocol: a server that closes
-    that connection is stopping, or restarting, or let it go, and HTTP against an HTTPS
-    server is not why.
-    """
-    host, port = address
-    if isinstance(error, NoAnswerInTime):  # the server was reached: it is slow, or stuck
-        return CallFailed(f"the server at {host}:{port} sent {error}")
-    if answered and isinstance(error, _CLOSED_WITHOUT_ANSWER):
-        return CallFailed(f"the server at {host}:{port} closed the connection before answering")
-    # Still "cannot reach" after a kept-alive connection: the retry's new one can fail too.
-    return CallFailed(f"cannot reach the server at {host}:{port}: "
-                      f"{describe(error, tls, answered)}")
+        return unframe_answer(response.read(client_rules.MAX_ANSWER_BYTES + 1))
 
 
 def connect_timeout_for(timeout: float, connect_timeout: Optional[float]) -> float:
@@ -234,47 +146,6 @@ def connect_timeout_for(timeout: float, connect_timeout: Optional[float]) -> flo
     if connect_timeout is None:
         return min(timeout, DEFAULT_CONNECT_TIMEOUT)
     return connect_timeout
-
-
-def describe(error: Exception, tls: bool, answered: bool = False) -> str:
-    """What went wrong, in words, without OpenSSL's source locations; with a hint to call
-    with TLS where a plain call to an HTTPS server could be why (not with `tls`, nor on a
-    connection that had `answered` before: see failure())."""
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return f"its TLS certificate is not trusted ({error.verify_message})"
-    # Mutual TLS: a server that wants a client certificate refuses a client without one, or
-    # with one that it does not trust, in a TLS alert; under TLS 1.3, the client reads the
-    # alert only once its call is sent, while it waits for the answer. The asyncio host sends
-    # none (uvloop drops it): it hangs up.
-    if isinstance(error, ssl.SSLError) and "_ALERT_" in (error.reason or ""):
-        alert = error.reason.partition("_ALERT_")[2].lower().replace("_", " ")
-        if alert == "certificate required":  # TLSV13_ALERT_CERTIFICATE_REQUIRED
-            return "the server wants a client certificate (mutual TLS), and this client gave none"
-        if "certificate" in alert or alert in ("unknown ca", "access denied"):
-            return f"the server refused this client's TLS certificate ({alert})"
-        if alert == "handshake failure":  # what TLS 1.2 says to a client without one
-            return ("the server refused the TLS handshake (if it wants a client certificate, "
-                    "give one that it trusts)")
-    if tls and not answered and isinstance(error, (ssl.SSLEOFError, BrokenPipeError,
-                                                   ConnectionResetError)):
-        return ("the server closed the connection without an answer (if it wants a client "
-                "certificate, give one that it trusts)")
-    if isinstance(error, ssl.SSLEOFError):  # cut off in the middle of TLS
-        return "the server closed the connection without an answer"
-    if isinstance(error, ssl.SSLError):
-        if error.reason == "WRONG_VERSION_NUMBER":  # the server's first bytes are not TLS
-            return "TLS failed: the server does not speak TLS here"
-        return "TLS failed: " + re.sub(r" \(_ssl\.c:\d+\)", "", error.strerror or str(error))
-    # What a server that expects TLS does with plain HTTP: it hangs up, or sends a TLS alert.
-    hint = "" if tls or answered else " (if the server serves HTTPS, call it with TLS)"
-    # The three ways the same thing shows, by when it happens: the server closed the
-    # connection while the call was being sent (BrokenPipe, ConnectionReset), or before any
-    # answer came (RemoteDisconnected, itself a ConnectionResetError).
-    if isinstance(error, _CLOSED_WITHOUT_ANSWER):
-        return f"the server closed the connection without an answer{hint}"
-    if isinstance(error, http.client.BadStatusLine):
-        return f"the answer is not HTTP{hint}"
-    return str(error)
 
 
 class Client:

@@ -22,6 +22,7 @@ import trustme
 import avrohttp
 import avrohttp.async_client
 import avrohttp.client
+import avrohttp.client_rules
 from avrohttp import hooks
 from avsc_peer import AvscPeer
 from conftest import call_app, echo_app, free_port, server_program
@@ -252,7 +253,7 @@ async def test_what_is_not_an_answer_says_so(answer, reason):
 
 @on_asyncio
 async def test_an_answer_over_the_limit_is_a_call_failed(monkeypatch):
-    monkeypatch.setattr(avrohttp.client, "MAX_ANSWER_BYTES", 1000)
+    monkeypatch.setattr(avrohttp.client_rules, "MAX_ANSWER_BYTES", 1000)
 
     async def chunked(reader, writer):  # a chunked answer, longer than the limit
         while True:

@@ -22,6 +22,7 @@ import pytest
 import client
 import avrohttp
 import avrohttp.client
+import avrohttp.client_rules
 import avrohttp.hosting
 import avrohttp.requestor
 import avrohttp.responder
@@ -362,7 +363,7 @@ def test_an_idle_connection_closed_by_the_real_server_is_retried(host):
 
 
 def test_an_answer_over_the_limit_is_a_call_failed(live_server, monkeypatch):
-    monkeypatch.setattr(avrohttp.client, "MAX_ANSWER_BYTES", 1000)
+    monkeypatch.setattr(avrohttp.client_rules, "MAX_ANSWER_BYTES", 1000)
     with client.EchoClient(*live_server, timeout=5) as echo_client:
         assert echo_client.echo("x" * 900) == "x" * 900
         with fails_with("server answered with more than 1000 bytes"):
@@ -388,7 +389,7 @@ class LongChunkedAnswer(BaseHTTPRequestHandler):
 
 
 def test_a_chunked_answer_is_read_up_to_the_limit_only(monkeypatch):
-    monkeypatch.setattr(avrohttp.client, "MAX_ANSWER_BYTES", 1000)
+    monkeypatch.setattr(avrohttp.client_rules, "MAX_ANSWER_BYTES", 1000)
     with http_server(LongChunkedAnswer) as address, \
             client.EchoClient(*address, timeout=5) as echo_client:
         with fails_with("server answered with more than 1000 bytes"):

@@ -43,7 +43,8 @@ def test_the_package_imports_neither_host():
     # avrohttp.metrics.
     assert imported == ["avrohttp", "avrohttp.answers", "avrohttp.arguments", "avrohttp.asgi",
                         "avrohttp.async_handlers", "avrohttp.avro_json",
-                        "avrohttp.call_responses", "avrohttp.client", "avrohttp.codec",
+                        "avrohttp.call_responses", "avrohttp.client", "avrohttp.client_rules",
+                        "avrohttp.codec",
                         "avrohttp.context", "avrohttp.errors", "avrohttp.hooked_responses",
                         "avrohttp.hooks", "avrohttp.options", "avrohttp.origins",
                         "avrohttp.plain_call", "avrohttp.protocol", "avrohttp.requestor",
