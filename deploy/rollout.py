@@ -14,6 +14,9 @@ load, each replica is replaced in turn:
    answers 200, as a readiness probe does; then it joins nginx's list (another reload);
 4. the old replica's exit is awaited, and one line printed.
 
+That order (maxSurge 0, maxUnavailable 1) leaves two replicas for a moment, the harder case;
+with --surge, step 3 comes first (maxSurge 1, maxUnavailable 0, as deploy/kubernetes does).
+
 A last window of load follows. Then a table: the calls made and failed in each window,
 those that nginx sent to a second replica, and each replica's share of the answers.
 
@@ -51,6 +54,7 @@ class Settings(NamedTuple):
     network: str = "auto"  # "netns", "loopback", or "auto": netns where it works
     removal_lag: float = 1.0  # from SIGTERM to leaving nginx's list
     post_retries: bool = True  # False: nginx never sends a call again once it has sent it
+    surge: bool = False  # True: the new replica in nginx's list before the old one's SIGTERM
 
     def server_options(self) -> List[str]:
         options = ["--loop", self.loop, "--workers", str(self.workers),
@@ -73,8 +77,8 @@ class Replacement(NamedTuple):
     old: str  # addresses
     new: str
     removed_after: float  # the old one out of nginx's list (nginx reloaded)
-    ready_after: float  # the new one answering 200 on /health/ready
-    added_after: float  # the new one in nginx's list (nginx reloaded)
+    ready_after: float  # the new one answering 200 on /health/ready (--surge: 0, before)
+    added_after: float  # the new one in nginx's list (nginx reloaded; --surge: 0, before)
     exited_after: Optional[float]  # the old one exited; None: it had to be killed
     exit_code: Optional[int]
 
@@ -176,6 +180,11 @@ def rollout(settings: Settings, say: Callable[[str], None] = print) -> RolloutRe
 
 def _replace(old: Replica, position: int, serving: List[Replica], balancer: Balancer,
              new_replica: Callable[[], Replica], settings: Settings) -> Replacement:
+    if settings.surge:  # maxSurge 1, maxUnavailable 0: the new one first
+        new = new_replica()
+        new.wait_until_ready()
+        serving.insert(position, new)
+        balancer.route([replica.address for replica in serving])
     old.terminate()
 
     def since() -> float:
@@ -185,12 +194,14 @@ def _replace(old: Replica, position: int, serving: List[Replica], balancer: Bala
     serving.remove(old)
     balancer.route([replica.address for replica in serving])
     removed_after = since()
-    new = new_replica()
-    new.wait_until_ready()
-    ready_after = since()
-    serving.insert(position, new)
-    balancer.route([replica.address for replica in serving])
-    added_after = since()
+    ready_after = added_after = 0.0
+    if not settings.surge:  # maxSurge 0, maxUnavailable 1: the old one out first
+        new = new_replica()
+        new.wait_until_ready()
+        ready_after = since()
+        serving.insert(position, new)
+        balancer.route([replica.address for replica in serving])
+        added_after = since()
     code = old.wait(max(0.0, old.terminated_at + settings.shutdown_delay + EXIT_SECONDS
                         - time.monotonic()))
     exited_after = None
@@ -209,9 +220,10 @@ def _progress(replacement: Replacement, load: LoadResult) -> str:
         ending = "it did not exit in time and was killed"
     else:
         ending = f"exited {replacement.exited_after:.1f} s (code {replacement.exit_code})"
+    new = (f"new ready {replacement.ready_after:.1f} s and in nginx "
+           f"{replacement.added_after:.1f} s, " if replacement.ready_after else "")
     return (f"{replacement.old} -> {replacement.new}: after SIGTERM, old out of nginx "
-            f"{replacement.removed_after:.1f} s, new ready {replacement.ready_after:.1f} s "
-            f"and in nginx {replacement.added_after:.1f} s, old {ending}; "
+            f"{replacement.removed_after:.1f} s, {new}old {ending}; "
             f"{load.made} calls so far, {load.failed} failed")
 
 
@@ -279,19 +291,26 @@ def main(argv: Optional[list] = None) -> int:
                         help="nginx without non_idempotent: a call that it has sent is never "
                              "sent again, as for messages that must not run twice; a call "
                              "that meets a closed connection fails")
+    parser.add_argument("--surge", action="store_true",
+                        help="start each new replica, and put it in nginx's list, before the "
+                             "old one gets SIGTERM (maxSurge 1, maxUnavailable 0, as "
+                             "deploy/kubernetes/deployment.yaml says); by default the old one "
+                             "goes first (maxSurge 0, maxUnavailable 1), the harder case")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.clients < 1 or args.seconds <= 0:
         parser.error("--workers and --clients must be at least 1, and --seconds above 0")
     settings = Settings(args.loop, args.workers, args.shutdown_delay, args.max_connection_age,
                         args.seconds, args.clients, args.network, args.removal_lag,
-                        not args.no_post_retries)
+                        not args.no_post_retries, args.surge)
 
     # On SIGTERM too, leave through rollout()'s finally, which stops every process.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     print(f"rolling update of {REPLICAS} replicas (--loop {args.loop}, --workers "
           f"{args.workers}, --shutdown-delay {args.shutdown_delay:g}, --max-connection-age "
           f"{args.max_connection_age:g}) under load from {args.clients} clients"
-          + (", nginx retrying no call it has sent" if args.no_post_retries else ""), flush=True)
+          + (", nginx retrying no call it has sent" if args.no_post_retries else "")
+          + (", each new replica started before the old one stops" if args.surge else ""),
+          flush=True)
     try:
         result = rollout(settings, lambda line: print(line, flush=True))
     except (FleetError, netns.NetnsError) as e:
@@ -301,8 +320,8 @@ def main(argv: Optional[list] = None) -> int:
         print("rollout: interrupted; stopped nginx and the replicas", file=sys.stderr)
         return 130
     print("\n".join(summary(result)))
-    for error in result.errors[:3]:  # the first line says enough: "... 502 Bad Gateway"
-        print(f"  failed: {error.splitlines()[0]}")
+    for error in result.errors[:3]:  # "...: 502 Bad Gateway", without nginx's page
+        print(f"  failed: {error.splitlines()[0].removesuffix(': <html>')}")
     starved = [replacement.new for replacement, answered in
                zip(result.replacements, result.new_replicas_answered()) if answered == 0]
     if starved:
