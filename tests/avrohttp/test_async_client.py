@@ -1,19 +1,20 @@
-"""End-to-end tests of avrohttp.AsyncClient: what test_client.py checks of Client, on asyncio.
+"""End-to-end tests of avrohttp.AsyncClient: what test_client.py checks of Client, on asyncio:
+its answers and Avro errors, TLS, and an avsc server. Its failures and retry rule are
+test_async_client_failures.py's, its bytes on the wire and its connections' pool
+test_async_client_connections.py's.
 
 The servers it calls run as programs (server.py, the Shop example, avsc), not in this test
 process, which eventlet has monkey-patched (conftest.py imports server.py); each test runs
-its own event loop with asyncio.run, with no pytest plugin. The scripted servers that close
-or hang are asyncio servers in the test's own loop.
+its own event loop with asyncio.run (on_asyncio), with no pytest plugin. The scripted
+servers that close or hang (test_async_client_failures.py's http_server) are asyncio servers
+in the test's own loop.
 """
 
 import asyncio
-import contextlib
 import functools
 import json
 import re
-import socket
 import ssl
-import time
 
 import avro.errors
 import pytest
@@ -21,15 +22,12 @@ import trustme
 
 import avrohttp
 import avrohttp.async_client
-import avrohttp.client
-import avrohttp.client_rules
 from avrohttp import hooks
 from avsc_peer import AvscPeer
-from conftest import call_app, echo_app, free_port, server_program
+from conftest import free_port, server_program
 from examples.shop.protocol import PROTOCOL_JSON as SHOP_JSON
 from protocol import EchoProtocol
 from protocols import encode
-import wire
 
 SHOP = avrohttp.parse_protocol(SHOP_JSON)
 
@@ -152,234 +150,6 @@ async def test_call_hooks_see_every_outcome(shop_port):
                                ("visits", hooks.FAILED, True)]
 
 
-# --- failures: Client's words ---------------------------------------------------------------
-
-@on_asyncio
-async def test_unreachable_server_is_a_call_failed():
-    port = free_port()
-    async with echo_client(port) as client:
-        with fails_with(f"cannot reach the server at 127.0.0.1:{port}: "
-                        "[Errno 111] Connection refused"):
-            await client.call("echo", query="hi")
-
-
-@on_asyncio
-async def test_server_that_never_answers_times_out():
-    with socket.socket() as listener:  # accepts (via the backlog) but never answers
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        host, port = listener.getsockname()
-        async with echo_client(port, timeout=0.3) as client:
-            started = time.monotonic()
-            with fails_with(f"the server at {host}:{port} sent no answer within 0.3 s"):
-                await client.call("echo", query="hi")
-        assert time.monotonic() - started < 5
-
-
-@on_asyncio
-async def test_the_timeout_holds_between_calls_and_inside_an_answer(server_process):
-    async with echo_client(server_process, timeout=0.3) as client:
-        assert await client.call("echo", query="one") == "one"
-        await asyncio.sleep(0.5)  # idle for longer than the timeout: no call is waiting
-        assert await client.call("echo", query="two") == "two"
-
-    async def half_an_answer(reader, writer):
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: avro/binary\r\n"
-                     b"Content-Length: 100\r\n\r\n" + b"\x00" * 10)
-        await asyncio.sleep(60)
-
-    async with http_server(half_an_answer) as port, echo_client(port, timeout=0.3) as client:
-        with fails_with(f"the server at 127.0.0.1:{port} sent no answer within 0.3 s"):
-            await client.call("echo", query="hi")
-
-
-@contextlib.asynccontextmanager
-async def http_server(handle):
-    """An asyncio server in this loop on a free port, each connection handled by `handle`
-    (reader, writer): yields its port. Connections still open at the end are cut."""
-    handlers = set()
-
-    async def handle_connection(reader, writer):
-        handlers.add(asyncio.current_task())
-        try:
-            await handle(reader, writer)
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle_connection, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        for handler in handlers:
-            handler.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes:
-    """Read a request with a Content-Length: its body."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    return await reader.readexactly(int(re.search(rb"Content-Length: (\d+)", head)[1]))
-
-
-@on_asyncio
-async def test_non_avro_answer_is_a_call_failed_with_the_status():
-    async def not_found(reader, writer):
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
-                     b"Content-Length: 13\r\n\r\nno such thing")
-
-    async with http_server(not_found) as port, echo_client(port) as client:
-        with fails_with("server answered 404 Not Found: no such thing"):
-            await client.call("echo", query="hi")
-
-
-@pytest.mark.parametrize("answer, reason", [
-    (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "the answer is not HTTP"),
-    (b"", "the server closed the connection without an answer"),
-])
-@on_asyncio
-async def test_what_is_not_an_answer_says_so(answer, reason):
-    async def not_http(reader, writer):
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(answer)
-
-    async with http_server(not_http) as port, echo_client(port) as client:
-        with fails_with(f"cannot reach the server at 127.0.0.1:{port}: {reason} "
-                        "(if the server serves HTTPS, call it with TLS)"):
-            await client.call("echo", query="hi")
-
-
-@on_asyncio
-async def test_an_answer_over_the_limit_is_a_call_failed(monkeypatch):
-    monkeypatch.setattr(avrohttp.client_rules, "MAX_ANSWER_BYTES", 1000)
-
-    async def chunked(reader, writer):  # a chunked answer, longer than the limit
-        while True:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: avro/binary\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n"
-                         + b"3e8\r\n" + b"\x00" * 1000 + b"\r\n" + b"1\r\n\x00\r\n0\r\n\r\n")
-
-    async with http_server(chunked) as port, echo_client(port) as client:
-        with fails_with("server answered with more than 1000 bytes"):
-            await client.call("echo", query="x" * 20)
-
-
-@on_asyncio
-async def test_a_chunked_answer_is_read():
-    app = echo_app()
-
-    async def chunked(reader, writer):
-        answer = call_app(app, await read_request(reader)).body
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: avro/binary\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n"
-                     + b"".join(b"%x\r\n%s\r\n" % (len(answer[i:i + 5]), answer[i:i + 5])
-                                for i in range(0, len(answer), 5)) + b"0\r\n\r\n")
-
-    async with http_server(chunked) as port, echo_client(port) as client:
-        assert await client.call("echo", query="in chunks") == "in chunks"
-
-
-# --- the retry rule: Client's -----------------------------------------------------------------
-
-class Counts:
-    connections = 0
-    requests = 0
-
-
-def scripted(*plans):
-    """A server that answers the first `answers` calls of connection n with the real echo
-    application, then reads one more request and closes the connection ("close") or never
-    answers ("hang"), as plans[n] = (answers, then) says (the last plan for any after those).
-    Returns the handler for http_server, and its counts."""
-    app = echo_app()
-    counts = Counts()
-
-    async def handle(reader, writer):
-        answers, then = plans[min(counts.connections, len(plans) - 1)]
-        counts.connections += 1
-        for n in range(answers + 1):
-            try:
-                body = await read_request(reader)
-            except asyncio.IncompleteReadError:  # the client closed the connection
-                return
-            counts.requests += 1
-            if n == answers:
-                if then == "hang":
-                    await asyncio.sleep(60)
-                return
-            answer = call_app(app, body).body
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: avro/binary\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(answer) + answer)
-
-    return handle, counts
-
-
-CLOSED = ("the server closed the connection without an answer "
-          "(if the server serves HTTPS, call it with TLS)")
-CUT_OFF = "closed the connection before answering"  # a connection that had answered before
-
-
-@on_asyncio
-async def test_a_kept_alive_connection_that_the_server_closed_is_retried_on_a_new_one():
-    handle, counts = scripted((1, "close"))
-    async with http_server(handle) as port, echo_client(port, retry=True) as client:
-        assert await client.call("echo", query="one") == "one"
-        assert await client.call("echo", query="two") == "two"  # sent twice
-        assert await client.call("split", query="three") == "th"
-    assert (counts.connections, counts.requests) == (3, 5)
-
-
-@on_asyncio
-async def test_without_retry_the_closed_connection_is_a_call_failed():
-    handle, counts = scripted((1, "close"))
-    async with http_server(handle) as port, echo_client(port) as client:
-        assert await client.call("echo", query="one") == "one"
-        with fails_with(f"the server at 127.0.0.1:{port} {CUT_OFF}"):
-            await client.call("echo", query="two")
-        assert await client.call("echo", query="three") == "three"  # on a new connection
-    assert (counts.connections, counts.requests) == (2, 3)
-
-
-@on_asyncio
-async def test_the_retry_is_made_once_only():
-    handle, counts = scripted((1, "close"), (0, "close"))
-    async with http_server(handle) as port, echo_client(port, retry=True) as client:
-        assert await client.call("echo", query="one") == "one"
-        with fails_with(f"the server at 127.0.0.1:{port} {CUT_OFF}"):
-            await client.call("echo", query="two")
-        assert (counts.connections, counts.requests) == (2, 3)
-        # A failure on a new connection is not retried at all.
-        with fails_with(f"cannot reach the server at 127.0.0.1:{port}: {CLOSED}"):
-            await client.call("echo", query="three")
-        assert (counts.connections, counts.requests) == (3, 4)
-
-
-@on_asyncio
-async def test_a_timeout_is_not_retried():
-    handle, counts = scripted((1, "hang"))
-    async with http_server(handle) as port, \
-            echo_client(port, timeout=0.3, retry=True) as client:
-        assert await client.call("echo", query="one") == "one"
-        with fails_with(f"the server at 127.0.0.1:{port} sent no answer within 0.3 s"):
-            await client.call("echo", query="two")
-        assert (counts.connections, counts.requests) == (1, 2)
-
-
-@on_asyncio
-async def test_an_idle_connection_closed_by_the_real_server_is_retried():
-    with server_program("--idle-timeout", "0.2") as running:
-        async with echo_client(running.port, retry=True) as client:
-            assert await client.call("echo", query="one") == "one"
-            [connection] = client._connections
-            first = connection.writer
-            await asyncio.sleep(0.6)  # the server closes the idle connection after 0.2 s
-            assert await client.call("echo", query="two") == "two"
-            assert connection.writer is not first
-
-
 # --- TLS --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -441,126 +211,3 @@ async def test_calling_an_avsc_server():
     finally:
         avsc.close()
         avsc.process.stdout.close()  # AvscPeer.close() leaves it to the garbage collector
-
-
-# --- the fast path: a plain call's bytes, the connections' pool ---------------------------
-
-@on_asyncio
-async def test_each_request_is_avro_ipcs_call_in_one_post_whatever_its_length():
-    """A plain call's request (PlainCall) under a head looked up by its length
-    (AsyncClient.request_head): for more lengths than are kept, each is the POST of the
-    bytes that avro.ipc sends, with its own Content-Length."""
-    app = echo_app()
-    requests = []
-
-    async def recording(reader, writer):
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            body = await reader.readexactly(int(re.search(rb"Content-Length: (\d+)", head)[1]))
-            requests.append((head, body))
-            answer = call_app(app, body).body
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: avro/binary\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(answer) + answer)
-
-    queries = ["x" * n for n in range(avrohttp.async_client.REQUEST_HEADS_KEPT + 10)] * 2
-    async with http_server(recording) as port, echo_client(port) as client:
-        for query in queries:
-            assert await client.call("echo", query=query) == query
-        assert len(client.request_heads) == avrohttp.async_client.REQUEST_HEADS_KEPT
-    assert len(requests) == len(queries)
-    for (head, body), query in zip(requests, queries):
-        assert body == wire.call_body("echo", query, meta=wire.timeout_meta(5))
-        assert head == (b"POST / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: avro/binary"
-                        b"\r\nContent-Length: %d\r\n\r\n" % (port, len(body)))
-
-
-@on_asyncio
-async def test_an_avro_answer_that_closes_the_connection_is_read_and_the_connection_closed():
-    """Not the usual answer (Connection: close): read all the same, then a new connection."""
-    app = echo_app()
-    counts = Counts()
-
-    async def closing(reader, writer):
-        counts.connections += 1
-        answer = call_app(app, await read_request(reader)).body
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: avro/binary\r\nConnection: close\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(answer) + answer)
-
-    async with http_server(closing) as port, echo_client(port) as client:
-        for query in ("one", "two", "three"):
-            assert await client.call("echo", query=query) == query
-            [connection] = client._connections
-            assert connection.writer is None
-    assert counts.connections == 3
-
-
-def slow_echo(delay: float):
-    """An echo server that answers each call after `delay` seconds; and its counts."""
-    app = echo_app()
-    counts = Counts()
-
-    async def handle(reader, writer):
-        counts.connections += 1
-        while True:
-            try:
-                body = await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
-            counts.requests += 1
-            await asyncio.sleep(delay)
-            answer = call_app(app, body).body
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: avro/binary\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(answer) + answer)
-
-    return handle, counts
-
-
-@on_asyncio
-async def test_calls_beyond_max_connections_wait_for_a_free_one(monkeypatch):
-    monkeypatch.setattr(avrohttp.async_client, "MAX_CONNECTIONS", 2)
-    handle, counts = slow_echo(0.01)
-    async with http_server(handle) as port, echo_client(port) as client:
-        queries = [f"q{n}" for n in range(9)]
-        answers = await asyncio.gather(*(client.call("echo", query=q) for q in queries))
-        assert answers == queries
-        assert counts.connections == len(client._connections) == 2
-        assert len(client._idle) == 2 and not client._waiting
-
-
-@on_asyncio
-async def test_a_call_cancelled_while_it_waits_for_a_connection_takes_none(monkeypatch):
-    monkeypatch.setattr(avrohttp.async_client, "MAX_CONNECTIONS", 1)
-    handle, counts = slow_echo(0.05)
-    async with http_server(handle) as port, echo_client(port) as client:
-        first = asyncio.ensure_future(client.call("echo", query="first"))
-        waiting = asyncio.ensure_future(client.call("echo", query="cancelled"))
-        last = asyncio.ensure_future(client.call("echo", query="last"))
-        await asyncio.sleep(0.01)
-        waiting.cancel()
-        assert await asyncio.wait_for(first, 5) == "first"
-        assert await asyncio.wait_for(last, 5) == "last"
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        assert await asyncio.wait_for(client.call("echo", query="again"), 5) == "again"
-        assert len(client._connections) == 1 and len(client._idle) == 1
-        assert not client._waiting
-    assert counts.requests == 3  # the cancelled call sent nothing
-
-
-@on_asyncio
-async def test_a_call_cancelled_once_handed_a_connection_gives_it_back(monkeypatch):
-    monkeypatch.setattr(avrohttp.async_client, "MAX_CONNECTIONS", 1)
-    handle, _ = slow_echo(0)
-    async with http_server(handle) as port, echo_client(port) as client:
-        assert await client.call("echo", query="one") == "one"
-        [connection] = client._idle
-        client._idle.pop()  # as if a call had it: the next call waits
-        waiting = asyncio.ensure_future(client.call("echo", query="two"))
-        await asyncio.sleep(0)
-        assert len(client._waiting) == 1
-        client._put_back(connection)  # handed to the waiting call, which is cancelled
-        waiting.cancel()              # before it runs
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        assert client._idle == [connection] and not client._waiting
-        assert await asyncio.wait_for(client.call("echo", query="three"), 5) == "three"
