@@ -1,9 +1,12 @@
 """End-to-end tests: EchoClient against the real server of each host (eventlet and asyncio)
-on a free port, and against servers on raw sockets for what neither host would do."""
+on a free port, and against servers on raw sockets for what neither host would do: its calls
+and their failures. scripted_server, a raw-socket server that closes or hangs where it is
+told, serves test_client_retry.py (the retry of a call on a kept-alive connection, and the
+words of one cut off) and the endpoints' tests. What goes over the socket, and what each
+host makes of it, is test_client_http.py's."""
 
 import contextlib
 import json
-import logging
 import re
 import socket
 import threading
@@ -12,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 # Not `import http.server`: once eventlet.wsgi is imported, the `http` package's attribute
 # `server` is eventlet's green copy (left there by eventlet.patcher.import_patched), whose
 # threads would be green threads in this unpatched process.
-from http.server import DEFAULT_ERROR_MESSAGE, BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import avro.errors
 import avro.ipc
@@ -27,8 +30,7 @@ import avrohttp.hosting
 import avrohttp.requestor
 import avrohttp.responder
 import server
-from conftest import call_app, echo_app, free_port, read_http_response, serving
-from wire import call_body, timeout_meta
+from conftest import call_app, echo_app, free_port, serving
 from protocol import PROTOCOL_JSON
 
 
@@ -163,71 +165,6 @@ def test_client_recovers_after_a_failed_call(live_server):
         assert echo_client.echo("three") == "three"
 
 
-def test_oversized_body_is_refused_before_it_is_sent(live_server):
-    with socket.create_connection(live_server, timeout=5) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
-                     b"Content-Length: 1000000000\r\n\r\n")  # and not one byte of the body
-        status, headers, body = read_http_response(sock)
-    # The reason phrase is the host's: uvicorn writes Python's ("Request Entity Too Large"
-    # before Python 3.13), eventlet.wsgi the application's ("Content Too Large").
-    assert status.startswith("HTTP/1.1 413 ")
-    assert body == b"Body is larger than 1048576 bytes\n"
-
-
-def test_get_is_refused_through_a_real_socket(live_server):
-    with socket.create_connection(live_server, timeout=5) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        status, headers, body = read_http_response(sock)
-    assert (status, headers["allow"], body) == (
-        "HTTP/1.1 405 Method Not Allowed", "POST", b"Avro calls must be POSTed\n")
-
-
-def test_an_idle_keep_alive_connection_is_let_go(host):
-    with serving(server.EchoResponder(), host, idle_timeout=0.5) as address, \
-            socket.create_connection(address, timeout=10) as sock:
-        assert sock.recv(1024) == b""  # closed by the server, with nothing said
-
-
-def trickle(sock, data: bytes, seconds: float) -> bytes:
-    """Send data a byte at a time, every 0.05 s, for at most `seconds`; then read the answer."""
-    deadline = time.monotonic() + seconds
-    for byte in data:
-        if time.monotonic() > deadline:
-            break
-        try:
-            sock.sendall(bytes([byte]))
-        except OSError:  # closed by the server
-            break
-        time.sleep(0.05)
-    answer = b""
-    while chunk := sock.recv(65536):
-        answer += chunk
-    return answer
-
-
-@pytest.mark.parametrize("part, reason", [
-    ("headers", b""),  # no application yet: the connection gets a bare 408
-    ("body", b"The body came too slowly\n"),
-])
-def test_a_request_that_trickles_in_gets_408_and_is_let_go(host, part, reason, caplog):
-    caplog.set_level(logging.INFO, logger="avrohttp")
-    body = call_body()
-    request = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: avro/binary\r\n"
-               b"Content-Length: %d\r\n\r\n" % len(body) + body)
-    head, _, _ = request.partition(b"\r\n\r\n")
-    # Each byte comes well within the socket timeout (5 s), but the whole takes too long.
-    with serving(server.EchoResponder(), host, request_timeout=1.0,
-                 socket_timeout=5.0) as address, \
-            socket.create_connection(address, timeout=10) as sock:
-        if part == "body":
-            sock.sendall(head + b"\r\n\r\n")
-        answer = trickle(sock, request if part == "headers" else body, seconds=8)
-    status, _, rest = answer.partition(b"\r\n")
-    assert status == b"HTTP/1.1 408 Request Timeout"
-    assert rest.endswith(b"\r\n\r\n" + reason)
-    assert caplog.text.count("did not arrive within 1 s") == 1  # logged once
-
-
 def test_connecting_has_its_own_timeout():
     # A listener whose queue is full: the kernel drops further connection attempts, as a
     # firewall would, so connecting hangs until the connect timeout.
@@ -316,42 +253,6 @@ def scripted_server(*plans):
         acceptor.join(5)
 
 
-def test_a_kept_alive_connection_that_the_server_closed_is_retried_on_a_new_one():
-    # Each connection answers one call, then is closed by the server when the next arrives.
-    with scripted_server((1, "close")) as (address, counts), \
-            client.EchoClient(*address, timeout=5) as echo_client:
-        assert echo_client.echo("one") == "one"
-        assert echo_client.echo("two") == "two"  # sent twice: on the old connection, then anew
-        assert echo_client.split("three") == "th"
-    assert (counts.connections, counts.requests) == (3, 5)
-
-
-def test_the_retry_is_made_once_only():
-    # The first connection answers one call; every later one closes without an answer.
-    with scripted_server((1, "close"), (0, "close")) as (address, counts), \
-            client.EchoClient(*address, timeout=5) as echo_client:
-        assert echo_client.echo("one") == "one"
-        with fails_with(f"the server at {address[0]}:{address[1]} closed the connection "
-                        "before answering"):
-            echo_client.echo("two")
-        assert (counts.connections, counts.requests) == (2, 3)
-        # A failure on a new connection is not retried at all.
-        with fails_with(f"cannot reach the server at {address[0]}:{address[1]}: the server "
-                        "closed the connection without an answer (if the server serves HTTPS, "
-                        "call it with TLS)"):
-            echo_client.echo("three")
-        assert (counts.connections, counts.requests) == (3, 4)
-
-
-def test_a_timeout_is_not_retried():
-    with scripted_server((1, "hang")) as (address, counts), \
-            client.EchoClient(*address, timeout=0.3) as echo_client:
-        assert echo_client.echo("one") == "one"
-        with fails_with(f"the server at {address[0]}:{address[1]} sent no answer within 0.3 s"):
-            echo_client.echo("two")
-        assert (counts.connections, counts.requests) == (1, 2)
-
-
 def test_an_idle_connection_closed_by_the_real_server_is_retried(host):
     with serving(server.EchoResponder(), host, idle_timeout=0.2) as address, \
             client.EchoClient(*address, timeout=5) as echo_client:
@@ -394,119 +295,3 @@ def test_a_chunked_answer_is_read_up_to_the_limit_only(monkeypatch):
             client.EchoClient(*address, timeout=5) as echo_client:
         with fails_with("server answered with more than 1000 bytes"):
             echo_client.echo("hi")
-
-
-# What each host answers to a request line that does not parse, and the line it logs: the
-# HTTP parser's own words (http.server's for eventlet.wsgi, httptools' for uvicorn).
-BAD_REQUEST_LINE = {
-    # http.server's answer to what it takes for HTTP/0.9: its HTML page, with no status line.
-    "eventlet": ((DEFAULT_ERROR_MESSAGE % {
-        "code": 400, "message": "Bad request version ('all')",
-        "explain": "Bad request syntax or unsupported method"}).encode(),
-        "code 400, message Bad request version ('all')"),
-    "asyncio": (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                b"content-length: 30\r\nconnection: close\r\n\r\nInvalid HTTP request received.",
-                "400 Bad Request: Invalid HTTP request received."),
-}
-
-
-def test_a_request_line_that_does_not_parse_is_logged_once_and_leaks_nothing(host, caplog,
-                                                                             capfd):
-    caplog.set_level(logging.INFO, logger="avrohttp")
-    expected_answer, expected_line = BAD_REQUEST_LINE[host]
-    with serving(server.EchoResponder(), host) as address, \
-            socket.create_connection(address, timeout=5) as sock:
-        port = sock.getsockname()[1]
-        sock.sendall(b"\x16\x03\x01 not / HTTP at all\r\n\r\n")
-        answer = b""
-        while data := sock.recv(65536):
-            answer += data
-    answer = re.sub(rb"\r\ndate: [^\r]*", b"", answer)  # uvicorn's Date header
-    assert answer == expected_answer
-    [line] = [record.getMessage() for record in caplog.records if record.name == "avrohttp"
-              and record.getMessage().startswith("client ")]
-    assert line == f"client 127.0.0.1:{port}: {expected_line}"
-    assert "Traceback" not in capfd.readouterr().err
-
-
-class RecordingSocket:
-    """A socket that records what is sent through it, in how many sends."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.sent = []
-
-    def sendall(self, data):
-        self.sent.append(bytes(data))
-        return self.sock.sendall(data)
-
-    def __getattr__(self, name):
-        return getattr(self.sock, name)
-
-
-def test_a_call_goes_out_in_one_send(live_server):
-    with client.EchoClient(*live_server, timeout=5) as echo_client:
-        assert echo_client.echo("one") == "one"  # connected, and handshaken
-        connection = echo_client.transceiver.conn
-        connection.sock = recording = RecordingSocket(connection.sock)
-        assert echo_client.echo("two") == "two"
-    [request] = recording.sent  # headers and body together
-    head, _, body = request.partition(b"\r\n\r\n")
-    assert head.startswith(b"POST / HTTP/1.1\r\n")
-    assert b"\r\nContent-Length: %d" % len(body) in head
-    assert body == call_body("echo", "two", meta=timeout_meta(5))
-
-
-# --- the words of a call cut off on a kept-alive connection ------------------------------------
-
-TLS_HINT = " (if the server serves HTTPS, call it with TLS)"
-
-
-def test_a_stopping_server_that_cuts_off_a_kept_alive_connection_is_not_a_tls_mismatch(host):
-    # Without a retry, the call meets the kept-alive connection that the stop closed. That
-    # connection had answered: the server was reached over plain HTTP, so no TLS hint.
-    with serving(server.EchoResponder(), host) as address:
-        plain_client = avrohttp.Client(PROTOCOL_JSON, *address, timeout=5)
-        assert plain_client.call("echo", query="one") == "one"
-    with plain_client:
-        with fails_with(f"the server at {address[0]}:{address[1]} closed the connection "
-                        "before answering"):
-            plain_client.call("echo", query="two")
-        # The next call is on a new connection, which nothing answers.
-        with fails_with(f"cannot reach the server at {address[0]}:{address[1]}: "
-                        "[Errno 111] Connection refused"):
-            plain_client.call("echo", query="three")
-
-
-def test_a_new_connection_closed_without_an_answer_keeps_the_tls_hint():
-    with scripted_server((0, "close")) as (address, counts), \
-            avrohttp.Client(PROTOCOL_JSON, *address, timeout=5) as plain_client:
-        with fails_with(f"cannot reach the server at {address[0]}:{address[1]}: the server "
-                        f"closed the connection without an answer{TLS_HINT}"):
-            plain_client.call("echo", query="one")
-
-
-@pytest.mark.parametrize("retry", [False, True])
-def test_the_async_client_words_a_cut_off_kept_alive_connection_alike(retry):
-    import asyncio
-
-    async def calls(address) -> list:
-        failures = []
-        async with avrohttp.AsyncClient(PROTOCOL_JSON, *address, timeout=5,
-                                        retry=retry) as async_client:
-            assert await async_client.call("echo", query="one") == "one"
-            for query in ("two", "three"):  # on the kept-alive connection, then on a new one
-                with pytest.raises(avrohttp.CallFailed) as failed:
-                    await async_client.call("echo", query=query)
-                failures.append(str(failed.value))
-        return failures
-
-    # Connection 1 answers one call, then closes on the next; every later one closes at once.
-    with scripted_server((1, "close"), (0, "close")) as (address, counts):
-        failures = asyncio.run(calls(address))
-    where = f"{address[0]}:{address[1]}"
-    assert failures == [
-        f"the server at {where} closed the connection before answering",
-        f"cannot reach the server at {where}: the server closed the connection without an "
-        f"answer{TLS_HINT}"]
-    assert counts.connections == (3 if retry else 2)
