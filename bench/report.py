@@ -1,24 +1,19 @@
-"""The benchmark's report: ratios to the limit, the table, the targets, the plot, and the
-facts about the machine that the results are saved with.
+"""The benchmark's report: ratios to the limit, the table, the targets and the comparisons.
+The plot is bench/plot.py's, the facts about the machine that the results are saved with
+bench/machine.py's; plot, machine_facts and busy_machine_note are importable from here too.
 """
 
-import contextlib
-import datetime
-import importlib.metadata
-import json
-import os
-import platform
-import subprocess
-from pathlib import Path
 from typing import Optional
 
-from bench.settings import (LIMIT_SERVERS, QUERY, ROOT, STRETCH_ASYNCIO_RATIO,
-                            STRETCH_LIMIT_RATIO, STRETCH_WORKERS_RATIO,
-                            TARGET_ASYNC_CLIENT_RATIO, TARGET_ASYNCIO_P99_RATIO,
-                            TARGET_ASYNCIO_RATIO, TARGET_ASYNCIO_WORKERS_P99_MS,
-                            TARGET_ASYNCIO_WORKERS_RATIO, TARGET_CLIENT_RATIO,
-                            TARGET_LIMIT_RATIO, TARGET_ONE_CONNECTION_RATIO, TARGET_P99_RATIO,
-                            TARGET_WORKERS_P99_MS, TARGET_WORKERS_RATIO)
+from bench.machine import busy_machine_note as busy_machine_note  # still importable from here
+from bench.machine import machine_facts as machine_facts  # still importable from here
+from bench.plot import plot as plot  # still importable from here
+from bench.settings import (LIMIT_SERVERS, STRETCH_ASYNCIO_RATIO, STRETCH_LIMIT_RATIO,
+                            STRETCH_WORKERS_RATIO, TARGET_ASYNC_CLIENT_RATIO,
+                            TARGET_ASYNCIO_P99_RATIO, TARGET_ASYNCIO_RATIO,
+                            TARGET_ASYNCIO_WORKERS_P99_MS, TARGET_ASYNCIO_WORKERS_RATIO,
+                            TARGET_CLIENT_RATIO, TARGET_LIMIT_RATIO, TARGET_ONE_CONNECTION_RATIO,
+                            TARGET_P99_RATIO, TARGET_WORKERS_P99_MS, TARGET_WORKERS_RATIO)
 
 
 # --- Report ----------------------------------------------------------------------------------
@@ -301,115 +296,3 @@ def format_clients(clients: dict) -> str:
         lines.append(f"  AsyncClient: {clients['ratio_to_bare_async_loop']:.2f} of the bare "
                      "loop of its HTTP library, asyncio's streams (median of the rounds' ratios)")
     return "\n".join(lines)
-
-
-def plot(results: dict, path: Path) -> None:
-    """Two panels against connections: req/s, and p99 latency (log scale); a line per server."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only: no display is needed, or wanted, here
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(15, 5.4))
-    # Enough colours for every row; the two limits are black and grey, dashed for eventlet's
-    # and dotted for uvicorn's.
-    colours = iter(plt.cm.tab20.colors)
-    for server in results["servers"]:
-        points = sorted(server["points"], key=lambda p: p["connections"])
-        if not points:
-            continue
-        x = [p["connections"] for p in points]
-        if server["name"] in (*LIMIT_SERVERS, "uvicorn", "uvicorn_workers"):
-            style = {"color": "black" if server["name"] in ("bare", "uvicorn") else "grey",
-                     "linestyle": "--" if server["name"] in LIMIT_SERVERS else ":"}
-        else:
-            style = {"color": next(colours)}
-        throughput.plot(x, [p["requests_per_s"] for p in points], marker="o",
-                        label=server["label"], **style)
-        latency.plot(x, [p["p99_ms"] for p in points], marker="o", label=server["label"],
-                     **style)
-    connections = sorted({p["connections"] for s in results["servers"] for p in s["points"]})
-    for axes, title, unit in ((throughput, "Throughput", "requests/s"),
-                              (latency, "Latency, 99th percentile", "p99 (ms, log scale)")):
-        axes.set_xscale("log")
-        axes.set_xticks(connections)
-        axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
-        axes.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        axes.set_xlabel("connections (log scale)")
-        axes.set_ylabel(unit)
-        axes.set_title(title)
-        axes.grid(True, which="both", alpha=0.3)
-    throughput.set_ylim(bottom=0)
-    throughput.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
-    latency.set_yscale("log")
-    latency.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    figure.legend(*throughput.get_legend_handles_labels(), loc="center right",
-                  fontsize="small")
-    machine = results["machine"]
-    settings = results["settings"]
-    runs = f", median of {settings['repeat']} runs" if settings["repeat"] > 1 else ""
-    figure.suptitle(f"AvroEcho echo(\"{QUERY}\") under h2load: {machine['cores']} cores, "
-                    f"{settings['seconds']} s per point{runs}, {machine['date'][:10]}")
-    figure.tight_layout(rect=(0, 0, 0.76, 1))  # the legend on the right
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-# --- Machine facts ---------------------------------------------------------------------------
-
-def first_line(command: list) -> Optional[str]:
-    """The first line a command prints (a version, say), or None if it cannot run."""
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    lines = (result.stdout + result.stderr).strip().splitlines()
-    return lines[0] if lines else None
-
-
-def machine_facts() -> dict:
-    model = None
-    with contextlib.suppress(OSError):
-        model = next((line.split(":", 1)[1].strip() for line in
-                      Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), None)
-    avsc = None
-    with contextlib.suppress(OSError, ValueError):
-        avsc = json.loads((ROOT / "tests" / "interop" / "node_modules" / "avsc" /
-                           "package.json").read_text())["version"]
-    commit = first_line(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
-    if commit and commit.startswith("fatal:"):  # not a clone: an exported tree, say
-        commit = None
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cores": os.cpu_count(),
-        "cpu": model,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "eventlet": importlib.metadata.version("eventlet"),
-        "avro": importlib.metadata.version("avro"),
-        "node": first_line(["node", "--version"]),
-        "avsc": avsc,
-        "h2load": first_line(["h2load", "--version"]),
-        "uvicorn": _version("uvicorn"),
-        "grpcio": _version("grpcio"),
-        "commit": commit,
-    }
-
-
-def _version(package: str) -> Optional[str]:
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-        return importlib.metadata.version(package)
-    return None
-
-
-def busy_machine_note(facts: dict) -> Optional[str]:
-    """A warning when other work kept the machine busy before the run (the benchmark's own
-    load shows in the load average at the end, so only the start says something)."""
-    load = facts["load_average_at_start"][0]
-    if facts["cores"] and load > facts["cores"] / 2:
-        return (f"the machine was busy when the run started (load average {load:g} on "
-                f"{facts['cores']} cores): the figures are noisier than usual; run it again "
-                "when the machine is quiet")
-    return None

@@ -28,8 +28,9 @@ met, and writes bench/results.json and bench/results.png (`--metrics-cost`, whic
 only what the metrics cost, writes bench/results-metrics-cost.json instead).
 
 Its parts: bench/servers.py starts and checks the servers, bench/load.py runs h2load and
-times the client, bench/report.py makes the table, targets and plot, and bench/settings.py
-holds the defaults they share; this module reads the options and drives the run.
+times the client, bench/report.py makes the table and targets, bench/plot.py the plot,
+bench/machine.py notes the machine's facts, and bench/settings.py holds the defaults they
+share; this module reads the options and drives the run.
 
 Try it: `make bench` (it installs h2load, gRPC, matplotlib and avsc), or
 `make bench BENCH_SECONDS=2`; `python bench/run.py --help` lists the options.
