@@ -5,42 +5,37 @@ installed). It starts server.py three times and nginx in front, with deploy/ngin
 free ports, makes calls through nginx with EchoClient, prints how many calls each server
 answered, and stops everything. With `--failover`, it also kills one server (SIGKILL) in
 the middle of the load, starts it again, and goes on until that server gets calls again.
+The processes' plumbing (free ports, nginx's program, waiting and stopping) is
+deploy/processes.py's, the clients' calls (Load) deploy/load.py's; each name that other
+modules import from here is still importable from here.
 
 tests/test_fleet.py runs the same Fleet, Load and failover().
 """
 
 import argparse
 import http.client
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
-import avro.errors
-
-from avrohttp import CallFailed
-from client import EchoClient
+from deploy import processes
+from deploy.load import Load, LoadResult
+from deploy.processes import HOST, FleetError, free_port, nginx_program
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "deploy" / "nginx.conf"
-HOST = "127.0.0.1"
-STARTUP_SECONDS = 15.0  # for a process to start listening, on a busy machine
-STOP_SECONDS = 5.0  # for a process to exit after SIGTERM, before it gets SIGKILL
 PROGRESS_SECONDS = 5.0  # between two progress lines of a long load
 # One line of server.py's access log (--access-log) for an Avro call that was answered.
 ANSWERED_CALL = re.compile(r'"POST \S* HTTP/1\.[01]" 200 ')
-
-
-class FleetError(Exception):
-    """nginx or a server would not start."""
+# deploy/replicas.py imports these by their names from before they moved to
+# deploy/processes.py.
+_stop, _wait_for = processes.stop, processes.wait_for
 
 
 def render_config(text: str, listen_port: int, server_ports: list) -> str:
@@ -57,46 +52,6 @@ def render_config(text: str, listen_port: int, server_ports: list) -> str:
 def server_count(text: str) -> int:
     """How many servers the config's upstream lists."""
     return len(re.findall(rf"^\s*server {HOST}:\d+\b", text, re.MULTILINE))
-
-
-def nginx_program() -> Optional[str]:
-    # Debian installs it in /usr/sbin, which is not on an ordinary user's PATH.
-    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: Optional[subprocess.Popen]) -> None:
-    """SIGTERM a process and its process group, wait, and SIGKILL them if they linger."""
-    if process is None or process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)  # nginx's workers are in its group
-        process.wait(STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        pass
-    except ProcessLookupError:
-        process.wait()
-        return
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # also any worker left behind
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
-def _wait_for(ready: Callable[[], bool], process: subprocess.Popen, what: str,
-              log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while not ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise FleetError(f"{what} did not start; its log ends with:\n{tail}")
-        time.sleep(0.05)
 
 
 class Server:
@@ -131,7 +86,7 @@ class Server:
                 self.port = int(match.group(1))
             return match is not None
 
-        _wait_for(listening, self.process, "server.py", self.log)
+        processes.wait_for(listening, self.process, "server.py", self.log)
 
     def kill(self) -> None:
         """SIGKILL: no draining, no goodbye, as when a machine or a process dies."""
@@ -139,7 +94,7 @@ class Server:
         self.process.wait()
 
     def stop(self) -> None:
-        _stop(self.process)
+        processes.stop(self.process)
 
     def answered(self) -> int:
         """Avro calls answered so far, read from this server's own access log."""
@@ -172,7 +127,7 @@ class Fleet:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        _stop(self.nginx_process)
+        processes.stop(self.nginx_process)
         for server in self.servers:
             server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -198,7 +153,7 @@ class Fleet:
                  "-g", "daemon off;"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
                 start_new_session=True)
-        _wait_for(self._healthy, self.nginx_process, "nginx", self.dir / "nginx.stderr")
+        processes.wait_for(self._healthy, self.nginx_process, "nginx", self.dir / "nginx.stderr")
 
     def _healthy(self) -> bool:
         try:
@@ -223,80 +178,6 @@ class Fleet:
     def nginx_log(self) -> str:
         """nginx's access log: one line per request, with the servers it went to."""
         return (self.dir / "access.log").read_text(errors="replace")
-
-
-class LoadResult(NamedTuple):
-    made: int
-    failed: int
-    errors: list  # the first few failures, as text
-
-
-class Load:
-    """Clients calling echo and split through nginx, each in its own thread, each on its own
-    keep-alive connection, and checking every answer. A context manager: the calls go on
-    until the block ends, or until `calls` have been made."""
-
-    MAX_ERRORS_KEPT = 10
-
-    def __init__(self, port: int, clients: int = 8, calls: Optional[int] = None) -> None:
-        self.port = port
-        self.clients = clients
-        self.calls = calls
-        self.made = 0
-        self.failed = 0
-        self.errors: list = []
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._threads = [threading.Thread(target=self._client, args=(n,), daemon=True)
-                         for n in range(clients)]
-
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._done.set()
-        for thread in self._threads:
-            thread.join()
-
-    def wait(self, made: int, timeout: float = 60.0) -> None:
-        """Wait until this many calls have been made in all."""
-        deadline = time.monotonic() + timeout
-        while self.made < made:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {self.made} of {made} calls made in {timeout} s")
-            time.sleep(0.01)
-
-    def result(self) -> LoadResult:
-        with self._lock:
-            return LoadResult(self.made, self.failed, list(self.errors))
-
-    def _take_a_call(self) -> bool:
-        with self._lock:
-            if self._done.is_set() or (self.calls is not None and self.made >= self.calls):
-                return False
-            self.made += 1
-            return True
-
-    def _client(self, n: int) -> None:
-        with EchoClient(HOST, self.port, timeout=10) as client:
-            call = 0
-            while self._take_a_call():
-                query = f"client {n}, call {call}"
-                message, wanted = (("echo", query) if call % 2 == 0
-                                   else ("split", query[: len(query) // 2]))
-                call += 1
-                try:
-                    answer = getattr(client, message)(query)
-                    error = None if answer == wanted else f"{message}: wrong answer {answer!r}"
-                except (CallFailed, avro.errors.AvroRemoteException) as e:
-                    error = f"{message}: {e}"
-                if error:
-                    with self._lock:
-                        self.failed += 1
-                        if len(self.errors) < self.MAX_ERRORS_KEPT:
-                            self.errors.append(error)
 
 
 class FailoverResult(NamedTuple):
