@@ -1,7 +1,7 @@
 # `make demo` runs the service end to end; `make test` runs the tests. Both set up what they
 # need first: a virtualenv in .venv with the pinned requirements, and for the tests the Node
-# packages of the interop tests, Debian's nginx and h2load. `make fuzz`, `make fleet` and
-# `make bench` are described where they are defined, below.
+# packages of the interop tests, Debian's nginx and h2load. `make fuzz`, `make fleet`,
+# `make rollout` and `make bench` are described where they are defined, below.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -75,6 +75,10 @@ fleet: $(VENV)/.runtime nginx
 # and in the list once GET /health/ready says 200); it prints the calls made and failed, and
 # each server's share of them. deploy/rollout.py says how; ROLLOUT_ARGS passes its options
 # (`make rollout ROLLOUT_ARGS="--shutdown-delay 0"`; see python -m deploy.rollout --help).
+# `--balancer tcp` puts nginx's stream module in front (Debian's libnginx-mod-stream, which
+# the nginx target installs), balancing connections as kube-proxy does; with `--scale-up`,
+# a third replica joins two under load, and the share it gets shows what
+# `--max-connection-age` does (`ROLLOUT_ARGS="--balancer tcp --scale-up"`).
 ROLLOUT_ARGS ?=
 
 rollout: $(VENV)/.runtime nginx
@@ -86,7 +90,7 @@ rollout: $(VENV)/.runtime nginx
 nginx:
 	@if ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null && [ "$$(id -u)" = 0 ] \
 			&& command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-stream >/dev/null; \
 	fi
 	@PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null \
 		|| echo "nginx is not installed: the fleet tests will be skipped"

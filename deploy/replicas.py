@@ -7,7 +7,8 @@ new replica always has a new address, as a new pod does.
 
 The Balancer is nginx with deploy/nginx.conf, run from a temporary directory on a free port,
 as deploy/fleet.py runs it; route() rewrites its list of servers and reloads it (`nginx -s
-reload`), and waits until the new configuration answers.
+reload`), and waits until the new configuration answers. It picks a replica for each call,
+as an ingress does. deploy/stream.py has the other kind, which picks one for each connection.
 """
 
 import http.client
@@ -129,36 +130,38 @@ def render(text: str, port: int, addresses: List[str], generation: int) -> str:
 
 
 class Window(NamedTuple):
-    """What nginx's access log says of the calls between two moments."""
+    """The calls answered between two moments, as the balancer (HTTP) or the replicas' own
+    access logs (TCP) count them."""
     answered: Counter  # calls answered (200) by each replica's address
-    retried: int  # calls that nginx sent to more than one replica
-    errors: int  # calls that nginx answered with an error of its own (502, 504...)
+    # Calls sent again: by nginx to another replica (HTTP); by the clients, on a new
+    # connection, after the old one was closed (TCP: nginx sees no calls).
+    retried: int
+    errors: Optional[int]  # calls that nginx answered with an error of its own (HTTP only)
 
 
 # One Avro call in deploy/nginx.conf's log format: its status, and every replica it went to.
 CALL_LINE = re.compile(r'"POST [^"]*" (\d{3}) \d+ upstream=(.*?) upstream_status=')
 
 
-class Balancer:
-    """nginx with deploy/nginx.conf, in front of a list of replicas that route() changes."""
+class Nginx:
+    """nginx run from `directory` on a free port, in front of a list of replicas that
+    route() changes. A subclass writes the configuration (_render) and says whether the
+    latest one answers (_current)."""
 
-    def __init__(self, directory: Path, post_retries: bool = True) -> None:
-        """post_retries=False: without deploy/nginx.conf's non_idempotent, so that nginx
-        never sends a call again once it has sent it, as for a service whose messages must
-        not run twice."""
+    def __init__(self, directory: Path) -> None:
         self.nginx = nginx_program()
         if self.nginx is None:
             raise FleetError("nginx is not installed (Debian: apt-get install nginx)")
         self.dir = directory
-        self.config_text = CONFIG.read_text()
-        if not post_retries:
-            self.config_text, count = re.subn(r"(proxy_next_upstream [^;]*) non_idempotent;",
-                                              r"\1;", self.config_text)
-            if count != 1:
-                raise ValueError("expected one proxy_next_upstream ... non_idempotent line")
         self.port = free_port()
         self.generation = 0
         self.process: Optional[subprocess.Popen] = None
+
+    def _render(self, addresses: List[str]) -> str:
+        raise NotImplementedError
+
+    def _current(self) -> bool:
+        raise NotImplementedError
 
     def _nginx(self, *arguments: str) -> List[str]:
         # -e stderr: errors from before the config is read go to stderr.
@@ -167,8 +170,7 @@ class Balancer:
 
     def _write(self, addresses: List[str]) -> None:
         self.generation += 1
-        (self.dir / "nginx.conf").write_text(
-            render(self.config_text, self.port, addresses, self.generation))
+        (self.dir / "nginx.conf").write_text(self._render(addresses))
 
     def start(self, addresses: List[str]) -> None:
         self._write(addresses)
@@ -182,8 +184,8 @@ class Balancer:
 
     def route(self, addresses: List[str]) -> None:
         """Balance `addresses` from now on: rewrite the list and reload nginx, as an ingress
-        controller does. Returns once new connections get the new configuration; calls in
-        flight in the old one finish there."""
+        controller does. Returns once new connections get the new configuration; the old
+        worker processes finish what they hold on the old one."""
         self._write(addresses)
         result = subprocess.run(self._nginx("-s", "reload"), capture_output=True, text=True,
                                 timeout=RELOAD_SECONDS)
@@ -196,6 +198,34 @@ class Balancer:
                                  f"{self.dir / 'error.log'} may say why")
             time.sleep(0.02)
 
+    def upstream_errors(self) -> Counter:
+        """What nginx's error log says went wrong with the replicas, and how often."""
+        path = self.dir / "error.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return Counter(re.findall(r"\[error\] \d+#\d+: \*\d+ (.*?), client:", text))
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+class Balancer(Nginx):
+    """nginx with deploy/nginx.conf, an HTTP proxy: it picks a replica for each call."""
+
+    def __init__(self, directory: Path, post_retries: bool = True) -> None:
+        """post_retries=False: without deploy/nginx.conf's non_idempotent, so that nginx
+        never sends a call again once it has sent it, as for a service whose messages must
+        not run twice."""
+        super().__init__(directory)
+        self.config_text = CONFIG.read_text()
+        if not post_retries:
+            self.config_text, count = re.subn(r"(proxy_next_upstream [^;]*) non_idempotent;",
+                                              r"\1;", self.config_text)
+            if count != 1:
+                raise ValueError("expected one proxy_next_upstream ... non_idempotent line")
+
+    def _render(self, addresses: List[str]) -> str:
+        return render(self.config_text, self.port, addresses, self.generation)
+
     def _current(self) -> bool:
         connection = http.client.HTTPConnection(HOST, self.port, timeout=2)
         try:
@@ -206,12 +236,13 @@ class Balancer:
         finally:
             connection.close()
 
-    def log_size(self) -> int:
+    def mark(self) -> int:
+        """Where the calls counted from now on start: the size of nginx's access log."""
         path = self.dir / "access.log"
         return path.stat().st_size if path.exists() else 0
 
     def window(self, start: int, end: int) -> Window:
-        """The calls logged between two log_size() values."""
+        """The calls logged between two mark() values."""
         with open(self.dir / "access.log", "rb") as log:
             log.seek(start)
             text = log.read(end - start).decode(errors="replace")
@@ -225,12 +256,3 @@ class Balancer:
             else:
                 errors += 1
         return Window(answered, retried, errors)
-
-    def upstream_errors(self) -> Counter:
-        """What nginx's error log says went wrong with the replicas, and how often."""
-        path = self.dir / "error.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return Counter(re.findall(r"\[error\] \d+#\d+: \*\d+ (.*?), client:", text))
-
-    def stop(self) -> None:
-        _stop(self.process)

@@ -20,6 +20,11 @@ with --surge, step 3 comes first (maxSurge 1, maxUnavailable 0, as deploy/kubern
 A last window of load follows. Then a table: the calls made and failed in each window,
 those that nginx sent to a second replica, and each replica's share of the answers.
 
+With --balancer tcp, nginx balances connections instead of calls (deploy/stream.py), as
+kube-proxy does in front of a Service: a kept-alive client stays on the replica it met
+until its connection closes, and --max-connection-age is what moves it. --scale-up shows
+that best: two replicas under load, then a third joins, and no replica is stopped.
+
 The replicas run in network namespaces, each with an address of its own as a pod has
 (deploy/netns.py), when this machine allows it (root), on loopback ports otherwise.
 tests/test_rollout.py runs rollout().
@@ -33,11 +38,12 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional, Union
 
 from deploy import netns
 from deploy.fleet import FleetError, Load, LoadResult
-from deploy.replicas import Balancer, Replica, Window
+from deploy.replicas import Balancer, Nginx, Replica, Window
+from deploy.stream import TcpBalancer
 
 REPLICAS = 3
 # For an old replica to exit, past its --shutdown-delay: it answers its calls in flight.
@@ -55,12 +61,16 @@ class Settings(NamedTuple):
     removal_lag: float = 1.0  # from SIGTERM to leaving nginx's list
     post_retries: bool = True  # False: nginx never sends a call again once it has sent it
     surge: bool = False  # True: the new replica in nginx's list before the old one's SIGTERM
+    balancer: str = "http"  # "http": nginx picks a replica per call; "tcp": per connection
+    scale_up: bool = False  # True: from two replicas to three, rather than a rolling update
 
     def server_options(self) -> List[str]:
         options = ["--loop", self.loop, "--workers", str(self.workers),
                    "--shutdown-delay", str(self.shutdown_delay)]
         if self.max_connection_age > 0:
             options += ["--max-connection-age", str(self.max_connection_age)]
+        if self.balancer == "tcp":  # the calls are counted in the replicas' logs
+            options.append("--access-log")
         return options
 
 
@@ -69,7 +79,9 @@ class Phase(NamedTuple):
     seconds: float
     made: int
     failed: int
-    nginx: Window  # from nginx's access log: answers by replica, retries, nginx's own errors
+    # Answers by replica, and the calls sent again: from nginx's access log; with --balancer
+    # tcp, from the replicas' own, and the calls that the clients sent again.
+    calls: Window
 
 
 class Replacement(NamedTuple):
@@ -84,9 +96,12 @@ class Replacement(NamedTuple):
 
 
 class RolloutResult(NamedTuple):
+    balancer: str  # "http" or "tcp"
     network: str  # where the replicas ran, and why there
-    phases: List[Phase]  # before, rollout, after
-    replacements: List[Replacement]
+    phases: List[Phase]  # before, rollout (or scale-up), after
+    replacements: List[Replacement]  # none in a scale-up
+    replicas: List[str]  # every replica's address, in the order they started
+    new: List[str]  # those started during the rollout (or the scale-up)
     errors: list  # the first few failed calls, as text
     upstream_errors: Counter  # from nginx's error log: what went wrong, how often
 
@@ -100,8 +115,8 @@ class RolloutResult(NamedTuple):
 
     def new_replicas_answered(self) -> List[int]:
         """Calls answered by each new replica in the window after the rollout."""
-        after = self.phases[-1].nginx.answered
-        return [after[replacement.new] for replacement in self.replacements]
+        after = self.phases[-1].calls.answered
+        return [after[address] for address in self.new]
 
 
 def choose_network(network: str) -> tuple:
@@ -117,15 +132,15 @@ def choose_network(network: str) -> tuple:
 
 
 class _Marks:
-    """The moments between phases: the clock, the clients' counts, nginx's log size."""
+    """The moments between phases: the clock, the clients' counts, the balancer's mark()."""
 
-    def __init__(self, load: Load, balancer: Balancer) -> None:
+    def __init__(self, load: Load, balancer: Union[Balancer, TcpBalancer]) -> None:
         self.load, self.balancer = load, balancer
         self.phases: List[Phase] = []
         self._last = self._now()
 
     def _now(self) -> tuple:
-        return time.monotonic(), self.load.result(), self.balancer.log_size()
+        return time.monotonic(), self.load.result(), self.balancer.mark()
 
     def end_phase(self, name: str) -> None:
         (start, before, log_start), (end, after, log_end) = self._last, self._now()
@@ -139,7 +154,7 @@ def rollout(settings: Settings, say: Callable[[str], None] = print) -> RolloutRe
     in_namespaces, network = choose_network(settings.network)
     directory = Path(tempfile.mkdtemp(prefix="avro-rollout-"))
     started: List[Replica] = []
-    balancer: Optional[Balancer] = None
+    balancer: Optional[Union[Balancer, TcpBalancer]] = None
 
     def new_replica() -> Replica:
         subnet = netns.Subnet().create() if in_namespaces else None
@@ -148,11 +163,13 @@ def rollout(settings: Settings, say: Callable[[str], None] = print) -> RolloutRe
         replica.start()
         return replica
 
+    first = REPLICAS - 1 if settings.scale_up else REPLICAS  # started before the load
     try:
-        serving = [new_replica() for _ in range(REPLICAS)]
+        serving = [new_replica() for _ in range(first)]
         for replica in serving:
             replica.wait_until_ready()
-        balancer = Balancer(directory, settings.post_retries)
+        balancer = (TcpBalancer(directory, started) if settings.balancer == "tcp"
+                    else Balancer(directory, settings.post_retries))
         balancer.start([replica.address for replica in serving])
         say(f"nginx on port {balancer.port}, in front of {network}: "
             + ", ".join(replica.address for replica in serving))
@@ -161,15 +178,21 @@ def rollout(settings: Settings, say: Callable[[str], None] = print) -> RolloutRe
             marks = _Marks(load, balancer)
             time.sleep(settings.seconds)
             marks.end_phase("before")
-            for position, old in enumerate(list(serving)):
-                replacements.append(_replace(old, position, serving, balancer, new_replica,
-                                             settings))
-                say(_progress(replacements[-1], load.result()))
-            marks.end_phase("rollout")
+            if settings.scale_up:
+                say(_scale_up(serving, balancer, new_replica, load.result()))
+                marks.end_phase("scale-up")
+            else:
+                for position, old in enumerate(list(serving)):
+                    replacements.append(_replace(old, position, serving, balancer,
+                                                 new_replica, settings))
+                    say(_progress(replacements[-1], load.result()))
+                marks.end_phase("rollout")
             time.sleep(settings.seconds)
             marks.end_phase("after")
-        return RolloutResult(network, marks.phases, replacements, load.result().errors,
-                             balancer.upstream_errors())
+        return RolloutResult(settings.balancer, network, marks.phases, replacements,
+                             [replica.address for replica in started],
+                             [replica.address for replica in started[first:]],
+                             load.result().errors, balancer.upstream_errors())
     finally:
         if balancer is not None:
             balancer.stop()
@@ -178,7 +201,21 @@ def rollout(settings: Settings, say: Callable[[str], None] = print) -> RolloutRe
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _replace(old: Replica, position: int, serving: List[Replica], balancer: Balancer,
+def _scale_up(serving: List[Replica], balancer: Nginx, new_replica: Callable[[], Replica],
+              load: LoadResult) -> str:
+    """One more replica: started, polled until ready, then in nginx's list."""
+    started = time.monotonic()
+    new = new_replica()
+    new.wait_until_ready()
+    ready_after = time.monotonic() - started
+    serving.append(new)
+    balancer.route([replica.address for replica in serving])
+    return (f"+ {new.address}: ready {ready_after:.1f} s after its start, in nginx "
+            f"{time.monotonic() - started:.1f} s; {load.made} calls so far, "
+            f"{load.failed} failed")
+
+
+def _replace(old: Replica, position: int, serving: List[Replica], balancer: Nginx,
              new_replica: Callable[[], Replica], settings: Settings) -> Replacement:
     if settings.surge:  # maxSurge 1, maxUnavailable 0: the new one first
         new = new_replica()
@@ -236,15 +273,14 @@ def summary(result: RolloutResult) -> List[str]:
     lines = [row("", [phase.name for phase in phases]),
              row("seconds", [f"{phase.seconds:.1f}" for phase in phases]),
              row("calls made", [phase.made for phase in phases]),
-             row("calls failed", [phase.failed for phase in phases]),
-             row("retried by nginx", [phase.nginx.retried for phase in phases]),
-             "share of the calls answered, by replica:"]
-    addresses = [replacement.old for replacement in result.replacements] + [
-        replacement.new for replacement in result.replacements]
-    for address in addresses:
+             row("calls failed", [phase.failed for phase in phases])]
+    who = "nginx" if result.balancer == "http" else "the clients"  # TCP: nginx cannot
+    lines.append(row(f"retried by {who}", [phase.calls.retried for phase in phases]))
+    lines.append("share of the calls answered, by replica:")
+    for address in result.replicas:
         shares = []
         for phase in phases:
-            count, total = phase.nginx.answered[address], sum(phase.nginx.answered.values())
+            count, total = phase.calls.answered[address], sum(phase.calls.answered.values())
             share = 100 * count / total if total else 0
             shares.append("-" if not count else f"{share:.1f}%" if share >= 0.1 else "<0.1%")
         lines.append(row(f"  {address}", shares))
@@ -296,16 +332,32 @@ def main(argv: Optional[list] = None) -> int:
                              "old one gets SIGTERM (maxSurge 1, maxUnavailable 0, as "
                              "deploy/kubernetes/deployment.yaml says); by default the old one "
                              "goes first (maxSurge 0, maxUnavailable 1), the harder case")
+    parser.add_argument("--balancer", choices=("http", "tcp"), default=defaults.balancer,
+                        help="nginx as an HTTP proxy, which picks a replica for each call "
+                             "(deploy/nginx.conf), or as a TCP balancer, which picks one for "
+                             "each connection, as kube-proxy does (default: %(default)s)")
+    parser.add_argument("--scale-up", action="store_true",
+                        help="no rolling update: start with two replicas, then add a third "
+                             "under load, and see what share of the calls it gets")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.clients < 1 or args.seconds <= 0:
         parser.error("--workers and --clients must be at least 1, and --seconds above 0")
+    if args.balancer == "tcp" and args.no_post_retries:
+        parser.error("--no-post-retries is for --balancer http: a TCP balancer never sends "
+                     "a call again")
+    if args.scale_up and args.surge:
+        parser.error("--surge is for a rolling update, not --scale-up")
     settings = Settings(args.loop, args.workers, args.shutdown_delay, args.max_connection_age,
                         args.seconds, args.clients, args.network, args.removal_lag,
-                        not args.no_post_retries, args.surge)
+                        not args.no_post_retries, args.surge, args.balancer, args.scale_up)
 
     # On SIGTERM too, leave through rollout()'s finally, which stops every process.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    print(f"rolling update of {REPLICAS} replicas (--loop {args.loop}, --workers "
+    what = (f"from {REPLICAS - 1} replicas to {REPLICAS}" if args.scale_up
+            else f"rolling update of {REPLICAS} replicas")
+    if args.balancer == "tcp":
+        what += " behind nginx's TCP balancer"
+    print(f"{what} (--loop {args.loop}, --workers "
           f"{args.workers}, --shutdown-delay {args.shutdown_delay:g}, --max-connection-age "
           f"{args.max_connection_age:g}) under load from {args.clients} clients"
           + (", nginx retrying no call it has sent" if args.no_post_retries else "")
@@ -322,10 +374,11 @@ def main(argv: Optional[list] = None) -> int:
     print("\n".join(summary(result)))
     for error in result.errors[:3]:  # "...: 502 Bad Gateway", without nginx's page
         print(f"  failed: {error.splitlines()[0].removesuffix(': <html>')}")
-    starved = [replacement.new for replacement, answered in
-               zip(result.replacements, result.new_replicas_answered()) if answered == 0]
+    starved = [address for address, answered in
+               zip(result.new, result.new_replicas_answered()) if answered == 0]
     if starved:
-        print("no calls reached " + ", ".join(starved) + " after the rollout")
+        print("no calls reached " + ", ".join(starved) + " after the "
+              + ("scale-up" if args.scale_up else "rollout"))
     return 0 if result.failed == 0 and not starved else 1
 
 
