@@ -6,8 +6,6 @@ state (the server's protocol and hash) is each server's own: replicas of one ser
 middle of a rolling update may not serve the same protocol.
 """
 
-import select
-import socket
 import ssl
 import time
 from typing import Iterable, Optional, Tuple, Union
@@ -16,23 +14,11 @@ import avro.errors
 import avro.protocol
 
 from avrohttp.client import TRANSPORT_ERRORS, CallFailed, DeadlineExceeded, Transceiver
+from avrohttp.client_rules import closed_while_idle
 from avrohttp.endpoints import Attempts, Endpoint, Endpoints, hooked
 from avrohttp.hooks import Call, CallHook, Hooks
 from avrohttp.protocol import as_written
 from avrohttp.requestor import Requestor, run_exchange
-
-
-def closed_while_idle(sock: socket.socket) -> bool:
-    """Whether a kept-alive connection, idle since its last answer, has been closed by the
-    server (or broken): an idle server sends nothing, so anything to read says so."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return True
-    poll = getattr(select, "poll", None)  # eventlet's green select has none
-    if poll is None:
-        return bool(select.select([sock], [], [], 0)[0])
-    poller = poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 class Balancer:

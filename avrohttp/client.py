@@ -12,6 +12,7 @@ import argparse
 import http.client
 import socket
 import ssl
+import time
 from typing import TYPE_CHECKING, Iterable, List, Optional, Union
 
 import avro.errors
@@ -23,6 +24,7 @@ from avrohttp import client_rules
 from avrohttp.client_rules import (NOT_AVRO_BYTES, TRANSPORT_ERRORS, CallFailed,
                                    DeadlineExceeded, NoAnswerInTime, failure, is_avro_answer,
                                    not_avro, resend, unframe_answer)
+from avrohttp.client_rules import closed_while_idle
 from avrohttp.client_rules import describe as describe  # still importable from here
 from avrohttp.context import time_left
 from avrohttp.hooks import CallHook
@@ -39,6 +41,9 @@ DEFAULT_TIMEOUT = 10.0  # seconds to wait for the answer, or for the next part o
 # that is up connects in milliseconds; a host that drops the attempt should not hold the
 # caller for as long as a slow answer may take.
 DEFAULT_CONNECT_TIMEOUT = 5.0
+# A kept-alive connection idle for longer than this is checked before a call goes out on it
+# (closed_while_idle: one poll(), 1 µs); back-to-back calls skip the check.
+IDLE_CHECK_SECONDS = 0.01
 class _Connection(http.client.HTTPConnection):
     """http.client's connection, writing a request's headers and body in one send.
 
@@ -80,9 +85,17 @@ class Transceiver(avro.ipc.HTTPTransceiver):
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.retry = retry
+        self.answered_at = 0.0  # time.monotonic() of the last answer read on the connection
 
     def transceive(self, request: bytes) -> bytes:
         body = codec.frame(request)
+        sock = self.conn.sock
+        if sock is not None and time.monotonic() - self.answered_at > IDLE_CHECK_SECONDS \
+                and closed_while_idle(sock):
+            # The server closed the kept-alive connection while it was idle (its idle
+            # timeout, a stop, --max-connection-age): nothing was sent on it, so a new one
+            # is safe for any message, retry or not.
+            self.conn.close()
         if self.conn.sock is None:
             self._connect()
             return self._read_answer(self._send(body))
@@ -138,7 +151,9 @@ class Transceiver(avro.ipc.HTTPTransceiver):
         # The whole body at once (this also readies the connection for the next call), then
         # the frames out of it: cheaper than avro's FramedReader, which reads the response a
         # few bytes at a time. One byte more than the limit, to tell whether it is over.
-        return unframe_answer(response.read(client_rules.MAX_ANSWER_BYTES + 1))
+        answer = unframe_answer(response.read(client_rules.MAX_ANSWER_BYTES + 1))
+        self.answered_at = time.monotonic()
+        return answer
 
 
 def connect_timeout_for(timeout: float, connect_timeout: Optional[float]) -> float:

@@ -5,6 +5,8 @@ each CallFailed. avrohttp.client imports them all, and they are importable from 
 
 import http.client
 import re
+import select
+import socket
 import ssl
 
 import avro.errors
@@ -142,3 +144,16 @@ def describe(error: Exception, tls: bool, answered: bool = False) -> str:
     if isinstance(error, http.client.BadStatusLine):
         return f"the answer is not HTTP{hint}"
     return str(error)
+
+
+def closed_while_idle(sock: socket.socket) -> bool:
+    """Whether a kept-alive connection, idle since its last answer, has been closed by the
+    server (or broken): an idle server sends nothing, so anything to read says so."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    poll = getattr(select, "poll", None)  # eventlet's green select has none
+    if poll is None:
+        return bool(select.select([sock], [], [], 0)[0])
+    poller = poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))

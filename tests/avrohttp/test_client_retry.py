@@ -2,9 +2,12 @@
 never after a timeout), against test_client.py's scripted_server; and the words of a call
 cut off on a kept-alive connection, by Client and by AsyncClient alike."""
 
+import time
+
 import pytest
 
 import avrohttp
+import avrohttp.client
 import client
 import server
 from conftest import serving
@@ -53,9 +56,13 @@ def test_a_timeout_is_not_retried():
 TLS_HINT = " (if the server serves HTTPS, call it with TLS)"
 
 
-def test_a_stopping_server_that_cuts_off_a_kept_alive_connection_is_not_a_tls_mismatch(host):
-    # Without a retry, the call meets the kept-alive connection that the stop closed. That
-    # connection had answered: the server was reached over plain HTTP, so no TLS hint.
+def test_a_stopping_server_that_cuts_off_a_kept_alive_connection_is_not_a_tls_mismatch(
+        host, monkeypatch):
+    # Without a retry, the call meets the kept-alive connection that the stop closed (its
+    # check for a connection closed while idle is put off here: it would connect anew, and
+    # find the server gone, as the last call below does). That connection had answered: the
+    # server was reached over plain HTTP, so no TLS hint.
+    monkeypatch.setattr(avrohttp.client, "IDLE_CHECK_SECONDS", 3600)
     with serving(server.EchoResponder(), host) as address:
         plain_client = avrohttp.Client(PROTOCOL_JSON, *address, timeout=5)
         assert plain_client.call("echo", query="one") == "one"
@@ -101,3 +108,16 @@ def test_the_async_client_words_a_cut_off_kept_alive_connection_alike(retry):
         f"cannot reach the server at {where}: the server closed the connection without an "
         f"answer{TLS_HINT}"]
     assert counts.connections == (3 if retry else 2)
+
+
+def test_a_connection_closed_while_idle_costs_no_call_even_without_retry(host):
+    # The server's idle timeout closes the kept-alive connection between two calls. The
+    # client sees that before it sends (nothing was sent: a new connection is safe for any
+    # message), so even a client without retry loses no call.
+    with serving(server.EchoResponder(), host, idle_timeout=0.2) as address, \
+            avrohttp.Client(PROTOCOL_JSON, *address, timeout=5) as plain_client:
+        assert plain_client.call("echo", query="one") == "one"
+        first = plain_client.transceiver.conn.sock
+        time.sleep(1.0)  # the server's sweep closes it within the timeout and a quarter
+        assert plain_client.call("echo", query="two") == "two"
+        assert plain_client.transceiver.conn.sock is not first
