@@ -25,10 +25,12 @@ demo: $(VENV)/.runtime
 		$(PY) client.py --port $(PORT) --$$message --query "Hello World" || exit 1; \
 	done
 
+# pytest runs in two processes (pytest-xdist), for the two cores of the machine it is sized
+# for; `.venv/bin/python -m pytest tests/...` runs a part in one.
 test: $(VENV)/.dev $(INTEROP)/node_modules/.installed nginx install-h2load
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy avrohttp
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -84,13 +86,17 @@ ROLLOUT_ARGS ?=
 rollout: $(VENV)/.runtime nginx
 	@$(PY) -m deploy.rollout $(ROLLOUT_ARGS)
 
-# tests/test_fleet.py runs nginx too (Debian's package). Without it, those tests skip and
-# say why. On a machine with a service manager, installing the package also starts the
-# system's own nginx service; nothing here uses it.
+# tests/test_fleet.py and tests/test_rollout.py run nginx too (Debian's package, and its
+# stream module for the rollout's TCP balancer). Without them, those tests skip and say why.
+# On a machine with a service manager, installing the package also starts the system's own
+# nginx service; nothing here uses it.
+NGINX_STREAM := /usr/lib/nginx/modules/ngx_stream_module.so
+
 nginx:
-	@if ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null && [ "$$(id -u)" = 0 ] \
-			&& command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-stream >/dev/null; \
+	@if { ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || [ ! -e $(NGINX_STREAM) ]; } \
+			&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx \
+			libnginx-mod-stream >/dev/null; \
 	fi
 	@PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null \
 		|| echo "nginx is not installed: the fleet tests will be skipped"
