@@ -268,8 +268,15 @@ class _Connection:
         self.deadline = self.clock() + self.timeout
         self.awaiting = True
         self.timed_out = False
-        if self.watchdog is None:
+        watchdog = self.watchdog
+        if watchdog is None:
             assert self.loop is not None  # set when it connected
+            self.watchdog = self.loop.call_at(self.deadline, self._time_up)
+        elif self.timeout < self.owner.timeout and watchdog.when() > self.deadline:
+            # A call with less time than the client's (its caller's time left): the timer,
+            # set for an earlier call's longer timeout, would fire too late for this one.
+            assert self.loop is not None
+            watchdog.cancel()
             self.watchdog = self.loop.call_at(self.deadline, self._time_up)
 
     def _time_up(self) -> None:

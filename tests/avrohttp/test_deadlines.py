@@ -11,7 +11,7 @@ import pytest
 import avrohttp
 import server
 import wire
-from avrohttp import codec
+from avrohttp import codec, context
 from conftest import serving
 from protocol import EchoProtocol
 
@@ -196,3 +196,28 @@ def test_an_async_handler_cancelled_still_ends_its_call_for_the_hooks():
 
     asyncio.run(cancelled())
     assert seen == ["system_error"]  # so the metrics' in-flight gauge goes down again
+
+
+def test_the_async_client_waits_no_longer_than_the_time_left_after_a_longer_call():
+    # The connection's timer, set by a call with the client's own 10 s, must not let a later
+    # call with 0.3 s left wait for those 10 s.
+    class SlowOnAsk(server.EchoResponder):
+        def handle_echo(self, query: str) -> str:
+            time.sleep(2 if query == "slow" else 0)
+            return query
+
+    async def calls(address) -> float:
+        async with avrohttp.AsyncClient(EchoProtocol, *address, timeout=10) as client:
+            assert await client.call("echo", query="quick") == "quick"  # the timer: at 10 s
+            here = context.holder()
+            here.slot = [None, "relay", {}, None, time.monotonic() + 0.3]  # as in a handler
+            started = time.monotonic()
+            try:
+                with pytest.raises(avrohttp.DeadlineExceeded):
+                    await client.call("echo", query="slow")
+            finally:
+                here.slot = None
+            return time.monotonic() - started
+
+    with serving(SlowOnAsk(), "eventlet") as address:
+        assert asyncio.run(calls(address)) < 1.5
