@@ -16,6 +16,7 @@ from avrohttp import codec
 from avrohttp.answers import Answer, Rules
 from avrohttp.async_handlers import PendingAnswer
 from avrohttp.options import MAX_BODY_BYTES
+from avrohttp.origins import CONNECTION_KEY
 
 if TYPE_CHECKING:  # imported only for the type: avrohttp.metrics needs prometheus_client
     from avrohttp.metrics import ServerMetrics
@@ -23,7 +24,7 @@ if TYPE_CHECKING:  # imported only for the type: avrohttp.metrics needs promethe
 # Where avrohttp.serve_asyncio puts the connection's request deadline in the ASGI scope:
 # an object whose `expired` is the error to answer with (a RequestTimeout) once the body has
 # come too slowly, and None until then.
-DEADLINE = "avrohttp.request_deadline"
+DEADLINE = CONNECTION_KEY
 
 _AVRO_HEADERS = [(b"content-type", b"avro/binary")]
 

@@ -19,7 +19,8 @@ import avro.protocol
 from avrohttp import hooks
 from avrohttp.arguments import BadArguments
 from avrohttp.async_client import AsyncClient, _Connection
-from avrohttp.client import TRANSPORT_ERRORS, CallFailed, DeadlineExceeded
+from avrohttp.client import TRANSPORT_ERRORS, CallFailed
+from avrohttp.client_rules import not_sent
 from avrohttp.endpoints import Attempts, Endpoint, Endpoints, hooked
 from avrohttp.requestor import SEND_AGAIN
 
@@ -42,7 +43,7 @@ class AsyncBalancer:
 
     async def call(self, message: str, parameters: dict, left: Optional[float]) -> object:
         if left is not None and left <= 0:
-            raise DeadlineExceeded(f"{message} was not sent: its caller's deadline has passed")
+            raise not_sent(message)
         attempts = Attempts(self.endpoints, self.timeout, left, self.retry,
                             self.ssl_context is not None)
         if not self.hooks:
@@ -78,9 +79,7 @@ class AsyncBalancer:
         """One attempt of the call, on a connection of the endpoint's pool; _Again to make
         the next."""
         connection.timeout, _ = attempts.timeouts(self.connect_timeout)  # it connects within
-        reader = connection.reader
-        if reader is not None and reader.at_eof():  # closed by the server while idle
-            connection.close()  # nothing was sent on it: a new connection is safe
+        connection.drop_if_closed_while_idle()
         kept_alive = connection.writer is not None
         if not kept_alive:
             try:

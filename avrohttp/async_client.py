@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, Deque, Dict, Iterable, List, Optional, Tuple, 
 import avro.errors
 import avro.protocol
 
-from avrohttp import client, hooks
+from avrohttp import client, client_rules, hooks
 from avrohttp.arguments import BadArguments
 # MAX_HEAD_BYTES is imported from here too, where it was first defined.
 from avrohttp.async_connection import MAX_HEAD_BYTES as MAX_HEAD_BYTES
 from avrohttp.async_connection import _Connection
-from avrohttp.client import (DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT, CallFailed,
-                             NoAnswerInTime)
+from avrohttp.client import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT, CallFailed
 from avrohttp.context import time_left
 from avrohttp.protocol import as_written
 from avrohttp.requestor import SEND_AGAIN
@@ -114,16 +113,13 @@ class AsyncClient:
         """The call, sent with the time its caller has left, and waited for that long (as
         avrohttp.Client's)."""
         if left <= 0:
-            raise client.DeadlineExceeded(
-                f"{message} was not sent: its caller's deadline has passed")
+            raise client_rules.not_sent(message)
         try:
             return await self._call(message, parameters, left)
         except CallFailed as e:
-            if isinstance(e.__cause__, (NoAnswerInTime, TimeoutError)):
-                host, port = self.remote_name
-                raise client.DeadlineExceeded(
-                    f"the server at {host}:{port} did not answer {message} within the time "
-                    f"its caller had left ({left:.3g} s)") from e
+            if isinstance(e.__cause__, TimeoutError):  # NoAnswerInTime, or in connecting
+                raise client_rules.no_answer_in_time_left(self.remote_name, message,
+                                                          left) from e
             raise
 
     async def _call(self, message: str, parameters: dict,

@@ -113,12 +113,21 @@ class _Connection:
             except BaseException as error:  # thrown into the exchange: the hooks see it
                 step, value = exchange.throw, error
 
+    def drop_if_closed_while_idle(self) -> None:
+        """Close the kept-alive connection if the server closed it while it was idle (the
+        loop has seen its end): nothing was sent on it, so a new one is safe for any
+        message, retry or not."""
+        reader = self.reader
+        if reader is not None and reader.at_eof():
+            self.close()
+
     async def transceive(self, request: bytes) -> bytes:
         """Send the call (headers and body in one write), and read its answer, in one
         coroutine: a coroutine apiece for the head and the body cost a call 0.3 µs more."""
         body = codec.frame(request)
         owner = self.owner
         request = (owner.request_heads.get(len(body)) or owner.request_head(len(body))) + body
+        self.drop_if_closed_while_idle()
         fresh = self.writer is None
         if fresh:
             await self._connect()

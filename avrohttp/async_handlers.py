@@ -88,7 +88,7 @@ class PendingAnswer:
             _current.reset(token)
         made = slot[CALL]  # a context the handler asked for, without hooks
         if self.call is None and made is not None and made.response_meta:
-            body = codec.encode_metadata(made.response_meta) + body[1:]
+            body = codec.with_metadata(body, made.response_meta)
         response = self.prefix + body
         return response if self.then is None else self.then(response)
 

@@ -13,8 +13,8 @@ from typing import Iterable, Optional, Tuple, Union
 import avro.errors
 import avro.protocol
 
-from avrohttp.client import TRANSPORT_ERRORS, CallFailed, DeadlineExceeded, Transceiver
-from avrohttp.client_rules import closed_while_idle
+from avrohttp.client import TRANSPORT_ERRORS, CallFailed, Transceiver
+from avrohttp.client_rules import not_sent
 from avrohttp.endpoints import Attempts, Endpoint, Endpoints, hooked
 from avrohttp.hooks import Call, CallHook, Hooks
 from avrohttp.protocol import as_written
@@ -39,7 +39,7 @@ class Balancer:
 
     def call(self, message: str, parameters: dict, left: Optional[float]) -> object:
         if left is not None and left <= 0:
-            raise DeadlineExceeded(f"{message} was not sent: its caller's deadline has passed")
+            raise not_sent(message)
         attempts = Attempts(self.endpoints, self.timeout, left, self.retry,
                             self.ssl_context is not None)
         if not self.hooks:
@@ -69,9 +69,7 @@ class Balancer:
         """One attempt of the call, on the endpoint's connection; _Again to make the next."""
         transceiver, requestor = self._line(endpoint)
         transceiver.set_timeouts(*attempts.timeouts(self.connect_timeout))
-        sock = transceiver.conn.sock
-        if sock is not None and closed_while_idle(sock):
-            transceiver.close()  # nothing was sent on it: a new connection is safe
+        transceiver.drop_if_closed_while_idle()
         kept_alive = transceiver.conn.sock is not None
         if not kept_alive:
             try:

@@ -12,7 +12,6 @@ import argparse
 import http.client
 import socket
 import ssl
-import time
 from typing import TYPE_CHECKING, Iterable, List, Optional, Union
 
 import avro.errors
@@ -22,10 +21,12 @@ import avro.protocol
 from avrohttp import codec
 from avrohttp import client_rules
 from avrohttp.client_rules import (NOT_AVRO_BYTES, TRANSPORT_ERRORS, CallFailed,
-                                   DeadlineExceeded, NoAnswerInTime, failure, is_avro_answer,
-                                   not_avro, resend, unframe_answer)
-from avrohttp.client_rules import closed_while_idle
-from avrohttp.client_rules import describe as describe  # still importable from here
+                                   NoAnswerInTime, closed_while_idle, failure, is_avro_answer,
+                                   no_answer_in_time_left, not_avro, not_sent, resend,
+                                   unframe_answer)
+# Still importable from here, where they were first defined.
+from avrohttp.client_rules import DeadlineExceeded as DeadlineExceeded
+from avrohttp.client_rules import describe as describe
 from avrohttp.context import time_left
 from avrohttp.hooks import CallHook
 from avrohttp.requestor import Requestor
@@ -41,9 +42,6 @@ DEFAULT_TIMEOUT = 10.0  # seconds to wait for the answer, or for the next part o
 # that is up connects in milliseconds; a host that drops the attempt should not hold the
 # caller for as long as a slow answer may take.
 DEFAULT_CONNECT_TIMEOUT = 5.0
-# A kept-alive connection idle for longer than this is checked before a call goes out on it
-# (closed_while_idle: one poll(), 1 µs); back-to-back calls skip the check.
-IDLE_CHECK_SECONDS = 0.01
 class _Connection(http.client.HTTPConnection):
     """http.client's connection, writing a request's headers and body in one send.
 
@@ -85,17 +83,19 @@ class Transceiver(avro.ipc.HTTPTransceiver):
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.retry = retry
-        self.answered_at = 0.0  # time.monotonic() of the last answer read on the connection
+
+    def drop_if_closed_while_idle(self) -> None:
+        """Close the kept-alive connection if the server closed it while it was idle (its
+        idle timeout, a stop): nothing was sent on it, so a new one is safe for any message,
+        retry or not. One poll(), half a microsecond: the clients check before each call,
+        since a server may close a connection at any time, and a check only after some time
+        idle lost the calls that followed a stop within it."""
+        sock = self.conn.sock
+        if sock is not None and closed_while_idle(sock):
+            self.conn.close()
 
     def transceive(self, request: bytes) -> bytes:
         body = codec.frame(request)
-        sock = self.conn.sock
-        if sock is not None and time.monotonic() - self.answered_at > IDLE_CHECK_SECONDS \
-                and closed_while_idle(sock):
-            # The server closed the kept-alive connection while it was idle (its idle
-            # timeout, a stop, --max-connection-age): nothing was sent on it, so a new one
-            # is safe for any message, retry or not.
-            self.conn.close()
         if self.conn.sock is None:
             self._connect()
             return self._read_answer(self._send(body))
@@ -151,9 +151,7 @@ class Transceiver(avro.ipc.HTTPTransceiver):
         # The whole body at once (this also readies the connection for the next call), then
         # the frames out of it: cheaper than avro's FramedReader, which reads the response a
         # few bytes at a time. One byte more than the limit, to tell whether it is over.
-        answer = unframe_answer(response.read(client_rules.MAX_ANSWER_BYTES + 1))
-        self.answered_at = time.monotonic()
-        return answer
+        return unframe_answer(response.read(client_rules.MAX_ANSWER_BYTES + 1))
 
 
 def connect_timeout_for(timeout: float, connect_timeout: Optional[float]) -> float:
@@ -227,23 +225,21 @@ class Client:
     def _call_within(self, left: float, message: str, parameters: dict) -> object:
         """The call, sent with the time its caller has left, and waited for that long."""
         if left <= 0:
-            raise DeadlineExceeded(f"{message} was not sent: its caller's deadline has passed")
+            raise not_sent(message)
         transceiver = self.transceiver
         own = transceiver.timeout, transceiver.conn.timeout
         transceiver.set_timeouts(left, min(left, own[1]))
         try:
             return self._call(message, parameters, left)
         except CallFailed as e:
-            if isinstance(e.__cause__, (NoAnswerInTime, TimeoutError)):
-                host, port = transceiver.remote_name
-                raise DeadlineExceeded(
-                    f"the server at {host}:{port} did not answer {message} within the time "
-                    f"its caller had left ({left:.3g} s)") from e
+            if isinstance(e.__cause__, TimeoutError):  # NoAnswerInTime, or in connecting
+                raise no_answer_in_time_left(transceiver.remote_name, message, left) from e
             raise
         finally:
             transceiver.set_timeouts(*own)
 
     def _call(self, message: str, parameters: dict, timeout: Optional[float] = None) -> object:
+        self.transceiver.drop_if_closed_while_idle()
         answered = self.transceiver.conn.sock is not None  # kept alive: it had answered
         try:
             return self.requestor.request(message, parameters, timeout)

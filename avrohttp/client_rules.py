@@ -148,7 +148,10 @@ def describe(error: Exception, tls: bool, answered: bool = False) -> str:
 
 def closed_while_idle(sock: socket.socket) -> bool:
     """Whether a kept-alive connection, idle since its last answer, has been closed by the
-    server (or broken): an idle server sends nothing, so anything to read says so."""
+    server (or broken): an idle server sends nothing, so anything to read says so. A socket
+    closed in this process has nothing to poll: the call's send says what is wrong."""
+    if sock.fileno() < 0:
+        return False
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return True
     poll = getattr(select, "poll", None)  # eventlet's green select has none
@@ -157,3 +160,17 @@ def closed_while_idle(sock: socket.socket) -> bool:
     poller = poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def not_sent(message: str) -> "DeadlineExceeded":
+    """The DeadlineExceeded of a call made inside a handler whose caller's time had run out:
+    it was not sent."""
+    return DeadlineExceeded(f"{message} was not sent: its caller's deadline has passed")
+
+
+def no_answer_in_time_left(address: tuple, message: str, left: float) -> "DeadlineExceeded":
+    """The DeadlineExceeded of a call made inside a handler whose answer did not come within
+    the time its caller had left."""
+    host, port = address
+    return DeadlineExceeded(f"the server at {host}:{port} did not answer {message} within the "
+                            f"time its caller had left ({left:.3g} s)")

@@ -303,3 +303,9 @@ def encode_metadata(meta: dict) -> bytes:
     buffer = io.BytesIO()
     avro.ipc.META_WRITER.write(meta, avro.io.BinaryEncoder(buffer))
     return buffer.getvalue()
+
+
+def with_metadata(call_response: bytes, meta: dict) -> bytes:
+    """A call response written with empty metadata (EMPTY_META, as the responder writes every
+    one), with `meta` in its place."""
+    return encode_metadata(meta) + call_response[len(EMPTY_META):]

@@ -94,16 +94,16 @@ def time_left() -> Optional[float]:
     return slot[DEADLINE] - time.monotonic()
 
 
-def deadline_of(meta: dict, now: float) -> Optional[float]:
-    """The monotonic time by which the caller wants its answer, from the call metadata; None
-    if it sent no timeout, or one that is not a whole number of milliseconds up to a day."""
+def timeout_of(meta: dict) -> Optional[float]:
+    """The seconds that the caller gave the call, from the call metadata; None if it sent no
+    timeout, or one that is not a whole number of milliseconds up to a day."""
     value = meta.get(TIMEOUT_KEY)
     if value is None or not value.isdigit() or len(value) > 9:
         return None
     milliseconds = int(value)
     if milliseconds > MAX_TIMEOUT_MS:
         return None
-    return now + milliseconds / 1000
+    return milliseconds / 1000
 
 
 def timeout_value(seconds: float) -> bytes:

@@ -43,8 +43,8 @@ import time
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union,
                     cast)
 
-from avrohttp.client import (DEFAULT_HOST, DEFAULT_PORT, CallFailed, DeadlineExceeded,
-                             NoAnswerInTime, describe, failure, resend)
+from avrohttp.client import DEFAULT_HOST, DEFAULT_PORT, CallFailed, describe, failure, resend
+from avrohttp.client_rules import no_answer_in_time_left
 from avrohttp.context import TIMEOUT_KEY, timeout_value
 from avrohttp.hooks import ANSWERED, Call, Hooks, client_outcome
 
@@ -329,11 +329,9 @@ class Attempts:
         """The sent call failed with `error`: whether to send it again (after next()'s wait);
         if not, the caller raises self.last."""
         failed = failure(error, endpoint.address, self.tls, kept_alive)
-        timed_out = isinstance(error, (NoAnswerInTime, TimeoutError))
+        timed_out = isinstance(error, TimeoutError)  # NoAnswerInTime, or in connecting
         if timed_out and self.within:
-            failed = DeadlineExceeded(
-                f"the server at {endpoint.address[0]}:{endpoint.address[1]} did not answer "
-                f"{message} within the time its caller had left ({self.seconds:.3g} s)")
+            failed = no_answer_in_time_left(endpoint.address, message, self.seconds)
         self.last = (failed, error)
         if not kept_alive and not timed_out:  # a new connection that broke: set it aside
             self.endpoints.set_aside(endpoint, describe(error, self.tls))

@@ -71,7 +71,7 @@ class HookedResponses:
         start = len(handshake)
         if response[start:start + 1] != codec.EMPTY_META:
             raise AssertionError("a call response that does not start with empty metadata")
-        return response[:start] + codec.encode_metadata(meta) + response[start + 1:]
+        return response[:start] + codec.with_metadata(response[start:], meta)
 
     def bad_request(self, request_bytes: int) -> None:
         """Tell the hooks of a body that is not even Avro-framed (avrohttp.wsgi answers 400

@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # imported only for the type: it needs uvicorn
 # Where the hosts keep the request's connection: avrohttp.serve's ClientDeadline (whose
 # .protocol.connection is the socket) in the WSGI environ, and avrohttp.asyncio_protocol's
 # HTTPProtocol (whose .transport is the connection) in the ASGI scope. Both hosts put it
-# there for their request deadlines (avrohttp.wsgi.DEADLINE, avrohttp.asgi.DEADLINE).
+# there for their request deadlines: avrohttp.wsgi.DEADLINE and avrohttp.asgi.DEADLINE are
+# this key.
 CONNECTION_KEY = "avrohttp.request_deadline"
 
 

@@ -25,7 +25,7 @@ from avrohttp.async_handlers import PendingAnswer
 from avrohttp.call_responses import MAX_ERROR_CHARS as MAX_ERROR_CHARS
 from avrohttp.call_responses import BadRequest as BadRequest
 from avrohttp.call_responses import CallResponses, _encode_null
-from avrohttp.context import CALL, TIMEOUT_KEY, _current, deadline_of
+from avrohttp.context import CALL, _current, timeout_of
 from avrohttp.context import holder as context_holder
 from avrohttp.errors import HandlersMismatch
 from avrohttp.hooked_responses import HookedResponses
@@ -253,7 +253,7 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
             reader = codec.reader_for(client_messages[name].request, local_message.request)
             if readers is not None:  # the client's protocol is cached: keep its readers too
                 readers[name] = reader
-        timeout = _timeout_of(meta)
+        timeout = timeout_of(meta)
         if (readers is not None and handshake["clientProtocol"] is None
                 and handshake.get("meta") is None
                 and handshake_response == self._handshake_responses["BOTH"]
@@ -360,16 +360,8 @@ class Responder(CallResponses, HookedResponses, avro.ipc.Responder):
             here.slot = previous
         made = slot[CALL]  # a context the handler asked for, without hooks: its response_meta
         if call is None and made is not None and made.response_meta:
-            answer = codec.encode_metadata(made.response_meta) + answer[1:]
+            answer = codec.with_metadata(answer, made.response_meta)
         return answer
-
-
-def _timeout_of(meta: dict) -> Optional[float]:
-    """The seconds the caller gave the call (avrohttp.context.TIMEOUT_KEY), or None."""
-    if TIMEOUT_KEY not in meta:
-        return None
-    deadline = deadline_of(meta, 0.0)
-    return deadline
 
 
 def check_handlers(responder: Responder) -> None:

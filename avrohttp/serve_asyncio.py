@@ -164,7 +164,7 @@ class Server(hosting.Server):
             delay.cancel()
         before = self._stops
         self._stops += 2 if now else 1
-        if before == 0:
+        if before == 0 and delay is None:  # a delay's end: its start marked the server
             self.begin_shutdown()
         if before == 0 and self._stops == 1:
             if delay is not None:
@@ -205,10 +205,6 @@ class Server(hosting.Server):
     def _date(self, state: ServerState) -> None:
         # The Date header of every answer, as uvicorn's own server sets it once a second.
         state.default_headers = [(b"date", email.utils.formatdate(usegmt=True).encode())]
-
-    @property
-    def stopping(self) -> bool:
-        return self._stops > 0
 
     def begin_shutdown(self) -> None:
         super().begin_shutdown()

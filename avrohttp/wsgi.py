@@ -13,11 +13,12 @@ import avro.ipc
 from avrohttp import codec
 from avrohttp.answers import Answer, BodyTooLarge, RequestTimeout, Rules
 from avrohttp.options import MAX_BODY_BYTES
+from avrohttp.origins import CONNECTION_KEY
 from avrohttp.async_handlers import refuse_async_handlers
 
 # Where avrohttp.serve puts the request's deadline in the WSGI environ: the application
 # cancels it once it has the whole body, since the rest is the server's own time.
-DEADLINE = "avrohttp.request_deadline"
+DEADLINE = CONNECTION_KEY
 _CLOSE = ("Connection", "close")
 
 if TYPE_CHECKING:  # imported only for the type: avrohttp.metrics needs prometheus_client

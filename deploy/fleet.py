@@ -33,9 +33,6 @@ CONFIG = ROOT / "deploy" / "nginx.conf"
 PROGRESS_SECONDS = 5.0  # between two progress lines of a long load
 # One line of server.py's access log (--access-log) for an Avro call that was answered.
 ANSWERED_CALL = re.compile(r'"POST \S* HTTP/1\.[01]" 200 ')
-# deploy/replicas.py imports these by their names from before they moved to
-# deploy/processes.py.
-_stop, _wait_for = processes.stop, processes.wait_for
 
 
 def render_config(text: str, listen_port: int, server_ports: list) -> str:

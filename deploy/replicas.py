@@ -22,8 +22,10 @@ from collections import Counter
 from pathlib import Path
 from typing import List, NamedTuple, Optional
 
-from deploy.fleet import CONFIG, HOST, FleetError, _stop, _wait_for, free_port, nginx_program
+from deploy import processes
+from deploy.fleet import CONFIG
 from deploy.netns import Subnet
+from deploy.processes import HOST, FleetError, free_port, nginx_program
 
 POD_PORT = 8130  # in a namespace, every replica listens on the same port, as pods do
 RELOAD_SECONDS = 10.0  # for nginx to answer with a new configuration
@@ -78,7 +80,7 @@ class Replica:
 
     def wait_until_ready(self) -> None:
         """Poll GET /health/ready until it answers 200, as a readiness probe does."""
-        _wait_for(self.ready, self.process, f"server.py at {self.address}", self.log)
+        processes.wait_for(self.ready, self.process, f"server.py at {self.address}", self.log)
 
     def terminate(self) -> None:
         """SIGTERM to the server's process alone, as Kubernetes sends it to a container's
@@ -100,7 +102,7 @@ class Replica:
 
     def stop(self) -> None:
         """Stop it (and its workers) if it is still running, and remove its namespace."""
-        _stop(self.process)
+        processes.stop(self.process)
         if self.subnet:
             self.subnet.delete()
 
@@ -180,7 +182,7 @@ class Nginx:
             self.process = subprocess.Popen(
                 self._nginx("-g", "daemon off;"), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-        _wait_for(self._current, self.process, "nginx", self.dir / "nginx.stderr")
+        processes.wait_for(self._current, self.process, "nginx", self.dir / "nginx.stderr")
 
     def route(self, addresses: List[str]) -> None:
         """Balance `addresses` from now on: rewrite the list and reload nginx, as an ingress
@@ -205,7 +207,7 @@ class Nginx:
         return Counter(re.findall(r"\[error\] \d+#\d+: \*\d+ (.*?), client:", text))
 
     def stop(self) -> None:
-        _stop(self.process)
+        processes.stop(self.process)
 
 
 class Balancer(Nginx):

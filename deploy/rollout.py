@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Callable, List, NamedTuple, Optional, Union
 
 from deploy import netns
-from deploy.fleet import FleetError, Load, LoadResult
+from deploy.load import Load, LoadResult
+from deploy.processes import FleetError
 from deploy.replicas import Balancer, Nginx, Replica, Window
 from deploy.stream import TcpBalancer
 

@@ -62,7 +62,8 @@ def test_a_stopping_server_that_cuts_off_a_kept_alive_connection_is_not_a_tls_mi
     # check for a connection closed while idle is put off here: it would connect anew, and
     # find the server gone, as the last call below does). That connection had answered: the
     # server was reached over plain HTTP, so no TLS hint.
-    monkeypatch.setattr(avrohttp.client, "IDLE_CHECK_SECONDS", 3600)
+    monkeypatch.setattr(avrohttp.client.Transceiver, "drop_if_closed_while_idle",
+                        lambda transceiver: None)
     with serving(server.EchoResponder(), host) as address:
         plain_client = avrohttp.Client(PROTOCOL_JSON, *address, timeout=5)
         assert plain_client.call("echo", query="one") == "one"
