@@ -10,6 +10,7 @@ a CallFailed) are in avrohttp.client_rules, and importable from here too.
 
 import argparse
 import http.client
+import select
 import socket
 import ssl
 from typing import TYPE_CHECKING, Iterable, List, Optional, Union
@@ -22,8 +23,8 @@ from avrohttp import codec
 from avrohttp import client_rules
 from avrohttp.client_rules import (NOT_AVRO_BYTES, TRANSPORT_ERRORS, CallFailed,
                                    NoAnswerInTime, closed_while_idle, failure, is_avro_answer,
-                                   no_answer_in_time_left, not_avro, not_sent, resend,
-                                   unframe_answer)
+                                   no_answer_in_time_left, not_avro, not_sent, poller_of,
+                                   resend, unframe_answer)
 # Still importable from here, where they were first defined.
 from avrohttp.client_rules import DeadlineExceeded as DeadlineExceeded
 from avrohttp.client_rules import describe as describe
@@ -83,15 +84,23 @@ class Transceiver(avro.ipc.HTTPTransceiver):
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.retry = retry
+        # The connection that _poller polls (drop_if_closed_while_idle).
+        self._polled: Optional[socket.socket] = None
+        self._poller: Optional[select.poll] = None
 
     def drop_if_closed_while_idle(self) -> None:
         """Close the kept-alive connection if the server closed it while it was idle (its
         idle timeout, a stop): nothing was sent on it, so a new one is safe for any message,
-        retry or not. One poll(), half a microsecond: the clients check before each call,
-        since a server may close a connection at any time, and a check only after some time
-        idle lost the calls that followed a stop within it."""
-        sock = self.conn.sock
-        if sock is not None and closed_while_idle(sock):
+        retry or not. One poll() of a poller kept per connection, a quarter of a microsecond:
+        the clients check before each call, since a server may close a connection at any
+        time (a check made only after some time idle lost the calls right after a stop)."""
+        sock: Optional[socket.socket] = self.conn.sock
+        if sock is None:
+            return
+        if sock is not self._polled:  # a new connection: a poller of its own
+            self._polled = sock
+            self._poller = poller_of(sock)
+        if closed_while_idle(sock, self._poller):
             self.conn.close()
 
     def transceive(self, request: bytes) -> bytes:

@@ -8,6 +8,7 @@ import re
 import select
 import socket
 import ssl
+from typing import Optional
 
 import avro.errors
 
@@ -146,19 +147,30 @@ def describe(error: Exception, tls: bool, answered: bool = False) -> str:
     return str(error)
 
 
-def closed_while_idle(sock: socket.socket) -> bool:
+def poller_of(sock: socket.socket) -> Optional["select.poll"]:
+    """A poll object for closed_while_idle, made once per connection (half its cost), or
+    None where select has no poll (eventlet's green select, in a patched program)."""
+    poll = getattr(select, "poll", None)
+    if poll is None or sock.fileno() < 0:
+        return None
+    poller = poll()
+    poller.register(sock, select.POLLIN)
+    return poller
+
+
+def closed_while_idle(sock: socket.socket, poller: Optional["select.poll"] = None) -> bool:
     """Whether a kept-alive connection, idle since its last answer, has been closed by the
     server (or broken): an idle server sends nothing, so anything to read says so. A socket
-    closed in this process has nothing to poll: the call's send says what is wrong."""
+    closed in this process has nothing to poll: the call's send says what is wrong.
+    poller: poller_of(sock), if the caller keeps one."""
     if sock.fileno() < 0:
         return False
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return True
-    poll = getattr(select, "poll", None)  # eventlet's green select has none
-    if poll is None:
-        return bool(select.select([sock], [], [], 0)[0])
-    poller = poll()
-    poller.register(sock, select.POLLIN)
+    if poller is None:
+        poller = poller_of(sock)
+        if poller is None:
+            return bool(select.select([sock], [], [], 0)[0])
     return bool(poller.poll(0))
 
 
